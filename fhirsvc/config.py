@@ -1,0 +1,52 @@
+"""Settings: the one place that reads the environment (prefix FHIRSVC_)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import AnyHttpUrl, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service configuration; every field can be set as FHIRSVC_<FIELD> (nested with __)."""
+
+    model_config = SettingsConfigDict(env_prefix="FHIRSVC_", env_nested_delimiter="__", extra="ignore")
+
+    public_url: Annotated[
+        AnyHttpUrl,
+        Field(description="Externally visible base URL of this service (JWT `aud`, links)."),
+    ] = AnyHttpUrl("http://localhost:8000")
+    store_url: str = Field(default="sqlite:///fhirsvc.db", description="SQLAlchemy URL of the store.")
+
+    # FHIR client: explicit timeouts (seconds) and retry policy for outbound calls.
+    fhir_connect_timeout: float = 3.0
+    fhir_read_timeout: float = 10.0
+    fhir_max_retries: int = Field(default=2, ge=0, le=10)
+    fhir_backoff_seconds: float = Field(default=0.25, ge=0)
+    fhir_max_retry_after: float = Field(default=5.0, ge=0, description="Longest Retry-After we will wait.")
+    fhir_max_pages: int = Field(default=20, ge=1, description="Cap on `next` links followed per search.")
+    fhir_max_connections: int = Field(default=10, ge=1)
+
+    # Program parameters overridable without editing YAML, keyed "<program>.<parameter>",
+    # e.g. FHIRSVC_THRESHOLDS='{"hiv.failure_threshold": 1000}' for the WHO threshold.
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    programs: list[str] = Field(default_factory=list, description="Enabled programs; empty = all.")
+
+    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+
+    @field_validator("public_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: AnyHttpUrl) -> AnyHttpUrl:
+        # `aud` comparison and link building need one canonical form.
+        return AnyHttpUrl(str(value).rstrip("/"))
+
+    @property
+    def public_base(self) -> str:
+        return str(self.public_url).rstrip("/")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,334 @@
+"""FHIR dicts → small frozen facts (medication exposures, lab results, diagnoses) for the pure pipeline."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import TypeVar
+
+from fhirsvc.fhir.record import PatientRecord, Resource, normalise_reference
+from fhirsvc.terminology.catalog import RXNORM, DrugCatalog
+
+log = logging.getLogger(__name__)
+
+# Statuses that mean "this never happened / was recorded by mistake" (FHIR R4 value sets).
+_VOID_MED = frozenset({"entered-in-error", "not-taken", "cancelled", "not-done", "unknown"})
+_VOID_OBS = frozenset({"entered-in-error", "cancelled", "registered"})
+_OPEN_MED = frozenset({"active", "intended", "on-hold", "in-progress", "draft"})
+_INACTIVE_CONDITION = frozenset({"inactive", "resolved", "remission"})
+_VOID_CONDITION = frozenset({"refuted", "entered-in-error"})
+# Coded "not detected" results (SNOMED 260415000 Not detected).
+_NOT_DETECTED_CODES = frozenset({"260415000"})
+_NOT_DETECTED_TEXT = ("not detected", "undetectable", "target not detected", "tnd", "negative")
+
+
+class MalformedResource(ValueError):
+    """A resource whose fields cannot be read (wrong types, no usable date); it is skipped and counted."""
+
+
+@dataclass(frozen=True, slots=True)
+class Coding:
+    system: str
+    code: str
+    display: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.system}|{self.code}"
+
+
+@dataclass(frozen=True, slots=True)
+class MedicationExposure:
+    """A period during which the patient took (or was to take) the named ingredients."""
+
+    ref: str
+    drugs: frozenset[str]
+    start: date
+    end: date | None  # None: ongoing at the evaluation date
+    status: str
+    text: str
+    stop_reasons: tuple[Coding, ...] = ()
+    planned: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LabResult:
+    """One Observation value; `value` is None for results without a number (coded or text)."""
+
+    ref: str
+    codes: frozenset[str]  # "system|code"
+    date: date
+    value: float | None
+    unit: str
+    comparator: str | None
+    not_detected: bool
+    status: str
+    coded_values: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    ref: str
+    codes: frozenset[str]
+    onset: date | None
+
+
+@dataclass
+class PatientFacts:
+    """Everything the rules read about one patient, extracted once per record."""
+
+    patient: str
+    exposures: list[MedicationExposure] = field(default_factory=list)
+    labs: list[LabResult] = field(default_factory=list)
+    diagnoses: list[Diagnosis] = field(default_factory=list)
+    skipped: int = 0
+
+
+def parse_date(value: object) -> date | None:
+    """FHIR date/dateTime (any precision) → date; time zones are ignored at day granularity."""
+    if not isinstance(value, str) or len(value) < 4:
+        return None
+    try:
+        year = int(value[0:4])
+        month = int(value[5:7]) if len(value) >= 7 else 1
+        day = int(value[8:10]) if len(value) >= 10 else 1
+        return date(year, month, day)
+    except ValueError:
+        return None
+
+
+def codings(concept: object) -> Iterator[Coding]:
+    if not isinstance(concept, dict):
+        return
+    for coding in concept.get("coding") or ():
+        if isinstance(coding, dict) and isinstance(coding.get("code"), str):
+            yield Coding(str(coding.get("system", "")), coding["code"], str(coding.get("display", "")))
+
+
+def concept_keys(concept: object) -> frozenset[str]:
+    return frozenset(c.key for c in codings(concept))
+
+
+def _concept_text(concept: object) -> str:
+    if not isinstance(concept, dict):
+        return ""
+    text = concept.get("text")
+    if isinstance(text, str) and text:
+        return text
+    return " / ".join(c.display for c in codings(concept) if c.display)
+
+
+def _ref(resource: Resource) -> str:
+    rid = resource.get("id")
+    if not isinstance(rid, str):
+        raise MalformedResource("resource without id")
+    return f"{resource['resourceType']}/{rid}"
+
+
+def _period(value: object) -> tuple[date | None, date | None]:
+    if not isinstance(value, dict):
+        return None, None
+    return parse_date(value.get("start")), parse_date(value.get("end"))
+
+
+def _medication_concept(resource: Resource, record: PatientRecord) -> object:
+    concept = resource.get("medicationCodeableConcept")
+    if concept is not None:
+        return concept
+    reference = resource.get("medicationReference")
+    if isinstance(reference, dict) and isinstance(reference.get("reference"), str):
+        target = reference["reference"]
+        if target.startswith("#"):  # contained Medication
+            for contained in resource.get("contained") or ():
+                if isinstance(contained, dict) and contained.get("id") == target[1:]:
+                    return contained.get("code")
+        medication = record.medication(normalise_reference(target))
+        if medication is not None:
+            return medication.get("code")
+        return {"text": reference.get("display", "")}
+    return None
+
+
+def _ingredients(concept: object, catalog: DrugCatalog) -> frozenset[str]:
+    found: set[str] = set()
+    for coding in codings(concept):
+        if coding.system == RXNORM or "rxnorm" in coding.system.lower():
+            found |= catalog.ingredients_for_code(coding.code)
+    if not found:
+        found |= catalog.ingredients_for_text(_concept_text(concept))
+    return frozenset(found)
+
+
+def _supply_days(request: Resource) -> int | None:
+    dispense = request.get("dispenseRequest")
+    if not isinstance(dispense, dict):
+        return None
+    duration = dispense.get("expectedSupplyDuration")
+    if isinstance(duration, dict) and isinstance(duration.get("value"), int | float):
+        days = float(duration["value"])
+        unit = str(duration.get("code") or duration.get("unit") or "d").lower()
+        days *= {"wk": 7, "week": 7, "weeks": 7, "mo": 30, "month": 30, "months": 30}.get(unit, 1)
+        repeats = dispense.get("numberOfRepeatsAllowed")
+        fills = 1 + (repeats if isinstance(repeats, int) and repeats > 0 else 0)
+        return max(1, round(days * fills))
+    return None
+
+
+def exposure_from(
+    resource: Resource, record: PatientRecord, catalog: DrugCatalog, planned_on: date | None = None
+) -> MedicationExposure | None:
+    """MedicationStatement / MedicationRequest / MedicationAdministration → exposure (None if void/unknown).
+
+    `planned_on` marks a draft order (order-select / order-sign): planned therapy starting that day.
+    """
+    planned = planned_on is not None
+    status = resource.get("status")
+    if not isinstance(status, str):
+        raise MalformedResource("medication without status")
+    if status in _VOID_MED or (status == "draft" and not planned):
+        return None
+    concept = _medication_concept(resource, record)
+    drugs = _ingredients(concept, catalog)
+    if not drugs:
+        return None
+    rtype = resource["resourceType"]
+    start: date | None
+    end: date | None
+    if rtype == "MedicationStatement":
+        start, end = _period(resource.get("effectivePeriod"))
+        start = start or parse_date(resource.get("effectiveDateTime")) or parse_date(resource.get("dateAsserted"))
+    elif rtype == "MedicationRequest":
+        start, end = _period((resource.get("dispenseRequest") or {}).get("validityPeriod"))
+        authored = parse_date(resource.get("authoredOn"))
+        start = authored or start
+        if end is None and status not in _OPEN_MED and start is not None:
+            supply = _supply_days(resource)
+            end = start + timedelta(days=supply) if supply else start
+    else:  # MedicationAdministration
+        start, end = _period(resource.get("effectivePeriod"))
+        start = start or parse_date(resource.get("effectiveDateTime"))
+        end = end or start
+    if planned_on is not None:
+        start, end = max(start or planned_on, planned_on), None
+    if start is None:
+        raise MalformedResource(f"{rtype} without a usable start date")
+    if end is None and status not in _OPEN_MED:
+        end = start  # stopped/completed with no end recorded: the only safe date we know
+    if end is not None and end < start:
+        end = start
+    reasons = tuple(c for concept_ in resource.get("statusReason") or () for c in codings(concept_))
+    if isinstance(resource.get("statusReason"), dict):  # MedicationRequest.statusReason is 0..1
+        reasons = tuple(codings(resource["statusReason"]))
+    return MedicationExposure(
+        ref=_ref(resource),
+        drugs=drugs,
+        start=start,
+        end=end,
+        status=status,
+        text=_concept_text(concept),
+        stop_reasons=reasons,
+        planned=planned,
+    )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def lab_from(resource: Resource) -> LabResult | None:
+    status = resource.get("status")
+    if not isinstance(status, str):
+        raise MalformedResource("observation without status")
+    if status in _VOID_OBS:
+        return None
+    when = parse_date(resource.get("effectiveDateTime"))
+    if when is None:
+        when = _period(resource.get("effectivePeriod"))[0] or parse_date(resource.get("issued"))
+    if when is None:
+        raise MalformedResource("observation without a date")
+    value: float | None = None
+    unit = ""
+    comparator: str | None = None
+    not_detected = False
+    coded: frozenset[str] = frozenset()
+    quantity = resource.get("valueQuantity")
+    if isinstance(quantity, dict):
+        if _is_number(quantity.get("value")):
+            value = float(quantity["value"])
+        unit = str(quantity.get("code") or quantity.get("unit") or "")
+        if isinstance(quantity.get("comparator"), str):
+            comparator = quantity["comparator"]
+    elif isinstance(resource.get("valueCodeableConcept"), dict):
+        coded = concept_keys(resource["valueCodeableConcept"])
+        text = _concept_text(resource["valueCodeableConcept"]).lower()
+        not_detected = any(k.rpartition("|")[2] in _NOT_DETECTED_CODES for k in coded) or text.startswith(
+            _NOT_DETECTED_TEXT
+        )
+    elif isinstance(resource.get("valueString"), str):
+        text = resource["valueString"].strip().lower()
+        not_detected = text.startswith(_NOT_DETECTED_TEXT)
+        if text.startswith("<"):
+            comparator = "<"
+    return LabResult(
+        ref=_ref(resource),
+        codes=concept_keys(resource.get("code")),
+        date=when,
+        value=value,
+        unit=unit,
+        comparator=comparator,
+        not_detected=not_detected,
+        status=status,
+        coded_values=coded,
+    )
+
+
+def diagnosis_from(resource: Resource) -> Diagnosis | None:
+    clinical = concept_keys(resource.get("clinicalStatus"))
+    verification = concept_keys(resource.get("verificationStatus"))
+    if any(k.rpartition("|")[2] in _INACTIVE_CONDITION for k in clinical):
+        return None
+    if any(k.rpartition("|")[2] in _VOID_CONDITION for k in verification):
+        return None
+    onset = parse_date(resource.get("onsetDateTime")) or parse_date(resource.get("recordedDate"))
+    return Diagnosis(ref=_ref(resource), codes=concept_keys(resource.get("code")), onset=onset)
+
+
+_BAD_SHAPE = (MalformedResource, TypeError, AttributeError, KeyError, ValueError)
+T = TypeVar("T")
+
+
+def _read_all(
+    resources: Iterable[object], reader: Callable[[Resource], T | None], facts: PatientFacts, into: list[T]
+) -> None:
+    for resource in resources:
+        try:
+            if not isinstance(resource, dict):
+                raise MalformedResource("entry is not a JSON object")
+            fact = reader(resource)
+        except _BAD_SHAPE as exc:
+            facts.skipped += 1
+            log.debug("skipped a malformed resource: %s", exc)  # no ids or values: they may identify the patient
+            continue
+        if fact is not None:
+            into.append(fact)
+
+
+def extract_facts(record: PatientRecord, catalog: DrugCatalog, today: date) -> PatientFacts:
+    """Read every resource once; a malformed one is skipped and counted, never fatal."""
+    facts = PatientFacts(patient=record.reference, skipped=record.skipped)
+
+    def medication(resource: Resource) -> MedicationExposure | None:
+        return exposure_from(resource, record, catalog)
+
+    def planned(resource: Resource) -> MedicationExposure | None:
+        return exposure_from(resource, record, catalog, planned_on=today)
+
+    for rtype in ("MedicationStatement", "MedicationRequest", "MedicationAdministration"):
+        _read_all(record.of_type(rtype), medication, facts, facts.exposures)
+    _read_all(record.planned, planned, facts, facts.exposures)
+    _read_all(record.of_type("Observation"), lab_from, facts, facts.labs)
+    _read_all(record.of_type("Condition"), diagnosis_from, facts, facts.diagnoses)
+    return facts

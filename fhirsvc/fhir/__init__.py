@@ -1,0 +1,1 @@
+"""FHIR edge: HTTP client, patient records built from bundles, prefetch and NDJSON, write validation."""

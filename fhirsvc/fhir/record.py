@@ -1,0 +1,155 @@
+"""PatientRecord: one patient's resources as plain dicts, grouped by resource type."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Resource = dict[str, Any]
+
+# Resource types the pipeline reads; anything else in a bundle is ignored (not an error).
+CLINICAL_TYPES = frozenset(
+    {
+        "Patient",
+        "Condition",
+        "Observation",
+        "MedicationStatement",
+        "MedicationRequest",
+        "MedicationAdministration",
+        "Medication",
+        "AllergyIntolerance",
+    }
+)
+
+
+@dataclass
+class PatientRecord:
+    """A patient's clinical resources plus a count of entries skipped as malformed."""
+
+    patient_id: str
+    resources: dict[str, list[Resource]] = field(default_factory=lambda: defaultdict(list))
+    skipped: int = 0
+    planned: list[Resource] = field(default_factory=list)  # draft orders (order-select / order-sign)
+    medications: dict[str, Resource] = field(default_factory=dict)  # "Medication/<id>" -> resource
+
+    @property
+    def reference(self) -> str:
+        return f"Patient/{self.patient_id}"
+
+    def of_type(self, resource_type: str) -> list[Resource]:
+        return self.resources.get(resource_type, [])
+
+    def add(self, resource: Resource) -> None:
+        self.resources[resource["resourceType"]].append(resource)
+
+    def medication(self, reference: str) -> Resource | None:
+        """The Medication a `medicationReference` names, when the record carries it."""
+        return self.medications.get(normalise_reference(reference))
+
+
+def normalise_reference(reference: str) -> str:
+    """`Type/id` from a relative, absolute or versioned reference (`http://x/fhir/Patient/1/_history/2`)."""
+    if "/_history/" in reference:
+        reference = reference.split("/_history/", 1)[0]
+    if "://" in reference:
+        parts = reference.rstrip("/").split("/")
+        if len(parts) >= 2:
+            return f"{parts[-2]}/{parts[-1]}"
+    return reference
+
+
+def subject_reference(resource: Resource) -> str | None:
+    """The `Patient/<id>` a resource is about, or None when it names no patient."""
+    if resource.get("resourceType") == "Patient":
+        rid = resource.get("id")
+        return f"Patient/{rid}" if isinstance(rid, str) else None
+    for key in ("subject", "patient"):
+        ref = resource.get(key)
+        if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+            reference = str(ref["reference"])
+            return reference if reference.startswith("urn:") else normalise_reference(reference)
+    return None
+
+
+def _is_resource(value: object) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("resourceType"), str)
+
+
+def bundle_resources(bundle: Resource) -> Iterator[tuple[str | None, Resource]]:
+    """Yield (fullUrl, resource) for every entry of a Bundle of any type; skip entries without a resource."""
+    entries = bundle.get("entry")
+    if not isinstance(entries, list):
+        return
+    for entry in entries:
+        if isinstance(entry, dict) and _is_resource(entry.get("resource")):
+            full_url = entry.get("fullUrl")
+            yield (full_url if isinstance(full_url, str) else None), entry["resource"]
+
+
+class RecordBuilder:
+    """Groups resources from bundles and NDJSON lines into PatientRecords by their patient reference.
+
+    Transaction bundles (Synthea, `fhirsvc sandbox load`) reference the patient by `urn:uuid:` fullUrl;
+    those are resolved to `Patient/<id>` through the bundle's own Patient entry. Medication resources
+    name no patient; they are shared by every record built here (for `medicationReference`).
+    """
+
+    def __init__(self) -> None:
+        self.records: dict[str, PatientRecord] = {}
+        self.skipped = 0
+        self.medications: dict[str, Resource] = {}
+
+    def _record(self, patient_ref: str) -> PatientRecord:
+        patient_id = patient_ref.partition("/")[2]
+        record = self.records.get(patient_id)
+        if record is None:
+            record = self.records[patient_id] = PatientRecord(patient_id, medications=self.medications)
+        return record
+
+    def add_resource(self, resource: Resource, aliases: dict[str, str] | None = None) -> None:
+        rtype = resource.get("resourceType")
+        if rtype == "Bundle":
+            self.add_bundle(resource)
+            return
+        if rtype == "Medication":
+            if isinstance(resource.get("id"), str):
+                self.medications[f"Medication/{resource['id']}"] = resource
+            return
+        if rtype not in CLINICAL_TYPES:
+            return
+        ref = subject_reference(resource)
+        if ref is not None and aliases:
+            ref = aliases.get(ref, ref)
+        if ref is None or not ref.startswith("Patient/"):
+            self.skipped += 1
+            log.debug("skipped a %s that names no patient", rtype)
+            return
+        self._record(ref).add(resource)
+
+    def add_bundle(self, bundle: Resource) -> None:
+        resources: list[Resource] = []
+        aliases: dict[str, str] = {}
+        for full_url, resource in bundle_resources(bundle):
+            if resource.get("resourceType") == "Patient":
+                if not isinstance(resource.get("id"), str) and full_url:
+                    resource = {**resource, "id": full_url.rpartition(":")[2]}
+                if full_url and isinstance(resource.get("id"), str):
+                    aliases[full_url] = f"Patient/{resource['id']}"
+            resources.append(resource)
+        for resource in resources:
+            self.add_resource(resource, aliases)
+
+    def add_all(self, resources: Iterable[object]) -> None:
+        for resource in resources:
+            if _is_resource(resource):
+                self.add_resource(resource)  # type: ignore[arg-type]
+            else:
+                self.skipped += 1
+
+    def build(self) -> list[PatientRecord]:
+        return sorted(self.records.values(), key=lambda r: r.patient_id)

@@ -1,0 +1,1 @@
+"""Rule kinds (Python) applied to rule instances (program YAML) → Assessments."""

@@ -1,0 +1,62 @@
+"""Rule kind `confirmed-threshold`: two consecutive results at or above a threshold after time on the line."""
+
+from __future__ import annotations
+
+from fhirsvc.rules.base import Assessment, Measurement, ProgramContext, make_assessment, number, rule_kind
+from fhirsvc.terminology.programs import Rule
+
+
+@rule_kind("confirmed-threshold")
+def confirmed_threshold(rule: Rule, ctx: ProgramContext) -> Assessment:
+    """DHHS-style virologic failure, generalised.
+
+    Failure: the two most recent results on the current line are both ≥ threshold, on different days, both taken
+    at least `min_days_on_line` after the line started (consecutive, so no suppressed result between them).
+    One elevated result → repeat; confirmed detectable-but-below-threshold results → low-level monitoring.
+    """
+    program = ctx.program
+    threshold = float(program.param(rule, "threshold"))
+    suppressed_below = float(program.param(rule, "suppressed_below"))
+    min_days = int(program.param(rule, "min_days_on_line"))
+    expected_after = int(program.param(rule, "result_expected_after_days"))
+    line = ctx.current_line
+    if line is None:
+        return make_assessment(rule, ctx, "no-therapy", {})
+    results = [m for m in ctx.measurements(str(program.param(rule, "observation"))) if m.date >= line.start]
+    base = {"threshold": number(threshold)}
+    if not results:
+        waited = (ctx.as_of - line.start).days
+        outcome = "no-result" if waited >= expected_after else "awaiting-first-result"
+        return make_assessment(rule, ctx, outcome, base, [], line)
+
+    def suppressed(m: Measurement) -> bool:
+        return m.not_detected or m.comparator in ("<", "<=") or (m.value is not None and m.value < suppressed_below)
+
+    def elevated(m: Measurement) -> bool:
+        return not suppressed(m) and m.value is not None and m.value >= threshold
+
+    def assessable(m: Measurement) -> bool:
+        return (m.date - line.start).days >= min_days
+
+    latest = results[-1]
+    previous = results[-2] if len(results) >= 2 else None
+    values = {
+        **base,
+        "value": number(latest.value),
+        "date": latest.date.isoformat(),
+        "weeks": (latest.date - line.start).days // 7,
+    }
+    if elevated(latest):
+        if not assessable(latest):
+            used = [m for m in results[-2:] if elevated(m)]
+            return make_assessment(rule, ctx, "too-early", values, used, line)
+        if previous is not None and elevated(previous) and assessable(previous):
+            return make_assessment(rule, ctx, "confirmed", values, [previous, latest], line)
+        used = [previous, latest] if previous is not None else [latest]
+        return make_assessment(rule, ctx, "unconfirmed", values, used, line)
+    if suppressed(latest):
+        return make_assessment(rule, ctx, "suppressed", values, [latest], line)
+    if previous is not None and not suppressed(previous):
+        return make_assessment(rule, ctx, "low-level", values, [previous, latest], line)
+    used = [previous, latest] if previous is not None else [latest]
+    return make_assessment(rule, ctx, "detectable-low", values, used, line)

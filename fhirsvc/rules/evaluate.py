@@ -1,0 +1,84 @@
+"""Program evaluation: facts → lines of therapy → assessments, for every program a patient belongs to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import date
+
+from fhirsvc.facts import PatientFacts, extract_facts
+from fhirsvc.fhir.record import PatientRecord
+from fhirsvc.lot.engine import Line, build_lines, drug_eras
+from fhirsvc.rules import confirmed_threshold  # noqa: F401  (importing a kind registers it)
+from fhirsvc.rules.base import RULE_KINDS, Assessment, ProgramContext
+from fhirsvc.terminology.knowledge import Knowledge
+from fhirsvc.terminology.programs import Program, Rule
+
+
+@dataclass
+class ProgramResult:
+    program: Program
+    lines: list[Line]
+    classes: dict[str, str]
+    assessments: list[Assessment] = field(default_factory=list)
+
+    @property
+    def current_line(self) -> Line | None:
+        return self.lines[-1] if self.lines and self.lines[-1].ongoing else None
+
+
+@dataclass
+class PatientResult:
+    patient: str
+    as_of: date
+    programs: list[ProgramResult]
+    skipped: int = 0
+
+    @property
+    def assessments(self) -> list[Assessment]:
+        return [a for p in self.programs for a in p.assessments]
+
+
+def _in_scope(program: Program, facts: PatientFacts, classes: dict[str, str], as_of: date) -> bool:
+    codes = program.scope.diagnosis.keys
+    if any(d.codes & codes for d in facts.diagnoses if d.onset is None or d.onset <= as_of):
+        return True
+    anchors = set(program.scope.treatment_classes)
+    return any(classes.get(drug) in anchors for e in facts.exposures if e.start <= as_of for drug in e.drugs)
+
+
+def evaluate_program(program: Program, facts: PatientFacts, knowledge: Knowledge, as_of: date) -> ProgramResult | None:
+    classes = knowledge.program_drugs(program)
+    if not _in_scope(program, facts, classes, as_of):
+        return None
+    exposures = [e for e in facts.exposures if e.start <= as_of]
+    eras = drug_eras(exposures, set(classes), program.lines.era_gap_days)
+    classify = classes if program.lines.new_line_on == "class-change" else {}
+    lines = build_lines(eras, classify, program.lines, as_of)
+    ctx = ProgramContext(program, facts, as_of, lines, eras)
+    result = ProgramResult(program, lines, classes)
+    for rule in program.rules:
+        result.assessments.append(RULE_KINDS[rule.kind](rule, ctx))
+        if rule.line_end_label:
+            _label_line_ends(rule, ctx)
+    return result
+
+
+def _label_line_ends(rule: Rule, ctx: ProgramContext) -> None:
+    """Explain why earlier lines ended: re-run the rule as of each line's end, with that line still current."""
+    for index, line in enumerate(ctx.lines):
+        if line.end is None or line.end_reason not in ("new-line", "discontinued"):
+            continue
+        past = replace(ctx, as_of=line.end, lines=[*ctx.lines[:index], replace(line, end=None)])
+        finding = RULE_KINDS[rule.kind](rule, past)
+        if finding.status in ("second-line-evaluation", "next-line-evaluation"):
+            line.end_reason = rule.line_end_label
+
+
+def evaluate_record(record: PatientRecord, knowledge: Knowledge, as_of: date) -> PatientResult:
+    facts = extract_facts(record, knowledge.catalog, as_of)
+    programs = []
+    for program in knowledge.programs:
+        outcome = evaluate_program(program, facts, knowledge, as_of)
+        if outcome is not None:
+            programs.append(outcome)
+    return PatientResult(record.reference, as_of, programs, facts.skipped)

@@ -1,0 +1,1 @@
+"""Clinical content loaded once from mappings/: drug catalog, programs, unit conversion."""

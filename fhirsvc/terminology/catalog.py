@@ -1,0 +1,100 @@
+"""Drug catalog: RxNorm ingredient and product codes and free-text names → ingredient names and classes."""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+
+_NON_WORD = re.compile(r"[^a-z0-9]+")
+
+
+def normalise_name(text: str) -> str:
+    """Lower-case words separated by single spaces, padded so whole-word matching is a substring test."""
+    return f" {_NON_WORD.sub(' ', text.lower()).strip()} "
+
+
+@dataclass(frozen=True)
+class Drug:
+    """One ingredient as the catalog knows it: code, verification status and class per disease program."""
+
+    name: str
+    rxnorm: str | None
+    verified: bool
+    source: str
+    classes: dict[str, str] = field(default_factory=dict)  # condition -> drug class
+
+
+@dataclass
+class DrugCatalog:
+    """Maps medication codes and names to ingredient names (the unit of all regimen logic)."""
+
+    drugs: dict[str, Drug]
+    by_code: dict[str, frozenset[str]]  # RxNorm code (ingredient or product) -> ingredient names
+    aliases: dict[str, frozenset[str]] = field(default_factory=dict)  # normalised brand/abbrev -> names
+
+    def __post_init__(self) -> None:
+        names = {normalise_name(n): frozenset({n}) for n in self.drugs}
+        names.update(self.aliases)
+        # Longest first, so "tenofovir alafenamide" wins over "tenofovir".
+        self._names = sorted(names.items(), key=lambda item: -len(item[0]))
+
+    def ingredients_for_code(self, code: str) -> frozenset[str]:
+        return self.by_code.get(code, frozenset())
+
+    def ingredients_for_text(self, text: str) -> frozenset[str]:
+        """Whole-word name matching for text-only medications (e.g. "Biktarvy (bictegravir/...) tablet")."""
+        haystack = normalise_name(text)
+        found: set[str] = set()
+        for needle, drugs in self._names:
+            if needle in haystack:
+                found |= drugs
+                haystack = haystack.replace(needle, " ")
+        return frozenset(found)
+
+    def drug_class(self, name: str, condition: str) -> str | None:
+        drug = self.drugs.get(name)
+        return drug.classes.get(condition) if drug else None
+
+    def with_aliases(self, aliases: dict[str, list[str]]) -> DrugCatalog:
+        merged = dict(self.aliases)
+        for alias, names in aliases.items():
+            unknown = [n for n in names if n not in self.drugs]
+            if unknown:
+                raise ValueError(f"alias {alias!r} names drugs not in the catalog: {unknown}")
+            merged[normalise_name(alias)] = frozenset(names)
+        return DrugCatalog(self.drugs, self.by_code, merged)
+
+
+def load_catalog(folder: Path) -> DrugCatalog:
+    """Read drug-catalog.csv and combination-products.csv (both carry their sources per row)."""
+    drugs: dict[str, Drug] = {}
+    by_code: defaultdict[str, set[str]] = defaultdict(set)
+    with (folder / "drug-catalog.csv").open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            name = row["drug"].strip()
+            code = row["rxnorm_ingredient"].strip() or None
+            existing = drugs.get(name)
+            classes = dict(existing.classes) if existing else {}
+            classes[row["condition"].strip()] = row["drug_class"].strip()
+            drugs[name] = Drug(
+                name=name,
+                rxnorm=code or (existing.rxnorm if existing else None),
+                verified=row["ingredient_status"].strip() == "V" or bool(existing and existing.verified),
+                source=row["ingredient_source"].strip() or (existing.source if existing else ""),
+                classes=classes,
+            )
+            if code:
+                by_code[code].add(name)
+            for product in filter(None, (p.strip() for p in row["product_rxcuis"].split(";"))):
+                by_code[product].add(name)
+    with (folder / "combination-products.csv").open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            members = {n.strip() for n in row["ingredients"].split(";") if n.strip() in drugs}
+            if members:
+                by_code[row["rxcui"].strip()].update(members)
+    return DrugCatalog(drugs, {code: frozenset(names) for code, names in by_code.items()})

@@ -1,0 +1,24 @@
+"""Shared fixtures: the knowledge base loaded once, fixture bundles by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def knowledge() -> Knowledge:
+    return load_knowledge()
+
+
+def load_fixture(relative: str) -> dict[str, Any]:
+    data: dict[str, Any] = orjson.loads((FIXTURES / relative).read_bytes())
+    return data
