@@ -62,11 +62,12 @@ class LabResult:
     codes: frozenset[str]  # "system|code"
     date: date
     value: float | None
-    unit: str
+    unit: str  # UCUM code when sent (what conversion reads), else the unit text
     comparator: str | None
     not_detected: bool
     status: str
     coded_values: frozenset[str] = frozenset()
+    unit_text: str = ""  # as a person reads it ("copies/mL" rather than "{copies}/mL")
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +252,7 @@ def lab_from(resource: Resource) -> LabResult | None:
         raise MalformedResource("observation without a date")
     value: float | None = None
     unit = ""
+    unit_text = ""
     comparator: str | None = None
     not_detected = False
     coded: frozenset[str] = frozenset()
@@ -259,6 +261,7 @@ def lab_from(resource: Resource) -> LabResult | None:
         if _is_number(quantity.get("value")):
             value = float(quantity["value"])
         unit = str(quantity.get("code") or quantity.get("unit") or "")
+        unit_text = str(quantity.get("unit") or quantity.get("code") or "")
         if isinstance(quantity.get("comparator"), str):
             comparator = quantity["comparator"]
     elif isinstance(resource.get("valueCodeableConcept"), dict):
@@ -282,6 +285,7 @@ def lab_from(resource: Resource) -> LabResult | None:
         not_detected=not_detected,
         status=status,
         coded_values=coded,
+        unit_text=unit_text,
     )
 
 

@@ -85,7 +85,7 @@ class ProgramContext:
 
 
 def _measure(lab: LabResult, unit: str, log_scale: bool, convert: Any) -> Measurement | None:
-    shown_unit = lab.unit or unit
+    shown_unit = lab.unit_text or lab.unit or unit
     prefix = lab.comparator or ""
     if lab.value is None:
         if not (lab.not_detected or lab.comparator):

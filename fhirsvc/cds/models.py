@@ -1,0 +1,137 @@
+"""CDS Hooks 2.0 request and response models (https://cds-hooks.hl7.org/2.0/)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Lenient(BaseModel):
+    # 3.0-ballot and vendor fields (`extension`, Epic extras) are tolerated, not rejected.
+    model_config = ConfigDict(extra="allow")
+
+
+class FhirAuthorization(_Lenient):
+    access_token: str = Field(min_length=1)
+    token_type: str
+    expires_in: int
+    scope: str
+    subject: str
+    patient: str | None = None
+
+    def __repr__(self) -> str:  # never let the token reach a log line or a traceback
+        return f"FhirAuthorization(token_type={self.token_type!r}, scope={self.scope!r})"
+
+    __str__ = __repr__
+
+
+class CdsRequest(_Lenient):
+    """A hook invocation. Prefetch values stay raw dicts: they are read by the fact extractors, not modelled."""
+
+    hook: str = Field(min_length=1)
+    hookInstance: str = Field(min_length=1)
+    context: dict[str, Any]
+    fhirServer: str | None = None
+    fhirAuthorization: FhirAuthorization | None = None
+    prefetch: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _conditional_fields(self) -> CdsRequest:
+        if self.fhirAuthorization is not None and not self.fhirServer:
+            raise ValueError("fhirServer is required when fhirAuthorization is present")
+        if self.fhirServer and not self.fhirServer.startswith(("http://", "https://")):
+            raise ValueError("fhirServer must be an absolute http(s) URL")
+        patient = self.context.get("patientId")
+        if not isinstance(patient, str) or not patient or "/" in patient:
+            raise ValueError("context.patientId is required and must be a plain resource id")
+        return self
+
+    @property
+    def patient_id(self) -> str:
+        return str(self.context["patientId"])
+
+
+class Coding(BaseModel):
+    system: str
+    code: str
+    display: str | None = None
+
+
+class Source(BaseModel):
+    label: str
+    url: str | None = None
+    topic: Coding | None = None
+
+
+class Action(BaseModel):
+    type: Literal["create", "update", "delete"]
+    description: str
+    resource: dict[str, Any] | None = None
+    resourceId: str | None = None
+
+
+class Suggestion(BaseModel):
+    label: str
+    uuid: str
+    isRecommended: bool | None = None
+    actions: list[Action] = Field(default_factory=list)
+
+
+class Link(BaseModel):
+    label: str
+    url: str
+    type: Literal["absolute", "smart"]
+    appContext: str | None = None
+
+
+class Card(BaseModel):
+    uuid: str
+    summary: str = Field(max_length=139)
+    detail: str | None = None
+    indicator: Literal["info", "warning", "critical"]
+    source: Source
+    suggestions: list[Suggestion] = Field(default_factory=list)
+    selectionBehavior: Literal["at-most-one", "any"] | None = None
+    overrideReasons: list[Coding] = Field(default_factory=list)
+    links: list[Link] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _selection_rules(self) -> Card:
+        if self.suggestions and self.selectionBehavior is None:
+            raise ValueError("selectionBehavior is required when a card has suggestions")
+        if self.selectionBehavior == "at-most-one" and sum(bool(s.isRecommended) for s in self.suggestions) > 1:
+            raise ValueError("at most one suggestion may be recommended with at-most-one (cds-resp-1)")
+        return self
+
+
+class CdsResponse(BaseModel):
+    cards: list[Card]
+
+
+class ServiceDescription(BaseModel):
+    hook: str
+    id: str
+    title: str
+    description: str
+    prefetch: dict[str, str]
+    usageRequirements: str | None = None
+
+
+class Discovery(BaseModel):
+    services: list[ServiceDescription]
+
+
+def compact(value: Any) -> Any:
+    """Drop None, empty strings, lists and objects (CDS Hooks §Use of JSON); `cards: []` is kept by the caller."""
+    if isinstance(value, dict):
+        out = {k: compact(v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v not in (None, "", [], {})}
+    if isinstance(value, list):
+        items = [compact(v) for v in value]
+        return [v for v in items if v not in (None, "", [], {})]
+    return value
+
+
+def response_body(cards: list[Card]) -> dict[str, Any]:
+    return {"cards": [compact(card.model_dump(mode="json", exclude_none=True)) for card in cards]}

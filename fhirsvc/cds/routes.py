@@ -1,0 +1,126 @@
+"""CDS Hooks routes: discovery and service calls (thin; the work is in prefetch, rules and cards)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, date, datetime
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import ValidationError
+
+from fhirsvc.cds.cards import cards_for
+from fhirsvc.cds.models import CdsRequest, CdsResponse, Discovery, response_body
+from fhirsvc.cds.prefetch import DataUnavailable, gather
+from fhirsvc.cds.services import PREFETCH, SERVICES
+from fhirsvc.config import Settings
+from fhirsvc.fhir.client import FhirClientPool
+from fhirsvc.fhir.record import bundle_resources
+from fhirsvc.http import OrjsonResponse, operation_outcome
+from fhirsvc.rules.evaluate import evaluate_record
+from fhirsvc.terminology.knowledge import Knowledge
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["CDS Hooks"])
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_knowledge(request: Request) -> Knowledge:
+    knowledge: Knowledge = request.app.state.knowledge
+    return knowledge
+
+
+def get_pool(request: Request) -> FhirClientPool:
+    pool: FhirClientPool = request.app.state.fhir_pool
+    return pool
+
+
+def today() -> date:
+    """The evaluation date; overridden in tests to pin time windows."""
+    return datetime.now(UTC).date()
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+KnowledgeDep = Annotated[Knowledge, Depends(get_knowledge)]
+PoolDep = Annotated[FhirClientPool, Depends(get_pool)]
+TodayDep = Annotated[date, Depends(today)]
+
+_MAX_BODY = 20 * 1024 * 1024  # a generous prefetch of several thousand resources fits well below this
+
+
+@router.get("/cds-services", response_model=Discovery, response_model_exclude_none=True)
+def discovery() -> dict[str, Any]:
+    return {
+        "services": [
+            {
+                "hook": s.hook,
+                "id": s.id,
+                "title": s.title,
+                "description": s.description,
+                "prefetch": PREFETCH,
+            }
+            for s in SERVICES.values()
+        ]
+    }
+
+
+@router.post(
+    "/cds-services/{service_id}",
+    response_model=CdsResponse,
+    responses={400: {"description": "Malformed request"}, 404: {"description": "Unknown service"},
+               412: {"description": "Required data unobtainable"}},
+)
+async def call_service(
+    service_id: str,
+    request: Request,
+    settings: SettingsDep,
+    knowledge: KnowledgeDep,
+    pool: PoolDep,
+    as_of: TodayDep,
+) -> Response:
+    service = SERVICES.get(service_id)
+    if service is None:
+        return operation_outcome(404, f"no CDS service {service_id!r}", code="not-found")
+    body = await request.body()
+    if len(body) > _MAX_BODY:
+        return operation_outcome(413, "request body too large", code="too-costly")
+    try:
+        cds_request = CdsRequest.model_validate(orjson.loads(body))
+    except orjson.JSONDecodeError:
+        return operation_outcome(400, "request body is not valid JSON")
+    except ValidationError as exc:
+        return operation_outcome(400, _validation_message(exc))
+    if cds_request.hook != service.hook:
+        return operation_outcome(
+            400, f"service {service.id!r} answers hook {service.hook!r}, not {cds_request.hook!r}"
+        )
+    try:
+        gathered = await gather(cds_request, pool, settings.fhir_max_pages)
+    except DataUnavailable as exc:
+        return operation_outcome(412, f"required data unavailable: {exc}", code="not-found")
+    except ValueError as exc:
+        return operation_outcome(400, str(exc))
+    if service.plans_from_draft_orders:
+        gathered.record.planned.extend(_draft_medication_orders(cds_request.context.get("draftOrders")))
+    result = evaluate_record(gathered.record, knowledge, as_of)
+    return OrjsonResponse(response_body(cards_for(result)))
+
+
+def _draft_medication_orders(draft_orders: object) -> list[dict[str, Any]]:
+    """MedicationRequests in `context.draftOrders` (a Bundle): planned therapy for order-select/order-sign."""
+    if not isinstance(draft_orders, dict):
+        return []
+    return [r for _, r in bundle_resources(draft_orders) if r.get("resourceType") == "MedicationRequest"]
+
+
+def _validation_message(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        problems.append(f"{where}: {error['msg']}")
+    return "invalid CDS Hooks request: " + "; ".join(problems[:5])

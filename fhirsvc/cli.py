@@ -1,0 +1,111 @@
+"""Command line: serve, evaluate, demo."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, date, datetime
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+
+from fhirsvc.config import get_settings
+from fhirsvc.fhir.files import load_records
+from fhirsvc.report import patient_report, patient_text
+from fhirsvc.rules.evaluate import evaluate_record
+from fhirsvc.terminology.knowledge import load_knowledge
+from fhirsvc.terminology.paths import data_dir
+
+app = typer.Typer(help="fhirsvc: line-of-therapy state and CDS Hooks cards for second-line evaluation.",
+                  no_args_is_help=True)
+
+
+class OutputFormat(str, Enum):
+    json = "json"
+    text = "text"
+
+
+def _as_of(value: str | None) -> date:
+    if value is None:
+        return datetime.now(UTC).date()
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter("use YYYY-MM-DD", param_hint="--as-of") from None
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Run the CDS Hooks service."""
+    import uvicorn
+
+    from fhirsvc.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry query URLs with patient ids
+    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+
+
+@app.command()
+def evaluate(
+    paths: Annotated[list[Path], typer.Argument(help="FHIR Bundles (any type), directories of them, NDJSON files.")],
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Evaluate as of this date (YYYY-MM-DD).")] = None,
+    output: Annotated[OutputFormat, typer.Option("--format", help="json (the public contract) or text.")] = (
+        OutputFormat.json
+    ),
+) -> None:
+    """Evaluate patients from files and print one result per patient."""
+    day = _as_of(as_of)
+    settings = get_settings()
+    knowledge = load_knowledge(overrides=settings.thresholds, enabled=settings.programs)
+    try:
+        loaded = load_records(paths)
+    except FileNotFoundError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    results = [evaluate_record(record, knowledge, day) for record in loaded.records]
+    if output is OutputFormat.json:
+        sys.stdout.buffer.write(orjson.dumps([patient_report(r) for r in results], option=orjson.OPT_INDENT_2))
+        sys.stdout.write("\n")
+    else:
+        typer.echo("\n\n".join(patient_text(r) for r in results))
+    if loaded.skipped:
+        typer.echo(f"{loaded.skipped} unreadable file(s), line(s) or resource(s) skipped", err=True)
+
+
+DEMO_AS_OF = "2026-06-01"  # the date the bundled scenarios are written for
+
+
+@app.command()
+def demo(
+    serve_too: Annotated[bool, typer.Option("--serve", help="Then start the service on localhost.")] = False,
+    port: Annotated[int, typer.Option(help="Port for --serve.")] = 8000,
+) -> None:
+    """Evaluate the bundled example patients (fixtures/) and print a summary."""
+    knowledge = load_knowledge()
+    loaded = load_records([data_dir("fixtures")])
+    day = date.fromisoformat(DEMO_AS_OF)
+    typer.echo(f"fhirsvc demo: {len(loaded.records)} example patients, evaluated as of {DEMO_AS_OF}\n")
+    typer.echo(f"{'patient':<40} {'program':<8} {'line':<5} finding")
+    for record in loaded.records:
+        result = evaluate_record(record, knowledge, day)
+        for program in result.programs:
+            current = program.current_line
+            for assessment in program.assessments:
+                line = str(current.number) if current else "-"
+                typer.echo(f"{result.patient:<40} {program.program.id:<8} {line:<5} "
+                           f"{assessment.status}: {assessment.summary}")
+    typer.echo("\nDetails: fhirsvc evaluate fixtures --as-of 2026-06-01 --format text")
+    if serve_too:
+        typer.echo(f"\nCDS Hooks discovery: http://127.0.0.1:{port}/cds-services")
+        serve(host="127.0.0.1", port=port)
+
+
+if __name__ == "__main__":
+    app()

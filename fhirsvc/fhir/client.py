@@ -1,0 +1,217 @@
+"""FHIR R4 over httpx: one pooled AsyncClient per server, timeouts, retries honouring Retry-After, paging."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+import orjson
+
+from fhirsvc.config import Settings
+from fhirsvc.fhir.errors import (
+    FhirError,
+    FhirInvalidResponse,
+    FhirServerError,
+    FhirTransportError,
+    FhirUnsafeLink,
+    response_error,
+)
+
+log = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+# Statuses worth retrying: rate limiting and transient server/gateway faults.
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass
+class SearchResult:
+    """Resources from every page of a search, and OperationOutcome entries the server put in the bundles."""
+
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
+    pages: int = 0
+    truncated: bool = False
+
+
+def normalise_base(url: str) -> str:
+    return url.rstrip("/")
+
+
+def is_under(url: str, base: str) -> bool:
+    """True when `url` is on the same origin and under the base path (paging links must stay there)."""
+    target, root = urlsplit(url), urlsplit(base)
+    if (target.scheme, target.netloc.lower()) != (root.scheme, root.netloc.lower()):
+        return False
+    prefix = root.path.rstrip("/")
+    return target.path == prefix or target.path.startswith(prefix + "/") or (not prefix)
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
+
+
+class FhirClient:
+    """Reads and searches one FHIR server. The bearer token is per call: CDS Hooks hands one per request."""
+
+    def __init__(self, base_url: str, http: httpx.AsyncClient, settings: Settings) -> None:
+        self.base_url = normalise_base(base_url)
+        self._http = http
+        self._settings = settings
+
+    def url(self, path_or_url: str) -> str:
+        if "://" in path_or_url:
+            return path_or_url
+        return urljoin(self.base_url + "/", path_or_url.lstrip("/"))
+
+    async def get_json(self, path_or_url: str, token: str | None = None) -> dict[str, Any]:
+        """GET one FHIR JSON body, retrying temporary faults; raises a FhirError subclass otherwise."""
+        url = self.url(path_or_url)
+        headers = {"Accept": FHIR_JSON}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        attempts = self._settings.fhir_max_retries + 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                response = await self._http.get(url, headers=headers)
+            except httpx.TransportError as exc:
+                if last:
+                    raise FhirTransportError(f"{type(exc).__name__} talking to the FHIR server") from exc
+                await asyncio.sleep(self._backoff(attempt, None) or 0.0)
+                continue
+            if response.status_code in RETRY_STATUSES and not last:
+                wait = self._backoff(attempt, response.headers.get("Retry-After"))
+                if wait is not None:
+                    await asyncio.sleep(wait)
+                    continue
+            if response.status_code >= 400:
+                raise response_error(response.status_code, url, _outcome(response))
+            return _json_body(response)
+        raise FhirServerError(503, url)  # unreachable: the last attempt returns or raises
+
+    def _backoff(self, attempt: int, retry_after: str | None) -> float | None:
+        """Seconds to wait: the server's Retry-After, else exponential backoff with jitter; None = give up."""
+        asked = retry_after_seconds(retry_after)
+        if asked is not None:
+            # Waiting longer than we can afford would blow the caller's time budget: fail with the server's answer.
+            return asked if asked <= self._settings.fhir_max_retry_after else None
+        base = self._settings.fhir_backoff_seconds * (2**attempt)
+        return base + random.uniform(0, base / 2)  # noqa: S311 (jitter, not security)
+
+    async def search(self, query: str, token: str | None = None, max_pages: int | None = None) -> SearchResult:
+        """Run a search and follow `next` links on this server only, up to `max_pages`."""
+        body = await self.get_json(query, token)
+        result = SearchResult()
+        self.absorb(body, result)
+        await self.follow_next(body, result, token, max_pages)
+        return result
+
+    def absorb(self, bundle: dict[str, Any], result: SearchResult) -> None:
+        if bundle.get("resourceType") == "OperationOutcome":
+            result.outcomes.append(bundle)
+            return
+        if bundle.get("resourceType") != "Bundle":
+            raise FhirInvalidResponse(f"expected a Bundle, got {bundle.get('resourceType')!r}")
+        result.pages += 1
+        for entry in bundle.get("entry") or ():
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if not isinstance(resource, dict):
+                continue
+            if resource.get("resourceType") == "OperationOutcome":
+                result.outcomes.append(resource)
+            else:
+                result.resources.append(resource)
+
+    async def follow_next(
+        self, bundle: dict[str, Any], result: SearchResult, token: str | None, max_pages: int | None = None
+    ) -> None:
+        cap = max_pages or self._settings.fhir_max_pages
+        while (link := next_link(bundle)) is not None:
+            if result.pages >= cap:
+                result.truncated = True
+                log.warning("stopped paging after %d pages", cap)
+                return
+            if not is_under(link, self.base_url):
+                raise FhirUnsafeLink("next link leaves the FHIR server; not followed")
+            bundle = await self.get_json(link, token)
+            self.absorb(bundle, result)
+
+
+def next_link(bundle: dict[str, Any]) -> str | None:
+    for link in bundle.get("link") or ():
+        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
+            return str(link["url"])
+    return None
+
+
+def _json_body(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError as exc:
+        raise FhirInvalidResponse("response body is not JSON") from exc
+    if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
+        raise FhirInvalidResponse("response body is not a FHIR resource")
+    return body
+
+
+def _outcome(response: httpx.Response) -> dict[str, Any] | None:
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
+        return body
+    return None
+
+
+class FhirClientPool:
+    """One pooled httpx.AsyncClient per FHIR server for the life of the process (opened lazily)."""
+
+    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._settings = settings
+        self._transport = transport
+        self._clients: dict[str, FhirClient] = {}
+        self._http: dict[str, httpx.AsyncClient] = {}
+
+    def client(self, base_url: str) -> FhirClient:
+        base = normalise_base(base_url)
+        existing = self._clients.get(base)
+        if existing is not None:
+            return existing
+        settings = self._settings
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.fhir_read_timeout, connect=settings.fhir_connect_timeout),
+            limits=httpx.Limits(max_connections=settings.fhir_max_connections),
+            follow_redirects=False,  # a redirect could carry the bearer token to another host
+            transport=self._transport,
+        )
+        self._http[base] = http
+        client = self._clients[base] = FhirClient(base, http, settings)
+        return client
+
+    async def aclose(self) -> None:
+        for http in self._http.values():
+            await http.aclose()
+        self._http.clear()
+        self._clients.clear()
+
+
+__all__ = ["FhirClient", "FhirClientPool", "FhirError", "SearchResult", "is_under", "next_link"]
