@@ -1,0 +1,128 @@
+"""Helpers to turn fixture bundles into CDS Hooks requests and to play a FHIR server in-process."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import orjson
+
+from fhirsvc.cds.services import PREFETCH
+from fhirsvc.fhir.record import bundle_resources
+
+FHIR_BASE = "https://fhir.example.test/r4"
+TOKEN = "test-access-token"
+
+_KEY_TYPES = {
+    "conditions": "Condition",
+    "medicationStatements": "MedicationStatement",
+    "medicationRequests": "MedicationRequest",
+    "observations": "Observation",
+}
+
+
+def searchset(resources: list[dict[str, Any]], next_url: str | None = None) -> dict[str, Any]:
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(resources),
+        "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources],
+    }
+    if next_url:
+        bundle["link"] = [{"relation": "next", "url": next_url}]
+    return bundle
+
+
+def resources_of(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for _, r in bundle_resources(bundle)]
+
+
+def prefetch_from(bundle: dict[str, Any]) -> dict[str, Any]:
+    """Every prefetch key filled the way an EHR would from the fixture's resources."""
+    resources = resources_of(bundle)
+    prefetch: dict[str, Any] = {
+        key: searchset([r for r in resources if r["resourceType"] == rtype]) for key, rtype in _KEY_TYPES.items()
+    }
+    prefetch["patient"] = next(r for r in resources if r["resourceType"] == "Patient")
+    return prefetch
+
+
+def hook_request(
+    patient_id: str,
+    prefetch: dict[str, Any] | None,
+    hook: str = "patient-view",
+    fhir_server: str | None = None,
+    token: str | None = None,
+    **context: Any,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "hook": hook,
+        "hookInstance": str(uuid.uuid4()),
+        "context": {"userId": "Practitioner/example", "patientId": patient_id, **context},
+    }
+    if prefetch is not None:
+        body["prefetch"] = prefetch
+    if fhir_server:
+        body["fhirServer"] = fhir_server
+    if token:
+        body["fhirAuthorization"] = {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "user/Patient.read user/Observation.read",
+            "subject": "fhirsvc",
+        }
+    return body
+
+
+class FakeFhirServer:
+    """A tiny FHIR search endpoint over one patient's resources, for httpx.MockTransport.
+
+    Pages `page_size` entries at a time with `next` links, checks the bearer token, and records requests.
+    """
+
+    def __init__(self, resources: list[dict[str, Any]], token: str | None = TOKEN, page_size: int = 20) -> None:
+        self.resources = resources
+        self.token = token
+        self.page_size = page_size
+        self.requests: list[httpx.Request] = []
+        self.overrides: dict[str, Callable[[httpx.Request], httpx.Response]] = {}
+
+    @property
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
+            return httpx.Response(401)
+        parts = urlsplit(str(request.url))
+        path = parts.path[len(urlsplit(FHIR_BASE).path):].strip("/")
+        for prefix, override in self.overrides.items():
+            if path.startswith(prefix):
+                return override(request)
+        query = parse_qs(parts.query)
+        if "/" in path:  # read: Type/id
+            rtype, rid = path.split("/", 1)
+            for r in self.resources:
+                if r["resourceType"] == rtype and r.get("id") == rid:
+                    return _json(r)
+            return _json({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-found"}]}, 404)
+        rtype = path
+        matches = [r for r in self.resources if r["resourceType"] == rtype]
+        offset = int(query.get("_offset", ["0"])[0])
+        page = matches[offset : offset + self.page_size]
+        more = offset + self.page_size < len(matches)
+        next_url = f"{FHIR_BASE}/{rtype}?patient={query.get('patient', [''])[0]}&_offset={offset + self.page_size}"
+        return _json(searchset(page, next_url if more else None))
+
+
+def _json(body: dict[str, Any], status: int = 200) -> httpx.Response:
+    return httpx.Response(status, content=orjson.dumps(body), headers={"Content-Type": "application/fhir+json"})
+
+
+def prefetch_keys() -> list[str]:
+    return list(PREFETCH)
