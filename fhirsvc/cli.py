@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from datetime import UTC, date, datetime
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -19,11 +19,12 @@ from fhirsvc.rules.evaluate import evaluate_record
 from fhirsvc.terminology.knowledge import load_knowledge
 from fhirsvc.terminology.paths import data_dir
 
-app = typer.Typer(help="fhirsvc: line-of-therapy state and CDS Hooks cards for second-line evaluation.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="fhirsvc: line-of-therapy state and CDS Hooks cards for second-line evaluation.", no_args_is_help=True
+)
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     json = "json"
     text = "text"
 
@@ -99,8 +100,9 @@ def demo(
             current = program.current_line
             for assessment in program.assessments:
                 line = str(current.number) if current else "-"
-                typer.echo(f"{result.patient:<40} {program.program.id:<8} {line:<5} "
-                           f"{assessment.status}: {assessment.summary}")
+                typer.echo(
+                    f"{result.patient:<40} {program.program.id:<8} {line:<5} {assessment.status}: {assessment.summary}"
+                )
     typer.echo("\nDetails: fhirsvc evaluate fixtures --as-of 2026-06-01 --format text")
     if serve_too:
         typer.echo(f"\nCDS Hooks discovery: http://127.0.0.1:{port}/cds-services")

@@ -65,7 +65,9 @@ def patient_text(result: PatientResult) -> str:
         out.append("  no program applies")
     for program in result.programs:
         current = program.current_line
-        out.append(f"  [{program.program.id}] {program.program.title}: current line {current.number if current else '-'}")
+        out.append(
+            f"  [{program.program.id}] {program.program.title}: current line {current.number if current else '-'}"
+        )
         for line in program.lines:
             end = line.end.isoformat() if line.end else "ongoing"
             classes = "+".join(sorted({program.classes.get(d, "?") for d in line.drugs}))

@@ -100,7 +100,7 @@ class FakeFhirServer:
         if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
             return httpx.Response(401)
         parts = urlsplit(str(request.url))
-        path = parts.path[len(urlsplit(FHIR_BASE).path):].strip("/")
+        path = parts.path[len(urlsplit(FHIR_BASE).path) :].strip("/")
         for prefix, override in self.overrides.items():
             if path.startswith(prefix):
                 return override(request)
@@ -110,7 +110,9 @@ class FakeFhirServer:
             for r in self.resources:
                 if r["resourceType"] == rtype and r.get("id") == rid:
                     return _json(r)
-            return _json({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-found"}]}, 404)
+            return _json(
+                {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-found"}]}, 404
+            )
         rtype = path
         matches = [r for r in self.resources if r["resourceType"] == rtype]
         offset = int(query.get("_offset", ["0"])[0])

@@ -55,7 +55,7 @@ async def gather(request: CdsRequest, pool: FhirClientPool, max_pages: int) -> G
     continuations: dict[str, dict[str, Any]] = {}
     unavailable: dict[str, str] = {}
 
-    for key, template in PREFETCH.items():
+    for key in PREFETCH:
         if key not in prefetch:
             to_fetch[key] = "absent from prefetch"
             continue

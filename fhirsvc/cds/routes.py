@@ -72,8 +72,11 @@ def discovery() -> dict[str, Any]:
 @router.post(
     "/cds-services/{service_id}",
     response_model=CdsResponse,
-    responses={400: {"description": "Malformed request"}, 404: {"description": "Unknown service"},
-               412: {"description": "Required data unobtainable"}},
+    responses={
+        400: {"description": "Malformed request"},
+        404: {"description": "Unknown service"},
+        412: {"description": "Required data unobtainable"},
+    },
 )
 async def call_service(
     service_id: str,
@@ -96,9 +99,7 @@ async def call_service(
     except ValidationError as exc:
         return operation_outcome(400, _validation_message(exc))
     if cds_request.hook != service.hook:
-        return operation_outcome(
-            400, f"service {service.id!r} answers hook {service.hook!r}, not {cds_request.hook!r}"
-        )
+        return operation_outcome(400, f"service {service.id!r} answers hook {service.hook!r}, not {cds_request.hook!r}")
     try:
         gathered = await gather(cds_request, pool, settings.fhir_max_pages)
     except DataUnavailable as exc:

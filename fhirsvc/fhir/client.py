@@ -113,8 +113,9 @@ class FhirClient:
         if asked is not None:
             # Waiting longer than we can afford would blow the caller's time budget: fail with the server's answer.
             return asked if asked <= self._settings.fhir_max_retry_after else None
-        base = self._settings.fhir_backoff_seconds * (2**attempt)
-        return base + random.uniform(0, base / 2)  # noqa: S311 (jitter, not security)
+        base = self._settings.fhir_backoff_seconds * float(1 << attempt)
+        jitter: float = random.uniform(0, base / 2)  # noqa: S311 (jitter, not security)
+        return base + jitter
 
     async def search(self, query: str, token: str | None = None, max_pages: int | None = None) -> SearchResult:
         """Run a search and follow `next` links on this server only, up to `max_pages`."""

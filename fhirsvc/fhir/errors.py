@@ -1,14 +1,14 @@
 """FHIR client errors, carrying the server's OperationOutcome when it sent one.
 
-    FhirError
-    ├── FhirTransportError        network failure or timeout, after retries
-    ├── FhirResponseError         the server answered with an error status
-    │   ├── FhirAuthError         401 / 403: the token was refused
-    │   ├── FhirNotFound          404 / 410: no such resource type, or resource
-    │   ├── FhirBadRequest        400 / 422: the search is not supported as sent
-    │   └── FhirServerError       429 / 5xx, after retries
-    ├── FhirInvalidResponse       a body that is not the FHIR JSON we asked for
-    └── FhirUnsafeLink            a paging link that leaves the server we were told to use
+FhirError
+├── FhirTransportError        network failure or timeout, after retries
+├── FhirResponseError         the server answered with an error status
+│   ├── FhirAuthError         401 / 403: the token was refused
+│   ├── FhirNotFound          404 / 410: no such resource type, or resource
+│   ├── FhirBadRequest        400 / 422: the search is not supported as sent
+│   └── FhirServerError       429 / 5xx, after retries
+├── FhirInvalidResponse       a body that is not the FHIR JSON we asked for
+└── FhirUnsafeLink            a paging link that leaves the server we were told to use
 """
 
 from __future__ import annotations

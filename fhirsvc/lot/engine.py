@@ -101,9 +101,7 @@ def _end_reason(line_eras: list[DrugEra]) -> str | None:
     return None
 
 
-def build_lines(
-    eras: list[DrugEra], classify: dict[str, str], settings: LineSettings, as_of: date
-) -> list[Line]:
+def build_lines(eras: list[DrugEra], classify: dict[str, str], settings: LineSettings, as_of: date) -> list[Line]:
     """Walk the timeline of era starts and ends and number the lines.
 
     `classify` maps a drug to what defines a regimen: its class (HIV: a new line when the class set changes)

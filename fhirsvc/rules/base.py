@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -114,7 +114,7 @@ def make_assessment(
     rule: Rule,
     ctx: ProgramContext,
     outcome: str,
-    values: dict[str, object],
+    values: Mapping[str, object],
     measurements: list[Measurement] | None = None,
     line: Line | None = None,
 ) -> Assessment:

@@ -18,9 +18,7 @@ class Knowledge:
     def program_drugs(self, program: Program) -> dict[str, str]:
         """Ingredient → class for the program's catalog condition."""
         condition = program.catalog_condition
-        return {
-            name: drug.classes[condition] for name, drug in self.catalog.drugs.items() if condition in drug.classes
-        }
+        return {name: drug.classes[condition] for name, drug in self.catalog.drugs.items() if condition in drug.classes}
 
 
 def load_knowledge(

@@ -89,9 +89,7 @@ def test_failing_patient_gets_one_warning_card_that_obeys_the_response_rules(cli
     assert card["selectionBehavior"] == "at-most-one"
     assert sum(bool(s.get("isRecommended")) for s in card["suggestions"]) <= 1
     assert card["overrideReasons"] and all(r["display"] and r["system"] for r in card["overrideReasons"])
-    assert card["links"] == [
-        {"label": card["links"][0]["label"], "url": card["source"]["url"], "type": "absolute"}
-    ]
+    assert card["links"] == [{"label": card["links"][0]["label"], "url": card["source"]["url"], "type": "absolute"}]
     # Evidence shows values, dates, the regimen and its start.
     for text in ("450", "900", "2026-02-01", "2026-03-15", "efavirenz", "since 2025-06-01", "Observation/"):
         assert text in card["detail"], text
@@ -154,8 +152,10 @@ def test_absent_keys_are_fetched_with_the_bearer_token(knowledge: Knowledge) -> 
     assert "second-line" in response.json()["cards"][0]["summary"]
     assert len(server.requests) == 5
     assert all(r.headers["Authorization"] == f"Bearer {TOKEN}" for r in server.requests)
-    assert all("patient=hiv-fail-basic" in str(r.url) or r.url.path.endswith("/Patient/hiv-fail-basic")
-               for r in server.requests)
+    assert all(
+        "patient=hiv-fail-basic" in str(r.url) or r.url.path.endswith("/Patient/hiv-fail-basic")
+        for r in server.requests
+    )
 
 
 def test_partial_prefetch_fetches_only_the_missing_keys(knowledge: Knowledge) -> None:
@@ -178,9 +178,7 @@ def test_paginated_prefetch_is_followed_on_the_same_server(knowledge: Knowledge)
     server = FakeFhirServer(resources, page_size=1)
     prefetch = prefetch_from(bundle)
     # The client sent only the first page of observations; the rest is behind the `next` link.
-    prefetch["observations"] = searchset(
-        observations[:1], f"{FHIR_BASE}/Observation?patient=hiv-fail-basic&_offset=1"
-    )
+    prefetch["observations"] = searchset(observations[:1], f"{FHIR_BASE}/Observation?patient=hiv-fail-basic&_offset=1")
     with make_client(knowledge, server) as test_client:
         response = test_client.post(
             PATIENT_VIEW, json=hook_request("hiv-fail-basic", prefetch, fhir_server=FHIR_BASE, token=TOKEN)
@@ -284,9 +282,23 @@ def test_malformed_requests_are_400_with_a_clear_message(client: TestClient, bod
 def test_malformed_resources_are_skipped_not_fatal(client: TestClient) -> None:
     request = fixture_request("fail-basic")
     request["prefetch"]["observations"]["entry"] += [
-        {"resource": {"resourceType": "Observation", "id": "bad-1", "status": 7, "subject": {"reference": "Patient/hiv-fail-basic"}}},
-        {"resource": {"resourceType": "Observation", "id": "bad-2", "status": "final",
-                      "subject": {"reference": "Patient/hiv-fail-basic"}, "effectiveDateTime": "not a date"}},
+        {
+            "resource": {
+                "resourceType": "Observation",
+                "id": "bad-1",
+                "status": 7,
+                "subject": {"reference": "Patient/hiv-fail-basic"},
+            }
+        },
+        {
+            "resource": {
+                "resourceType": "Observation",
+                "id": "bad-2",
+                "status": "final",
+                "subject": {"reference": "Patient/hiv-fail-basic"},
+                "effectiveDateTime": "not a date",
+            }
+        },
         {"resource": "a string"},
     ]
     response = client.post(PATIENT_VIEW, json=request)
@@ -300,12 +312,22 @@ def _draft(rxcui: str, display: str) -> dict[str, Any]:
     return {
         "resourceType": "Bundle",
         "type": "collection",
-        "entry": [{"resource": {
-            "resourceType": "MedicationRequest", "id": "draft-1", "status": "draft", "intent": "order",
-            "subject": {"reference": "Patient/hiv-fail-basic"},
-            "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
-                                                      "code": rxcui, "display": display}]},
-        }}],
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "MedicationRequest",
+                    "id": "draft-1",
+                    "status": "draft",
+                    "intent": "order",
+                    "subject": {"reference": "Patient/hiv-fail-basic"},
+                    "medicationCodeableConcept": {
+                        "coding": [
+                            {"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": rxcui, "display": display}
+                        ]
+                    },
+                }
+            }
+        ],
     }
 
 
@@ -317,7 +339,9 @@ def test_order_sign_with_a_new_class_counts_as_planned_second_line(client: TestC
 
 def test_order_select_renewing_the_failing_regimen_still_warns(client: TestClient) -> None:
     draft = _draft("476556", "emtricitabine 200 MG / tenofovir disoproxil fumarate 300 MG")
-    request = fixture_request("fail-basic", hook="order-select", draftOrders=draft, selections=["MedicationRequest/draft-1"])
+    request = fixture_request(
+        "fail-basic", hook="order-select", draftOrders=draft, selections=["MedicationRequest/draft-1"]
+    )
     response = client.post("/cds-services/second-line-order-select", json=request)
     assert response.status_code == 200 and "second-line" in response.json()["cards"][0]["summary"]
 
@@ -325,8 +349,11 @@ def test_order_select_renewing_the_failing_regimen_still_warns(client: TestClien
 def test_cors_preflight_allows_browser_clients(client: TestClient) -> None:
     response = client.options(
         PATIENT_VIEW,
-        headers={"Origin": "https://sandbox.cds-hooks.org", "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "authorization,content-type"},
+        headers={
+            "Origin": "https://sandbox.cds-hooks.org",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
     )
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] in ("*", "https://sandbox.cds-hooks.org")

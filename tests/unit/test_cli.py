@@ -21,7 +21,10 @@ def test_evaluate_json_follows_the_public_contract() -> None:
     assert item["patient"] == "Patient/hiv-line2-failing"
     (program,) = item["programs"]
     assert program["program"] == "hiv" and program["current_line"] == 2
-    assert [set(line) >= {"number", "drugs", "classes", "start", "end", "end_reason"} for line in program["lines"]] == [True, True]
+    assert [set(line) >= {"number", "drugs", "classes", "start", "end", "end_reason"} for line in program["lines"]] == [
+        True,
+        True,
+    ]
     assert program["lines"][0]["end_reason"] == "virologic-failure"
     (assessment,) = program["assessments"]
     assert assessment["status"] == "next-line-evaluation"

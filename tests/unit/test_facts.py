@@ -17,14 +17,27 @@ SUBJECT = {"reference": "Patient/p1"}
 
 
 def statement(**fields: Any) -> dict[str, Any]:
-    return {"resourceType": "MedicationStatement", "id": "ms1", "status": "active", "subject": SUBJECT,
-            "effectivePeriod": {"start": "2025-01-01"}, **fields}
+    return {
+        "resourceType": "MedicationStatement",
+        "id": "ms1",
+        "status": "active",
+        "subject": SUBJECT,
+        "effectivePeriod": {"start": "2025-01-01"},
+        **fields,
+    }
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("2025-03-04T10:00:00+02:00", date(2025, 3, 4)), ("2025-03", date(2025, 3, 1)), ("2025", date(2025, 1, 1)),
-     ("2025-13-01", None), ("yesterday", None), (None, None), (20250101, None)],
+    [
+        ("2025-03-04T10:00:00+02:00", date(2025, 3, 4)),
+        ("2025-03", date(2025, 3, 1)),
+        ("2025", date(2025, 1, 1)),
+        ("2025-13-01", None),
+        ("yesterday", None),
+        (None, None),
+        (20250101, None),
+    ],
 )
 def test_parse_date_handles_every_fhir_precision(text: object, expected: date | None) -> None:
     assert parse_date(text) == expected
@@ -39,24 +52,38 @@ def test_product_codes_expand_to_ingredients(knowledge: Knowledge) -> None:
 
 def test_text_only_and_brand_names_match_by_name(knowledge: Knowledge) -> None:
     for text in ("Biktarvy 50/200/25 mg tablet", "dolutegravir sodium 50 mg + lamivudine"):
-        found = exposure_from(statement(medicationCodeableConcept={"text": text}), PatientRecord("p1"), knowledge.catalog)
+        found = exposure_from(
+            statement(medicationCodeableConcept={"text": text}), PatientRecord("p1"), knowledge.catalog
+        )
         assert found is not None and found.drugs, text
-    assert exposure_from(statement(medicationCodeableConcept={"text": "Little Pink Pill"}), PatientRecord("p1"),
-                         knowledge.catalog) is None
+    assert (
+        exposure_from(
+            statement(medicationCodeableConcept={"text": "Little Pink Pill"}), PatientRecord("p1"), knowledge.catalog
+        )
+        is None
+    )
 
 
 def test_contained_and_referenced_medications_resolve(knowledge: Knowledge) -> None:
     contained = statement(
         medicationReference={"reference": "#m1"},
-        contained=[{"resourceType": "Medication", "id": "m1", "code": {"coding": [{"system": RXNORM, "code": "1433873"}]}}],
+        contained=[
+            {"resourceType": "Medication", "id": "m1", "code": {"coding": [{"system": RXNORM, "code": "1433873"}]}}
+        ],
     )
     found = exposure_from(contained, PatientRecord("p1"), knowledge.catalog)
     assert found is not None and found.drugs == {"dolutegravir"}
     builder = RecordBuilder()
-    builder.add_bundle({"resourceType": "Bundle", "type": "collection", "entry": [
-        {"resource": {"resourceType": "Medication", "id": "m2", "code": {"text": "efavirenz 600 mg"}}},
-        {"resource": statement(medicationReference={"reference": "Medication/m2"})},
-    ]})
+    builder.add_bundle(
+        {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [
+                {"resource": {"resourceType": "Medication", "id": "m2", "code": {"text": "efavirenz 600 mg"}}},
+                {"resource": statement(medicationReference={"reference": "Medication/m2"})},
+            ],
+        }
+    )
     (record,) = builder.build()
     facts = extract_facts(record, knowledge.catalog, date(2026, 1, 1))
     assert [e.drugs for e in facts.exposures] == [frozenset({"efavirenz"})]
@@ -65,14 +92,22 @@ def test_contained_and_referenced_medications_resolve(knowledge: Knowledge) -> N
 def test_entered_in_error_and_not_taken_medications_are_ignored(knowledge: Knowledge) -> None:
     code = {"coding": [{"system": RXNORM, "code": "1433873"}]}
     for status in ("entered-in-error", "not-taken", "cancelled"):
-        assert exposure_from(statement(status=status, medicationCodeableConcept=code), PatientRecord("p1"),
-                             knowledge.catalog) is None
+        assert (
+            exposure_from(
+                statement(status=status, medicationCodeableConcept=code), PatientRecord("p1"), knowledge.catalog
+            )
+            is None
+        )
 
 
 def test_medication_request_end_comes_from_supply_when_completed(knowledge: Knowledge) -> None:
     request = {
-        "resourceType": "MedicationRequest", "id": "mr1", "status": "completed", "intent": "order",
-        "subject": SUBJECT, "authoredOn": "2025-01-01",
+        "resourceType": "MedicationRequest",
+        "id": "mr1",
+        "status": "completed",
+        "intent": "order",
+        "subject": SUBJECT,
+        "authoredOn": "2025-01-01",
         "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "1433873"}]},
         "dispenseRequest": {"expectedSupplyDuration": {"value": 30, "code": "d"}, "numberOfRepeatsAllowed": 2},
     }
@@ -84,11 +119,19 @@ def test_medication_request_end_comes_from_supply_when_completed(knowledge: Know
 
 
 def test_lab_values_comparators_and_coded_results() -> None:
-    base = {"resourceType": "Observation", "id": "o1", "status": "final", "subject": SUBJECT,
-            "code": {"coding": [{"system": "http://loinc.org", "code": "20447-9"}]}, "effectiveDateTime": "2025-05-05"}
+    base = {
+        "resourceType": "Observation",
+        "id": "o1",
+        "status": "final",
+        "subject": SUBJECT,
+        "code": {"coding": [{"system": "http://loinc.org", "code": "20447-9"}]},
+        "effectiveDateTime": "2025-05-05",
+    }
     lab = lab_from({**base, "valueQuantity": {"value": 20, "comparator": "<", "unit": "copies/mL"}})
     assert lab is not None and lab.comparator == "<" and lab.value == 20
-    coded = lab_from({**base, "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": "260415000"}]}})
+    coded = lab_from(
+        {**base, "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": "260415000"}]}}
+    )
     assert coded is not None and coded.not_detected
     text = lab_from({**base, "valueString": "Target Not Detected"})
     assert text is not None and text.not_detected
@@ -112,8 +155,14 @@ def test_malformed_resources_are_skipped_and_counted(knowledge: Knowledge) -> No
     record = PatientRecord("p1")
     record.add({"resourceType": "Observation", "id": "x", "status": None})
     record.add({"resourceType": "Observation", "status": "final", "effectiveDateTime": "2025-01-01"})  # no id
-    record.add({"resourceType": "MedicationStatement", "id": "m", "status": "active",
-                "medicationCodeableConcept": {"text": "efavirenz"}})  # no date
+    record.add(
+        {
+            "resourceType": "MedicationStatement",
+            "id": "m",
+            "status": "active",
+            "medicationCodeableConcept": {"text": "efavirenz"},
+        }
+    )  # no date
     record.add({"resourceType": "Condition", "id": "c", "clinicalStatus": "active"})  # wrong type: tolerated
     record.resources["Observation"].append("not an object")  # type: ignore[arg-type]
     facts = extract_facts(record, knowledge.catalog, date(2026, 1, 1))
@@ -125,14 +174,38 @@ def test_inactive_refuted_and_entered_in_error_conditions_are_ignored(knowledge:
     hiv = {"coding": [{"system": "http://snomed.info/sct", "code": "86406008"}]}
     cs = "http://terminology.hl7.org/CodeSystem/condition-clinical"
     vs = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
-    record.add({"resourceType": "Condition", "id": "a", "code": hiv,
-                "clinicalStatus": {"coding": [{"system": cs, "code": "resolved"}]}})
-    record.add({"resourceType": "Condition", "id": "b", "code": hiv,
-                "verificationStatus": {"coding": [{"system": vs, "code": "refuted"}]}})
-    record.add({"resourceType": "Condition", "id": "c", "code": hiv,
-                "verificationStatus": {"coding": [{"system": vs, "code": "entered-in-error"}]}})
-    record.add({"resourceType": "Condition", "id": "d", "code": hiv,
-                "clinicalStatus": {"coding": [{"system": cs, "code": "active"}]}})
+    record.add(
+        {
+            "resourceType": "Condition",
+            "id": "a",
+            "code": hiv,
+            "clinicalStatus": {"coding": [{"system": cs, "code": "resolved"}]},
+        }
+    )
+    record.add(
+        {
+            "resourceType": "Condition",
+            "id": "b",
+            "code": hiv,
+            "verificationStatus": {"coding": [{"system": vs, "code": "refuted"}]},
+        }
+    )
+    record.add(
+        {
+            "resourceType": "Condition",
+            "id": "c",
+            "code": hiv,
+            "verificationStatus": {"coding": [{"system": vs, "code": "entered-in-error"}]},
+        }
+    )
+    record.add(
+        {
+            "resourceType": "Condition",
+            "id": "d",
+            "code": hiv,
+            "clinicalStatus": {"coding": [{"system": cs, "code": "active"}]},
+        }
+    )
     facts = extract_facts(record, knowledge.catalog, date(2026, 1, 1))
     assert [d.ref for d in facts.diagnoses] == ["Condition/d"]
 
@@ -149,12 +222,27 @@ def test_prep_without_diagnosis_is_not_in_the_hiv_program(knowledge: Knowledge) 
 
 def test_bundle_with_urn_references_groups_by_patient() -> None:
     builder = RecordBuilder()
-    builder.add_bundle({"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"fullUrl": "urn:uuid:aaa", "resource": {"resourceType": "Patient"}},
-        {"fullUrl": "urn:uuid:bbb", "resource": {"resourceType": "Observation", "id": "o", "subject": {"reference": "urn:uuid:aaa"}}},
-        {"resource": {"resourceType": "Observation", "id": "o2", "subject": {"reference": "https://x.test/fhir/Patient/zzz/_history/3"}}},
-        {"resource": {"resourceType": "Observation", "id": "o3"}},
-    ]})
+    builder.add_bundle(
+        {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {"fullUrl": "urn:uuid:aaa", "resource": {"resourceType": "Patient"}},
+                {
+                    "fullUrl": "urn:uuid:bbb",
+                    "resource": {"resourceType": "Observation", "id": "o", "subject": {"reference": "urn:uuid:aaa"}},
+                },
+                {
+                    "resource": {
+                        "resourceType": "Observation",
+                        "id": "o2",
+                        "subject": {"reference": "https://x.test/fhir/Patient/zzz/_history/3"},
+                    }
+                },
+                {"resource": {"resourceType": "Observation", "id": "o3"}},
+            ],
+        }
+    )
     records = {r.patient_id: r for r in builder.build()}
     assert set(records) == {"aaa", "zzz"}
     assert len(records["aaa"].of_type("Observation")) == 1 and builder.skipped == 1

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from email.utils import format_datetime
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import httpx
 import pytest
@@ -24,8 +24,10 @@ from fhirsvc.fhir.errors import (
 )
 
 BASE = "https://fhir.example.test/r4"
-OUTCOME = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "forbidden",
-                                                         "diagnostics": "token expired"}]}
+OUTCOME = {
+    "resourceType": "OperationOutcome",
+    "issue": [{"severity": "error", "code": "forbidden", "diagnostics": "token expired"}],
+}
 
 pytestmark = pytest.mark.anyio
 
@@ -55,7 +57,8 @@ async def pool() -> AsyncIterator[FhirClientPool]:
 
 def bundle(n: int, next_url: str | None = None) -> dict[str, object]:
     body: dict[str, object] = {
-        "resourceType": "Bundle", "type": "searchset",
+        "resourceType": "Bundle",
+        "type": "searchset",
         "entry": [{"resource": {"resourceType": "Observation", "id": f"o{n}-{i}"}} for i in range(2)],
     }
     if next_url:
@@ -128,7 +131,9 @@ async def test_client_errors_are_not_retried_and_carry_the_outcome(
 
 @respx.mock
 async def test_bearer_token_and_accept_header_are_sent(pool: FhirClientPool) -> None:
-    route = respx.get(f"{BASE}/Patient/1", headers={"Authorization": "Bearer secret", "Accept": "application/fhir+json"})
+    route = respx.get(
+        f"{BASE}/Patient/1", headers={"Authorization": "Bearer secret", "Accept": "application/fhir+json"}
+    )
     route.mock(return_value=httpx.Response(200, json={"resourceType": "Patient", "id": "1"}))
     await pool.client(BASE).get_json("Patient/1", token="secret")
     assert route.called

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import date, timedelta
 
 from fhirsvc.facts import Coding, MedicationExposure
@@ -9,17 +10,24 @@ from fhirsvc.lot.engine import Line, build_lines, drug_eras
 from fhirsvc.terminology.programs import LineSettings
 
 CLASSES = {
-    "efavirenz": "NNRTI", "dolutegravir": "INSTI", "raltegravir": "INSTI", "darunavir": "PI",
-    "ritonavir": "booster", "cobicistat": "booster", "emtricitabine": "NRTI",
-    "tenofovir disoproxil": "NRTI", "tenofovir alafenamide": "NRTI",
+    "efavirenz": "NNRTI",
+    "dolutegravir": "INSTI",
+    "raltegravir": "INSTI",
+    "darunavir": "PI",
+    "ritonavir": "booster",
+    "cobicistat": "booster",
+    "emtricitabine": "NRTI",
+    "tenofovir disoproxil": "NRTI",
+    "tenofovir alafenamide": "NRTI",
 }
 HIV = LineSettings(regimen_window_days=28, era_gap_days=90, new_line_on="class-change", ignore_classes=["booster"])
 AS_OF = date(2026, 6, 1)
 NOT_TOLERATED = Coding("http://snomed.info/sct", "407563006", "Treatment not tolerated")
 
 
-def exposure(drugs: str, start: str, end: str | None = None, reasons: tuple[Coding, ...] = (),
-             planned: bool = False) -> MedicationExposure:
+def exposure(
+    drugs: str, start: str, end: str | None = None, reasons: tuple[Coding, ...] = (), planned: bool = False
+) -> MedicationExposure:
     return MedicationExposure(
         ref=f"MedicationStatement/{drugs.replace(' ', '-').replace('+', '-')}-{start}",
         drugs=frozenset(drugs.split("+")),
@@ -38,8 +46,7 @@ def lines(*exposures: MedicationExposure, settings: LineSettings = HIV, as_of: d
 
 
 def test_drugs_started_within_the_window_form_one_regimen() -> None:
-    (line,) = lines(exposure("efavirenz", "2025-01-01"),
-                    exposure("emtricitabine+tenofovir disoproxil", "2025-01-20"))
+    (line,) = lines(exposure("efavirenz", "2025-01-01"), exposure("emtricitabine+tenofovir disoproxil", "2025-01-20"))
     assert line.number == 1 and line.ongoing
     assert line.drugs == {"efavirenz", "emtricitabine", "tenofovir disoproxil"}
 
@@ -94,8 +101,13 @@ def test_interruption_then_same_regimen_continues_the_line_without_a_gap_rule() 
 
 
 def test_discontinuation_gap_when_configured_starts_a_new_line() -> None:
-    oncology = LineSettings(regimen_window_days=28, era_gap_days=30, discontinuation_gap_days=120,
-                            new_line_on="drug-change", new_line_on_drop=False)
+    oncology = LineSettings(
+        regimen_window_days=28,
+        era_gap_days=30,
+        discontinuation_gap_days=120,
+        new_line_on="drug-change",
+        new_line_on_drop=False,
+    )
     first, second = lines(
         exposure("dolutegravir", "2024-01-01", "2024-03-01"),
         exposure("dolutegravir", "2024-08-01"),
@@ -126,12 +138,14 @@ def test_planned_therapy_with_a_new_class_is_a_planned_line() -> None:
 def test_refills_within_the_era_gap_merge() -> None:
     eras = drug_eras(
         [exposure("efavirenz", "2024-01-01", "2024-01-31"), exposure("efavirenz", "2024-04-15", "2024-05-15")],
-        set(CLASSES), era_gap_days=90,
+        set(CLASSES),
+        era_gap_days=90,
     )
     assert len(eras) == 1 and eras[0].end == date(2024, 5, 15)
     eras = drug_eras(
-        [exposure("efavirenz", "2024-01-01", "2024-01-31"), exposure("efavirenz", "2024-01-31" , None)],
-        set(CLASSES), era_gap_days=0,
+        [exposure("efavirenz", "2024-01-01", "2024-01-31"), exposure("efavirenz", "2024-01-31", None)],
+        set(CLASSES),
+        era_gap_days=0,
     )
     assert len(eras) == 1 and eras[0].end is None
 
@@ -140,11 +154,14 @@ def test_lines_are_ordered_and_do_not_overlap() -> None:
     start = date(2020, 1, 1)
     drugs = ["efavirenz", "dolutegravir", "darunavir+ritonavir", "efavirenz"]
     exposures = [
-        exposure(f"{drug}+emtricitabine", (start + timedelta(days=200 * i)).isoformat(),
-                 (start + timedelta(days=200 * i + 199)).isoformat())
+        exposure(
+            f"{drug}+emtricitabine",
+            (start + timedelta(days=200 * i)).isoformat(),
+            (start + timedelta(days=200 * i + 199)).isoformat(),
+        )
         for i, drug in enumerate(drugs)
     ]
     result = lines(*exposures)
     assert [line.number for line in result] == [1, 2, 3, 4]
-    for before, after in zip(result, result[1:], strict=False):
+    for before, after in itertools.pairwise(result):
         assert before.end is not None and before.end <= after.start
