@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,7 +39,7 @@ class CodeSet(_Strict):
     codes: list[CodeRef] = Field(default_factory=list)
     valuesets: list[str] = Field(default_factory=list, description="File names under mappings/valuesets/.")
 
-    @property
+    @cached_property
     def keys(self) -> frozenset[str]:
         return frozenset(c.key for c in self.codes)
 
@@ -66,11 +67,11 @@ class ObservationSpec(_Strict):
     codes: list[CodeRef]
     log10_codes: list[CodeRef] = Field(default_factory=list)
 
-    @property
+    @cached_property
     def keys(self) -> frozenset[str]:
         return frozenset(c.key for c in [*self.codes, *self.log10_codes])
 
-    @property
+    @cached_property
     def log10_keys(self) -> frozenset[str]:
         return frozenset(c.key for c in self.log10_codes)
 

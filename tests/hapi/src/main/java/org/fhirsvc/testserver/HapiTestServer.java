@@ -48,7 +48,9 @@ public class HapiTestServer {
 		props.put("server.port", options.port());
 		props.put("server.address", options.host());
 		props.put("spring.jmx.enabled", "false");
-		props.put("spring.main.allow-bean-definition-overriding", "false");
+		// HAPI's JPA beans reference each other through field injection in cycles (search-param registry <->
+		// resource-change listeners); Spring Boot refuses those unless told otherwise.
+		props.put("spring.main.allow-circular-references", "true");
 		// Do not let a stray application.properties on the class path of a caller change behaviour.
 		props.put("spring.config.location", "optional:classpath:/fhirsvc-testserver-none.properties");
 		// The same behaviour the starter's pom enables, so ctrl-C / SIGTERM stops Tomcat before the JPA context.

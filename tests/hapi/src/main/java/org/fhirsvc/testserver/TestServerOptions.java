@@ -44,12 +44,12 @@ public record TestServerOptions(
 		return token != null;
 	}
 
-	/** The URL path prefixes (without trailing slash) the token filter guards, or none. */
-	public List<String> protectedBasePaths() {
-		if (token == null) {
-			return List.of();
-		}
-		return secureBasePath != null ? List.of(secureBasePath) : List.of(basePath);
+	/**
+	 * URL path prefixes the token filter guards; empty means "every path" (used only when a token is set): with a
+	 * secure base path only that mount is guarded, otherwise the whole server is.
+	 */
+	public List<String> tokenGuardedPaths() {
+		return secureBasePath != null ? List.of(secureBasePath) : List.of();
 	}
 
 	public List<String> allBasePaths() {
