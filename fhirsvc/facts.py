@@ -68,6 +68,10 @@ class LabResult:
     status: str
     coded_values: frozenset[str] = frozenset()
     unit_text: str = ""  # as a person reads it ("copies/mL" rather than "{copies}/mL")
+    interpretation: frozenset[str] = frozenset()  # v3 ObservationInterpretation codes, e.g. "POS"
+    components: frozenset[str] = frozenset()  # "system|code" of component values (e.g. the gene studied)
+    text: str = ""  # code.text and displays, for observations only named in text
+    value_text: str = ""  # a coded or string value as reported ("Patient's condition worsened")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,26 @@ class Diagnosis:
     ref: str
     codes: frozenset[str]
     onset: date | None
+    clinical_status: str = "active"  # "relapse" marks a recorded relapse episode (condition-clinical)
+
+
+@dataclass(frozen=True, slots=True)
+class Allergy:
+    """An AllergyIntolerance (or recorded adverse reaction) to ingredients of the catalog."""
+
+    ref: str
+    drugs: frozenset[str]
+    date: date | None
+
+
+@dataclass(frozen=True, slots=True)
+class GoalTarget:
+    """A patient-specific target for a measure (Goal.target), e.g. HbA1c < 8.0 %."""
+
+    ref: str
+    measure: frozenset[str]
+    value: float
+    unit: str
 
 
 @dataclass
@@ -85,6 +109,8 @@ class PatientFacts:
     exposures: list[MedicationExposure] = field(default_factory=list)
     labs: list[LabResult] = field(default_factory=list)
     diagnoses: list[Diagnosis] = field(default_factory=list)
+    allergies: list[Allergy] = field(default_factory=list)
+    goals: list[GoalTarget] = field(default_factory=list)
     skipped: int = 0
 
 
@@ -256,6 +282,7 @@ def lab_from(resource: Resource) -> LabResult | None:
     comparator: str | None = None
     not_detected = False
     coded: frozenset[str] = frozenset()
+    value_text = ""
     quantity = resource.get("valueQuantity")
     if isinstance(quantity, dict):
         if _is_number(quantity.get("value")):
@@ -266,15 +293,24 @@ def lab_from(resource: Resource) -> LabResult | None:
             comparator = quantity["comparator"]
     elif isinstance(resource.get("valueCodeableConcept"), dict):
         coded = concept_keys(resource["valueCodeableConcept"])
-        text = _concept_text(resource["valueCodeableConcept"]).lower()
+        value_text = _concept_text(resource["valueCodeableConcept"])
+        text = value_text.lower()
         not_detected = any(k.rpartition("|")[2] in _NOT_DETECTED_CODES for k in coded) or text.startswith(
             _NOT_DETECTED_TEXT
         )
     elif isinstance(resource.get("valueString"), str):
-        text = resource["valueString"].strip().lower()
+        value_text = resource["valueString"].strip()
+        text = value_text.lower()
         not_detected = text.startswith(_NOT_DETECTED_TEXT)
         if text.startswith("<"):
             comparator = "<"
+    interpretation = frozenset(c.code for concept in resource.get("interpretation") or () for c in codings(concept))
+    components = frozenset(
+        key
+        for component in resource.get("component") or ()
+        if isinstance(component, dict)
+        for key in concept_keys(component.get("valueCodeableConcept"))
+    )
     return LabResult(
         ref=_ref(resource),
         codes=concept_keys(resource.get("code")),
@@ -286,6 +322,10 @@ def lab_from(resource: Resource) -> LabResult | None:
         status=status,
         coded_values=coded,
         unit_text=unit_text,
+        interpretation=interpretation,
+        components=components,
+        text=_concept_text(resource.get("code")),
+        value_text=value_text,
     )
 
 
@@ -297,7 +337,40 @@ def diagnosis_from(resource: Resource) -> Diagnosis | None:
     if any(k.rpartition("|")[2] in _VOID_CONDITION for k in verification):
         return None
     onset = parse_date(resource.get("onsetDateTime")) or parse_date(resource.get("recordedDate"))
-    return Diagnosis(ref=_ref(resource), codes=concept_keys(resource.get("code")), onset=onset)
+    status = next((k.rpartition("|")[2] for k in clinical), "active")
+    return Diagnosis(ref=_ref(resource), codes=concept_keys(resource.get("code")), onset=onset, clinical_status=status)
+
+
+def allergy_from(resource: Resource, catalog: DrugCatalog) -> Allergy | None:
+    clinical = concept_keys(resource.get("clinicalStatus"))
+    verification = concept_keys(resource.get("verificationStatus"))
+    if any(k.rpartition("|")[2] in _INACTIVE_CONDITION for k in clinical):
+        return None
+    if any(k.rpartition("|")[2] in _VOID_CONDITION for k in verification):
+        return None
+    drugs = _ingredients(resource.get("code"), catalog)
+    if not drugs:
+        return None
+    when = parse_date(resource.get("recordedDate")) or parse_date(resource.get("onsetDateTime"))
+    return Allergy(ref=_ref(resource), drugs=drugs, date=when)
+
+
+def goal_from(resource: Resource) -> list[GoalTarget]:
+    if resource.get("lifecycleStatus") not in ("active", "accepted", "planned", "proposed", None):
+        return []
+    targets = []
+    for target in resource.get("target") or ():
+        if not isinstance(target, dict):
+            continue
+        measure = concept_keys(target.get("measure"))
+        quantity = target.get("detailQuantity")
+        if not isinstance(quantity, dict):
+            high = (target.get("detailRange") or {}).get("high")
+            quantity = high if isinstance(high, dict) else None
+        if measure and quantity and _is_number(quantity.get("value")):
+            unit = str(quantity.get("code") or quantity.get("unit") or "")
+            targets.append(GoalTarget(_ref(resource), measure, float(quantity["value"]), unit))
+    return targets
 
 
 _BAD_SHAPE = (MalformedResource, TypeError, AttributeError, KeyError, ValueError)
@@ -335,4 +408,12 @@ def extract_facts(record: PatientRecord, catalog: DrugCatalog, today: date) -> P
     _read_all(record.planned, planned, facts, facts.exposures)
     _read_all(record.of_type("Observation"), lab_from, facts, facts.labs)
     _read_all(record.of_type("Condition"), diagnosis_from, facts, facts.diagnoses)
+
+    def allergy(resource: Resource) -> Allergy | None:
+        return allergy_from(resource, catalog)
+
+    _read_all(record.of_type("AllergyIntolerance"), allergy, facts, facts.allergies)
+    goals: list[list[GoalTarget]] = []
+    _read_all(record.of_type("Goal"), goal_from, facts, goals)
+    facts.goals = [target for targets in goals for target in targets]
     return facts

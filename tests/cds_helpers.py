@@ -21,6 +21,8 @@ _KEY_TYPES = {
     "medicationStatements": "MedicationStatement",
     "medicationRequests": "MedicationRequest",
     "observations": "Observation",
+    "allergies": "AllergyIntolerance",
+    "goals": "Goal",
 }
 
 

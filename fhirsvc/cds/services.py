@@ -12,10 +12,13 @@ PREFETCH: dict[str, str] = {
     "medicationStatements": "MedicationStatement?patient={{context.patientId}}",
     "medicationRequests": "MedicationRequest?patient={{context.patientId}}",
     "observations": "Observation?patient={{context.patientId}}&_count=200",
+    "allergies": "AllergyIntolerance?patient={{context.patientId}}",
+    "goals": "Goal?patient={{context.patientId}}",
 }
 
 # Data without which no assessment can be trusted → 412 when unobtainable. The others degrade gracefully:
-# demographics are not needed by the rules, and US Core / Cerner expose no MedicationStatement.
+# demographics are not needed by the rules, US Core / Cerner expose no MedicationStatement, and allergies
+# and goals refine findings (intolerance, a patient-specific target) without being needed for them.
 REQUIRED: frozenset[str] = frozenset({"conditions", "medicationRequests", "observations"})
 
 

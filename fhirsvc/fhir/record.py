@@ -23,6 +23,7 @@ CLINICAL_TYPES = frozenset(
         "MedicationAdministration",
         "Medication",
         "AllergyIntolerance",
+        "Goal",
     }
 )
 

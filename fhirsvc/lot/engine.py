@@ -101,12 +101,51 @@ def _end_reason(line_eras: list[DrugEra]) -> str | None:
     return None
 
 
-def build_lines(eras: list[DrugEra], classify: dict[str, str], settings: LineSettings, as_of: date) -> list[Line]:
+def regimen_keys(settings: LineSettings, classes: dict[str, str]) -> dict[str, str]:
+    """What identifies a drug's place in a regimen: its class, or its substitution group's first drug."""
+    if settings.new_line_on == "class-change":
+        return dict(classes)
+    keys = {drug: drug for drug in classes}
+    for group in settings.substitutions:
+        for drug in group:
+            keys[drug] = group[0]
+    return keys
+
+
+def _joins_late(
+    added: frozenset[str], days_in: int, settings: LineSettings, classes: dict[str, str], members: dict[str, set[str]]
+) -> bool:
+    """Late additions that do not advance the line (e.g. bevacizumab added within 180 days in CRC)."""
+    if not settings.late_additions:
+        return False
+    for key in added:
+        drugs = members.get(key, {key})
+        if not any(
+            days_in <= rule.joins_within_days and all(d in rule.drugs or classes.get(d) in rule.classes for d in drugs)
+            for rule in settings.late_additions
+        ):
+            return False
+    return True
+
+
+def build_lines(
+    eras: list[DrugEra],
+    classify: dict[str, str],
+    settings: LineSettings,
+    as_of: date,
+    classes: dict[str, str] | None = None,
+) -> list[Line]:
     """Walk the timeline of era starts and ends and number the lines.
 
-    `classify` maps a drug to what defines a regimen: its class (HIV: a new line when the class set changes)
-    or a substitution group (oncology: cisplatin and carboplatin map to one name).
+    `classify` maps a drug to what defines a regimen (see `regimen_keys`): its class (HIV: a new line when the
+    class set changes) or a substitution group (oncology: cisplatin and carboplatin count as one drug).
+    `classes` (drug → class) serves gap exemptions and late additions.
     """
+    classes = classes or {}
+    members: dict[str, set[str]] = defaultdict(set)
+    for era in eras:
+        members[classify.get(era.drug, era.drug)].add(era.drug)
+    exempt = frozenset(settings.gap_exempt_classes)
     ignore = frozenset(settings.ignore_classes)
     window = timedelta(days=settings.regimen_window_days)
     points = sorted({e.start for e in eras} | {e.end + _DAY for e in eras if e.end is not None and e.end < as_of})
@@ -123,32 +162,44 @@ def build_lines(eras: list[DrugEra], classify: dict[str, str], settings: LineSet
                 gap_start = day
             continue
         if current is not None and gap_start is not None:
-            gap_days = (day - gap_start).days
-            if settings.discontinuation_gap_days is not None and gap_days > settings.discontinuation_gap_days:
+            gap_days = (day - gap_start).days + 1  # days since the last day a drug was active
+            gap_exempt = any(classes.get(d) in exempt for d in current.drugs)
+            limit = settings.discontinuation_gap_days
+            if limit is not None and gap_days > limit and not gap_exempt:
                 current.end = gap_start - _DAY
                 current.end_reason = _end_reason(_eras_of(current, eras)) or "discontinued"
                 current = None
         if current is None:
             current = _open_line(lines, day, active, signature)
         elif day - current.start <= window:
-            current.signature = signature  # still assembling the regimen
+            # Still assembling the regimen: every drug started in the window belongs to it (Merck/Meng 2019).
+            current.signature = signature if settings.new_line_on_drop else current.signature | signature
         else:
             added = signature - current.signature
             dropped = current.signature - signature
-            if added or (dropped and settings.new_line_on_drop):
+            if added and _joins_late(added, (day - current.start).days, settings, classes, members):
+                current.signature = current.signature | signature
+            elif added or (dropped and settings.new_line_on_drop):
                 still_on = any(e.active_on(day - _DAY) for e in _eras_of(current, eras))
                 current.end = day if still_on or gap_start is None else gap_start - _DAY
                 leaving = [e for e in _eras_of(current, eras) if e.end is not None and e.end < day + window]
                 current.end_reason = _end_reason(leaving) or "new-line"
                 current = _open_line(lines, day, active, signature)
             else:
-                current.signature = signature
+                # A drop that does not end the line (maintenance, an incomplete regimen) keeps the dropped drug
+                # in the line's regimen, so taking it up again is no new line.
+                current.signature = signature if settings.new_line_on_drop else current.signature | signature
         current.drugs.update(e.drug for e in active)
         gap_start = None
     if current is not None and not any(e.active_on(as_of) for e in eras):
         ended = [e for e in _eras_of(current, eras) if e.end is not None]
-        current.end = max(e.end for e in ended if e.end is not None) if ended else as_of
-        current.end_reason = _end_reason(ended) or "discontinued"
+        last_day = max(e.end for e in ended if e.end is not None) if ended else as_of
+        limit = settings.discontinuation_gap_days
+        # With a gap rule (oncology cycles recorded as single-day administrations) the line is still current
+        # until the gap has passed; without one, stopping every drug ends it.
+        if limit is None or (as_of - last_day).days > limit:
+            current.end = last_day
+            current.end_reason = _end_reason(ended) or "discontinued"
     for line in lines:
         _assign_drugs(line, eras, as_of)
     return lines

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from fhirsvc.facts import LabResult, PatientFacts
+from fhirsvc.facts import Diagnosis, LabResult, PatientFacts
 from fhirsvc.lot.engine import DrugEra, Line
-from fhirsvc.terminology.programs import Guideline, Indicator, Program, Rule, Status
+from fhirsvc.terminology.programs import FlagCriterion, Guideline, Indicator, Program, Rule, Status, When
+from fhirsvc.terminology.safety import SafetyTables
 from fhirsvc.terminology.units import CONVERTERS
 
 _ORDINALS = {2: "second-line", 3: "third-line", 4: "fourth-line", 5: "fifth-line"}
@@ -61,19 +62,140 @@ class ProgramContext:
     as_of: date
     lines: list[Line]
     eras: list[DrugEra]
+    classes: dict[str, str] = field(default_factory=dict)
+    safety: SafetyTables = field(default_factory=lambda: SafetyTables({}, ()))
+    assessments: dict[str, Assessment] = field(default_factory=dict)  # earlier rules' findings, by rule id
+    _flags: dict[str, list[str]] | None = None
 
     @property
     def current_line(self) -> Line | None:
         return self.lines[-1] if self.lines and self.lines[-1].ongoing else None
+
+    @property
+    def last_line(self) -> Line | None:
+        return self.lines[-1] if self.lines else None
+
+    def active_drugs(self, day: date | None = None) -> list[str]:
+        when = day or self.as_of
+        return sorted({e.drug for e in self.eras if e.active_on(when)})
+
+    def line_classes(self, line: Line) -> set[str]:
+        return {self.classes.get(d, "") for d in line.drugs}
+
+    def results(self, observation: str) -> list[LabResult]:
+        """Valid results of a named observation (by code, or by a phrase in code.text) up to `as_of`, by date."""
+        spec = self.program.observations[observation]
+        keys = spec.keys
+        patterns = spec.text_patterns
+        found = [
+            lab
+            for lab in self.facts.labs
+            if lab.date <= self.as_of
+            and (lab.codes & keys or (patterns and any(p in lab.text.lower() for p in patterns)))
+        ]
+        return sorted(found, key=lambda lab: lab.date)
+
+    def as_measurement(self, lab: LabResult) -> Measurement:
+        """Any result as evidence, including coded ones ("Patient's condition worsened")."""
+        shown = lab.value_text or (
+            f"{lab.comparator or ''}{lab.value:g} {lab.unit_text or lab.unit}" if lab.value is not None else ""
+        )
+        return Measurement(lab.ref, lab.date, lab.value, lab.unit, lab.comparator, lab.not_detected, shown.strip())
+
+    def program_drugs_active(self, day: date | None = None) -> list[str]:
+        return [d for d in self.active_drugs(day) if d in self.classes]
+
+    def has_value(self, lab: LabResult, observation: str, value_set: str) -> bool:
+        return bool(lab.coded_values & self.program.observations[observation].values[value_set].keys)
+
+    def diagnoses(self, condition_set: str, status: str | None = None) -> list[Diagnosis]:
+        codes = self.program.conditions[condition_set].keys
+        return [
+            d
+            for d in self.facts.diagnoses
+            if d.codes & codes
+            and (d.onset is None or d.onset <= self.as_of)
+            and (status is None or d.clinical_status == status)
+        ]
+
+    def flags(self) -> dict[str, list[str]]:
+        """Program flags that hold (e.g. heart_failure, ckd), each with the references that make it hold."""
+        if self._flags is None:
+            self._flags = {}
+            for name, flag in self.program.flags.items():
+                refs: list[str] = []
+                for criterion in flag.any_of:
+                    refs += self._criterion_refs(criterion)
+                if refs:
+                    self._flags[name] = refs
+        return self._flags
+
+    def _criterion_refs(self, criterion: FlagCriterion) -> list[str]:
+        if criterion.condition:
+            return [d.ref for d in self.diagnoses(criterion.condition) if d.clinical_status == "active"]
+        if criterion.observation:
+            measured = self.measurements(criterion.observation)
+            if not measured:
+                return []
+            latest = measured[-1]
+            if criterion.within_days and (self.as_of - latest.date).days > criterion.within_days:
+                return []
+            value = latest.value
+            if value is None:
+                return []
+            if criterion.below is not None and value < criterion.below:
+                return [latest.ref]
+            if criterion.at_least is not None and value >= criterion.at_least:
+                return [latest.ref]
+        return []
+
+    def holds(self, when: When | None, line: Line | None) -> bool:
+        """Whether a recommendation's `when` applies to this patient and line."""
+        if when is None:
+            return True
+        drugs = line.drugs if line else set()
+        classes = self.line_classes(line) if line else set()
+        flags = self.flags()
+        checks = [
+            not when.line_classes_any or bool(classes & set(when.line_classes_any)),
+            not (classes & set(when.line_classes_none)),
+            not when.line_drugs_any or bool(drugs & set(when.line_drugs_any)),
+            not (drugs & set(when.line_drugs_none)),
+            not when.flags_any or any(f in flags for f in when.flags_any),
+            not any(f in flags for f in when.flags_none),
+            when.observation_present is None or bool(self.results(when.observation_present)),
+            when.observation_absent is None or not self.results(when.observation_absent),
+            not when.genes_wild_type or self._wild_type(when.genes_wild_type),
+        ]
+        return all(checks)
+
+    def _wild_type(self, genes: list[str]) -> bool:
+        """Every gene has a variant assessment answered "absent" (program observation `genetic_variant`)."""
+        if "genetic_variant" not in self.program.observations:
+            return False
+        absent = self.program.observations["genetic_variant"].values.get("absent")
+        if absent is None:
+            return False
+        results = self.results("genetic_variant")
+        return all(
+            any(
+                lab.coded_values & absent.keys and any(c.rpartition("|")[2] == gene for c in lab.components)
+                for lab in results
+            )
+            for gene in genes
+        )
 
     def measurements(self, observation: str) -> list[Measurement]:
         """Results of one named observation up to `as_of`, converted, one per day (the highest), by date."""
         spec = self.program.observations[observation]
         convert = CONVERTERS[spec.unit]
         keys, log_keys = spec.keys, spec.log10_keys
+        patterns = spec.text_patterns
         by_day: dict[date, Measurement] = {}
         for lab in self.facts.labs:
-            if lab.date > self.as_of or not (lab.codes & keys):
+            if lab.date > self.as_of:
+                continue
+            if not (lab.codes & keys or (patterns and any(p in lab.text.lower() for p in patterns))):
                 continue
             measurement = _measure(lab, spec.unit, bool(lab.codes & log_keys), convert)
             if measurement is None:
@@ -117,6 +239,7 @@ def make_assessment(
     values: Mapping[str, object],
     measurements: list[Measurement] | None = None,
     line: Line | None = None,
+    extra_evidence: Iterable[str] = (),
 ) -> Assessment:
     """Fill the outcome's templates; a finding on line ≥ 2 becomes next-line-evaluation."""
     spec = rule.outcomes[outcome]
@@ -134,7 +257,12 @@ def make_assessment(
     if len(summary) >= 140:
         summary = summary[:138] + "…"
     used = measurements or []
-    evidence = [m.ref for m in used] + (line.refs if line is not None else [])
+    evidence = list(dict.fromkeys([m.ref for m in used] + list(extra_evidence) + (line.refs if line else [])))
+    shown = [ctx.assessments[r] for r in rule.suppressed_by if r in ctx.assessments and ctx.assessments[r].card]
+    if shown and status != "no-action":
+        # Another rule's card already says this (e.g. the HbA1c card names the preferred class).
+        status = "no-action"
+        summary = f"Covered by {shown[0].rule}: {summary}"[:139]
     regimen = sorted({e.drug for e in ctx.eras if e.active_on(min(ctx.as_of, line.end or ctx.as_of))}) if line else []
     return Assessment(
         program=ctx.program.id,
@@ -147,7 +275,7 @@ def make_assessment(
         guideline=rule.guideline,
         evidence=evidence,
         measurements=used,
-        recommendations=list(spec.recommendations),
+        recommendations=[r.text.format(**values) for r in spec.recommendations if ctx.holds(r.when, line)],
         suggestions=list(spec.suggestions),
         line=line,
         regimen=regimen or (sorted(line.drugs) if line else []),

@@ -7,8 +7,8 @@ from datetime import date
 
 from fhirsvc.facts import PatientFacts, extract_facts
 from fhirsvc.fhir.record import PatientRecord
-from fhirsvc.lot.engine import Line, build_lines, drug_eras
-from fhirsvc.rules import confirmed_threshold  # noqa: F401  (importing a kind registers it)
+from fhirsvc.lot.engine import Line, build_lines, drug_eras, regimen_keys
+from fhirsvc.rules import activity, confirmed_threshold, progression, targets, triggers  # noqa: F401 (registers kinds)
 from fhirsvc.rules.base import RULE_KINDS, Assessment, ProgramContext
 from fhirsvc.terminology.knowledge import Knowledge
 from fhirsvc.terminology.programs import Program, Rule
@@ -52,12 +52,13 @@ def evaluate_program(program: Program, facts: PatientFacts, knowledge: Knowledge
         return None
     exposures = [e for e in facts.exposures if e.start <= as_of]
     eras = drug_eras(exposures, set(classes), program.lines.era_gap_days)
-    classify = classes if program.lines.new_line_on == "class-change" else {}
-    lines = build_lines(eras, classify, program.lines, as_of)
-    ctx = ProgramContext(program, facts, as_of, lines, eras)
+    lines = build_lines(eras, regimen_keys(program.lines, classes), program.lines, as_of, classes)
+    ctx = ProgramContext(program, facts, as_of, lines, eras, classes, knowledge.safety)
     result = ProgramResult(program, lines, classes)
     for rule in program.rules:
-        result.assessments.append(RULE_KINDS[rule.kind](rule, ctx))
+        assessment = RULE_KINDS[rule.kind](rule, ctx)
+        ctx.assessments[rule.id] = assessment
+        result.assessments.append(assessment)
         if rule.line_end_label:
             _label_line_ends(rule, ctx)
     return result
@@ -68,7 +69,9 @@ def _label_line_ends(rule: Rule, ctx: ProgramContext) -> None:
     for index, line in enumerate(ctx.lines):
         if line.end is None or line.end_reason not in ("new-line", "discontinued"):
             continue
-        past = replace(ctx, as_of=line.end, lines=[*ctx.lines[:index], replace(line, end=None)])
+        past = replace(
+            ctx, as_of=line.end, lines=[*ctx.lines[:index], replace(line, end=None)], assessments={}, _flags=None
+        )
         finding = RULE_KINDS[rule.kind](rule, past)
         if finding.status in ("second-line-evaluation", "next-line-evaluation"):
             line.end_reason = rule.line_end_label

@@ -1,24 +1,57 @@
-"""Knowledge: the drug catalog and every enabled program, loaded once per process from mappings/."""
+"""Knowledge: the drug catalog, safety tables and every enabled program, loaded once per process from mappings/."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from fhirsvc.terminology.catalog import DrugCatalog, load_catalog
+import yaml
+
+from fhirsvc.terminology.catalog import Drug, DrugCatalog, load_catalog
 from fhirsvc.terminology.paths import data_dir
 from fhirsvc.terminology.programs import Program, load_program
+from fhirsvc.terminology.safety import SafetyTables, load_safety
+
+# Catalog "condition" under which drugs known only to the safety tables are filed (they belong to no program).
+SAFETY_CONDITION = "_safety"
 
 
 @dataclass(frozen=True)
 class Knowledge:
     catalog: DrugCatalog
     programs: tuple[Program, ...]
+    safety: SafetyTables = field(default_factory=lambda: SafetyTables({}, ()))
+    drug_classes: dict[str, dict[str, str]] = field(default_factory=dict)  # program id → ingredient → class
+
+    def __post_init__(self) -> None:
+        for program in self.programs:
+            condition = program.catalog_condition
+            self.drug_classes[program.id] = {
+                name: drug.classes[condition] for name, drug in self.catalog.drugs.items() if condition in drug.classes
+            }
 
     def program_drugs(self, program: Program) -> dict[str, str]:
-        """Ingredient → class for the program's catalog condition."""
-        condition = program.catalog_condition
-        return {name: drug.classes[condition] for name, drug in self.catalog.drugs.items() if condition in drug.classes}
+        """Ingredient → class for the program's catalog condition (computed once at load)."""
+        return self.drug_classes[program.id]
+
+
+def _with_triggers(data: dict[str, Any], triggers: dict[str, Any]) -> dict[str, Any]:
+    """Append the general trigger rules (mappings/triggers.yaml) to a program, unless it opts out."""
+    if not data.get("general_triggers", True) or not triggers:
+        return data
+    merged = dict(data)
+    default_guideline = (data.get("rules") or [{}])[0].get("guideline")
+    rules = []
+    for rule in triggers.get("rules", []):
+        rule = dict(rule)
+        if rule.get("guideline") is None:
+            rule["guideline"] = default_guideline
+        rules.append(rule)
+    merged["rules"] = [*data.get("rules", []), *rules]
+    for section in ("observations", "conditions", "suggestions"):
+        merged[section] = {**triggers.get(section, {}), **data.get(section, {})}
+    return merged
 
 
 def load_knowledge(
@@ -30,8 +63,19 @@ def load_knowledge(
     """Read mappings/ (or another folder of the same layout); unknown override keys fail loudly."""
     root = mappings or data_dir("mappings")
     catalog = load_catalog(root / "drugs")
+    safety, extra_drugs = load_safety(root / "drugs")
+    drugs = dict(catalog.drugs)
+    by_code = {code: set(names) for code, names in catalog.by_code.items()}
+    for extra in extra_drugs:
+        drugs.setdefault(extra.name, Drug(extra.name, extra.rxnorm, extra.verified, extra.source, {}))
+        drugs[extra.name].classes[SAFETY_CONDITION] = extra.drug_class
+        by_code.setdefault(extra.rxnorm, set()).add(extra.name)
+    triggers_path = root / "triggers.yaml"
+    triggers = yaml.safe_load(triggers_path.read_text(encoding="utf-8")) if triggers_path.exists() else {}
     paths = sorted((root / "programs").glob("*.yaml")) + list(extra_programs or [])
-    programs = [load_program(path, overrides) for path in paths]
+    programs = [
+        load_program(path, overrides, lambda d: _with_triggers(d, triggers), root / "valuesets") for path in paths
+    ]
     if enabled:
         programs = [p for p in programs if p.id in enabled]
     known = {p.id for p in programs}
@@ -41,4 +85,13 @@ def load_knowledge(
     aliases: dict[str, list[str]] = {}
     for program in programs:
         aliases.update(program.drug_aliases)
-    return Knowledge(catalog.with_aliases(aliases), tuple(programs))
+        for inline in program.drugs:
+            existing = drugs.get(inline.name)
+            classes = dict(existing.classes) if existing else {}
+            classes[program.catalog_condition] = inline.drug_class
+            drugs[inline.name] = Drug(inline.name, inline.rxnorm, inline.verified, inline.source, classes)
+            for code in [inline.rxnorm, *inline.products]:
+                if code:
+                    by_code.setdefault(code, set()).add(inline.name)
+    merged = DrugCatalog(drugs, {code: frozenset(names) for code, names in by_code.items()})
+    return Knowledge(merged.with_aliases(aliases), tuple(programs), safety)

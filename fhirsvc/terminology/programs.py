@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +52,25 @@ class Scope(_Strict):
     treatment_classes: list[str] = Field(default_factory=list)
 
 
+class InlineDrug(_Strict):
+    """A drug a program needs that the shared catalog lacks (e.g. a program defined only in YAML)."""
+
+    name: str
+    drug_class: str = Field(alias="class")
+    rxnorm: str | None = None
+    products: list[str] = Field(default_factory=list)
+    source: str
+    verified: bool = False
+
+
+class LateAddition(_Strict):
+    """Drugs that join the current line when added within `joins_within_days` of its start (Hess 2021)."""
+
+    drugs: list[str] = Field(default_factory=list)
+    classes: list[str] = Field(default_factory=list)
+    joins_within_days: int = Field(ge=0)
+
+
 class LineSettings(_Strict):
     regimen_window_days: int = Field(default=28, ge=0)
     era_gap_days: int = Field(default=90, ge=0, description="Refill gap that still continues a drug era.")
@@ -58,14 +78,22 @@ class LineSettings(_Strict):
     new_line_on: Literal["class-change", "drug-change"] = "class-change"
     new_line_on_drop: bool = True
     ignore_classes: list[str] = Field(default_factory=list)
+    substitutions: list[list[str]] = Field(default_factory=list, description="Interchangeable drugs (one slot).")
+    gap_exempt_classes: list[str] = Field(default_factory=list, description="Oral continuous drugs (TKIs).")
+    late_additions: list[LateAddition] = Field(default_factory=list)
 
 
 class ObservationSpec(_Strict):
+    """A named measure: its codes, canonical unit ("coded" for coded results) and named coded values."""
+
     display: str
     unit: str
     source: str
     codes: list[CodeRef]
+    valuesets: list[str] = Field(default_factory=list, description="File names under mappings/valuesets/.")
     log10_codes: list[CodeRef] = Field(default_factory=list)
+    text_patterns: list[str] = Field(default_factory=list, description="Lower-case phrases in code.text.")
+    values: dict[str, CodeSet] = Field(default_factory=dict, description="Named coded answers.")
 
     @cached_property
     def keys(self) -> frozenset[str]:
@@ -91,11 +119,62 @@ class Suggestion(_Strict):
     resource: dict[str, Any]
 
 
+class FlagCriterion(_Strict):
+    """One way a flag holds: an active condition from a named code set, or the latest result vs a bound."""
+
+    condition: str | None = None
+    observation: str | None = None
+    below: float | None = None
+    at_least: float | None = None
+    within_days: int | None = Field(default=None, ge=1)
+
+
+class Flag(_Strict):
+    label: str
+    any_of: list[FlagCriterion]
+
+
+class When(_Strict):
+    """Conditions (all must hold) that make a recommendation apply; evaluated by the rule engine."""
+
+    line_classes_any: list[str] = Field(default_factory=list)
+    line_classes_none: list[str] = Field(default_factory=list)
+    line_drugs_any: list[str] = Field(default_factory=list)
+    line_drugs_none: list[str] = Field(default_factory=list)
+    flags_any: list[str] = Field(default_factory=list)
+    flags_none: list[str] = Field(default_factory=list)
+    observation_present: str | None = None
+    observation_absent: str | None = None
+    genes_wild_type: list[str] = Field(default_factory=list, description="Gene codes all recorded as absent.")
+
+
+class Recommendation(_Strict):
+    text: str
+    when: When | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value: Any) -> Any:
+        return {"text": value} if isinstance(value, str) else value
+
+
 class Outcome(_Strict):
     status: Status
     indicator: Indicator = "info"
     summary: str = Field(max_length=139)
-    recommendations: list[str] = Field(default_factory=list)
+    recommendations: list[Recommendation] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flatten(cls, value: Any) -> Any:
+        # YAML has no list splat: a shared list included by alias arrives nested; flatten it.
+        if isinstance(value, dict) and isinstance(value.get("recommendations"), list):
+            flat: list[Any] = []
+            for item in value["recommendations"]:
+                flat.extend(item if isinstance(item, list) else [item])
+            value = {**value, "recommendations": flat}
+        return value
+
     suggestions: list[str] = Field(default_factory=list)
     card: bool = True
 
@@ -108,6 +187,9 @@ class Rule(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     outcomes: dict[str, Outcome]
     line_end_label: str | None = Field(default=None, description="Why a line ended when this rule fired on it.")
+    suppressed_by: list[str] = Field(
+        default_factory=list, description="Rules whose card, when shown, makes this rule's card redundant."
+    )
 
 
 class Program(_Strict):
@@ -115,17 +197,33 @@ class Program(_Strict):
     title: str
     catalog_condition: str
     scope: Scope
+    drugs: list[InlineDrug] = Field(default_factory=list)
     drug_aliases: dict[str, list[str]] = Field(default_factory=dict)
     lines: LineSettings
     observations: dict[str, ObservationSpec] = Field(default_factory=dict)
+    conditions: dict[str, CodeSet] = Field(default_factory=dict)
+    flags: dict[str, Flag] = Field(default_factory=dict)
     parameters: dict[str, float] = Field(default_factory=dict)
+    general_triggers: bool = Field(default=True, description="Apply mappings/triggers.yaml rules too.")
     rules: list[Rule]
     suggestions: dict[str, Suggestion] = Field(default_factory=dict)
     override_reasons: list[CodeRef] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Program:
+        rule_ids = [rule.id for rule in self.rules]
+        if len(set(rule_ids)) != len(rule_ids):
+            raise ValueError(f"duplicate rule ids in {self.id}")
+        for flag_name, flag in self.flags.items():
+            for criterion in flag.any_of:
+                if criterion.condition and criterion.condition not in self.conditions:
+                    raise ValueError(f"flag {flag_name}: unknown condition set {criterion.condition!r}")
+                if criterion.observation and criterion.observation not in self.observations:
+                    raise ValueError(f"flag {flag_name}: unknown observation {criterion.observation!r}")
         for rule in self.rules:
+            unknown = [r for r in rule.suppressed_by if r not in rule_ids]
+            if unknown:
+                raise ValueError(f"rule {rule.id}: suppressed_by names unknown rules {unknown}")
             for outcome in rule.outcomes.values():
                 missing = [s for s in outcome.suggestions if s not in self.suggestions]
                 if missing:
@@ -169,12 +267,21 @@ def _expand_codesets(node: Any, valueset_dir: Path) -> None:
             _expand_codesets(value, valueset_dir)
 
 
-def load_program(path: Path, overrides: dict[str, float] | None = None) -> Program:
+def load_program(
+    path: Path,
+    overrides: dict[str, float] | None = None,
+    transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    valueset_dir: Path | None = None,
+) -> Program:
     """Parse one program YAML; `overrides` ("<program>.<parameter>" → value) replace parameters."""
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     if not isinstance(data, dict):
         raise ValueError(f"{path.name}: a program file must hold a mapping")
-    _expand_codesets(data, path.parent.parent / "valuesets")
+    # Top-level keys starting with "_" only hold YAML anchors shared inside the file.
+    data = {key: value for key, value in data.items() if not key.startswith("_")}
+    if transform is not None:
+        data = transform(data)
+    _expand_codesets(data, valueset_dir or path.parent.parent / "valuesets")
     program_id = data.get("id")
     for key, value in (overrides or {}).items():
         prefix, _, name = key.partition(".")

@@ -30,6 +30,36 @@ def hba1c_percent(value: float, unit: str, log_scale: bool) -> float | None:
     return None
 
 
+def egfr(value: float, unit: str, log_scale: bool) -> float | None:
+    """eGFR in mL/min/1.73 m²; labs write the unit many ways, all the same quantity."""
+    unit_key = unit.strip().lower().replace(" ", "")
+    if unit_key in {"", "ml/min/{1.73_m2}", "ml/min/1.73m2", "ml/min/1.73m^2", "ml/min", "ml/min/{1.73m2}"}:
+        return value
+    return None
+
+
+def albumin_creatinine_mg_per_g(value: float, unit: str, log_scale: bool) -> float | None:
+    """Urine albumin/creatinine ratio in mg/g; mg/mmol x 8.84 (creatinine 113.12 g/mol)."""
+    unit_key = unit.strip().lower().replace(" ", "")
+    if unit_key in {"mg/g", "mg/g{creat}", "ug/mg", "ug/mg{creat}", "µg/mg", "mg/g{cre}"}:
+        return value
+    if unit_key in {"mg/mmol", "mg/mmol{creat}"}:
+        return round(value * 8.84, 1)
+    return None
+
+
+def unitless(value: float, unit: str, log_scale: bool) -> float | None:
+    """Scores, counts and indices (EDSS, lesion counts, antibody index): the number as reported."""
+    return value
+
+
 Converter = Callable[[float, str, bool], "float | None"]
 
-CONVERTERS: dict[str, Converter] = {"copies/mL": copies_per_ml, "%": hba1c_percent}
+CONVERTERS: dict[str, Converter] = {
+    "copies/mL": copies_per_ml,
+    "%": hba1c_percent,
+    "mL/min/{1.73_m2}": egfr,
+    "mg/g": albumin_creatinine_mg_per_g,
+    "1": unitless,
+    "coded": unitless,
+}

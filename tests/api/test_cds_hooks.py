@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from fhirsvc.app import create_app
 from fhirsvc.cds.routes import today
+from fhirsvc.cds.services import PREFETCH
 from fhirsvc.config import Settings
 from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
 from tests.cds_helpers import FHIR_BASE, TOKEN, FakeFhirServer, hook_request, prefetch_from, resources_of, searchset
@@ -134,7 +135,7 @@ def test_who_threshold_is_a_configuration_change(knowledge: Knowledge) -> None:
 
 
 def test_null_and_empty_prefetch_mean_no_data_and_are_not_refetched(client: TestClient) -> None:
-    prefetch = {key: None for key in ("patient", "conditions", "medicationStatements", "observations")}
+    prefetch: dict[str, Any] = {key: None for key in PREFETCH}
     prefetch["medicationRequests"] = searchset([])
     request = hook_request("p1", prefetch, fhir_server=FHIR_BASE, token=TOKEN)
     response = client.post(PATIENT_VIEW, json=request)  # _no_network fails the test on any fetch
@@ -150,7 +151,7 @@ def test_absent_keys_are_fetched_with_the_bearer_token(knowledge: Knowledge) -> 
         )
     assert response.status_code == 200
     assert "second-line" in response.json()["cards"][0]["summary"]
-    assert len(server.requests) == 5
+    assert len(server.requests) == len(PREFETCH)
     assert all(r.headers["Authorization"] == f"Bearer {TOKEN}" for r in server.requests)
     assert all(
         "patient=hiv-fail-basic" in str(r.url) or r.url.path.endswith("/Patient/hiv-fail-basic")

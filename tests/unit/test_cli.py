@@ -26,7 +26,14 @@ def test_evaluate_json_follows_the_public_contract() -> None:
         True,
     ]
     assert program["lines"][0]["end_reason"] == "virologic-failure"
-    (assessment,) = program["assessments"]
+    assert [a["rule"] for a in program["assessments"]] == [
+        "hiv-virologic-failure",
+        "hiv-viral-load-overdue",
+        "intolerance",
+        "pregnancy",
+        "interaction",
+    ]
+    assessment = program["assessments"][0]
     assert assessment["status"] == "next-line-evaluation"
     assert {"rule", "status", "summary", "evidence", "recommendations"} <= set(assessment)
     assert all(ref.split("/")[0] in {"Observation", "MedicationStatement"} for ref in assessment["evidence"])

@@ -34,6 +34,10 @@ ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 URN_UUID_RE = re.compile(r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 RELATIVE_REF_RE = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9-]{1,64})$")
 STATUSES = {"second-line-evaluation", "next-line-evaluation", "monitor", "no-action", "data-needed"}
+# fixtures/triggers/ holds the general-trigger scenarios (any program): there expect.program names the
+# patient's program and patient ids start with "trig-"; everywhere else the folder is the program.
+TRIGGER_FOLDER = "triggers"
+TRIGGER_PROGRAMS = {"hiv", "t2d", "ms"}
 
 
 def _load(path: Path) -> Any:
@@ -155,7 +159,12 @@ def test_scenario_names_existing_file_and_patient(label: str, entry: dict[str, A
     expect = entry["expect"]
     assert expect["status"] in STATUSES, f"{label}: unknown status {expect['status']!r}"
     assert isinstance(expect["current_line"], int) and expect["current_line"] >= 1
-    assert expect["program"] == Path(entry["file"]).parts[0]
+    folder = Path(entry["file"]).parts[0]
+    if folder == TRIGGER_FOLDER:
+        assert expect["program"] in TRIGGER_PROGRAMS, f"{label}: unknown program {expect['program']!r}"
+        assert entry["patient"].startswith("Patient/trig-"), f"{label}: trigger patient ids start with trig-"
+    else:
+        assert expect["program"] == folder
     local_ids = _local_ids(data)
     for ref in expect.get("evidence", []):
         assert ref in local_ids, f"{label}: evidence {ref} is not in {entry['file']}"

@@ -6,7 +6,7 @@ import itertools
 from datetime import date, timedelta
 
 from fhirsvc.facts import Coding, MedicationExposure
-from fhirsvc.lot.engine import Line, build_lines, drug_eras
+from fhirsvc.lot.engine import Line, build_lines, drug_eras, regimen_keys
 from fhirsvc.terminology.programs import LineSettings
 
 CLASSES = {
@@ -42,7 +42,7 @@ def exposure(
 
 def lines(*exposures: MedicationExposure, settings: LineSettings = HIV, as_of: date = AS_OF) -> list[Line]:
     eras = drug_eras(exposures, set(CLASSES), settings.era_gap_days)
-    return build_lines(eras, CLASSES if settings.new_line_on == "class-change" else {}, settings, as_of)
+    return build_lines(eras, regimen_keys(settings, CLASSES), settings, as_of, CLASSES)
 
 
 def test_drugs_started_within_the_window_form_one_regimen() -> None:

@@ -1,0 +1,87 @@
+"""Rule kinds on disease activity and safety results: `disease-activity` (MS breakthrough), `positive-on-drug`."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fhirsvc.rules.base import Assessment, Measurement, ProgramContext, make_assessment, number, rule_kind
+from fhirsvc.terminology.programs import Rule
+
+
+def _edss_step(baseline: float) -> float:
+    """Confirmed disability progression convention: +1.5 from 0, +1.0 from 1.0-5.5, +0.5 from 6.0."""
+    if baseline < 1.0:
+        return 1.5
+    return 1.0 if baseline <= 5.5 else 0.5
+
+
+@rule_kind("disease-activity")
+def disease_activity(rule: Rule, ctx: ProgramContext) -> Assessment:
+    """AAN 2018 breakthrough on a platform therapy: relapse, new MRI lesions or disability progression in a year."""
+    program = ctx.program
+    platform = {str(c) for c in program.param(rule, "platform_classes")}
+    min_days = int(program.param(rule, "min_days_on_line"))
+    window = timedelta(days=int(program.param(rule, "window_days")))
+    line = ctx.current_line
+    if line is None:
+        return make_assessment(rule, ctx, "no-therapy", {})
+    active = ctx.program_drugs_active()
+    if not active or any(ctx.classes.get(d) not in platform for d in active):
+        return make_assessment(rule, ctx, "not-platform", {}, [], line)
+    if (ctx.as_of - line.start).days < min_days:
+        return make_assessment(rule, ctx, "too-early", {}, [], line)
+    since = max(line.start, ctx.as_of - window)
+    reasons: list[str] = []
+    evidence: list[str] = []
+    used: list[Measurement] = []
+    relapses = [
+        d
+        for d in ctx.diagnoses(str(program.param(rule, "relapse_conditions")), status="relapse")
+        if d.onset is not None and since <= d.onset <= ctx.as_of
+    ]
+    if len(relapses) >= int(program.param(rule, "min_relapses")):
+        reasons.append(f"{len(relapses)} relapse(s) (latest {max(d.onset for d in relapses if d.onset)})")
+        evidence += [d.ref for d in relapses]
+    lesions = [m for m in ctx.measurements(str(program.param(rule, "lesions_observation"))) if m.date >= since]
+    total = sum(m.value or 0 for m in lesions)
+    if total >= float(program.param(rule, "min_new_lesions")):
+        reasons.append(f"{number(total)} new MRI lesions")
+        used += [m for m in lesions if m.value]
+    edss = [m for m in ctx.measurements(str(program.param(rule, "edss_observation"))) if m.value is not None]
+    in_window = [m for m in edss if m.date >= since]
+    baseline_pool = [m for m in edss if m.date >= line.start] or [m for m in edss if m.date < since]
+    if in_window and baseline_pool:
+        baseline = baseline_pool[0] if baseline_pool[0].date >= line.start else baseline_pool[-1]
+        latest = in_window[-1]
+        if (
+            latest is not baseline
+            and latest.value is not None
+            and baseline.value is not None
+            and latest.value - baseline.value >= _edss_step(baseline.value)
+        ):
+            reasons.append(f"EDSS {number(baseline.value)} → {number(latest.value)}")
+            used += [baseline, latest]
+    if not reasons:
+        return make_assessment(rule, ctx, "stable", {}, [], line)
+    values = {"reasons": "; ".join(reasons)}
+    return make_assessment(rule, ctx, "breakthrough", values, used, line, evidence)
+
+
+@rule_kind("positive-on-drug")
+def positive_on_drug(rule: Rule, ctx: ProgramContext) -> Assessment:
+    """A safety result turned positive while on a drug it concerns (natalizumab with JCV antibody index > 0.9)."""
+    program = ctx.program
+    drugs = {str(d) for d in program.param(rule, "drugs")}
+    above = float(program.param(rule, "positive_above"))
+    line = ctx.current_line
+    on = [d for d in ctx.program_drugs_active() if d in drugs]
+    if line is None or not on:
+        return make_assessment(rule, ctx, "not-on-drug", {})
+    results = ctx.results(str(program.param(rule, "observation")))
+    if not results:
+        return make_assessment(rule, ctx, "no-result", {"drug": on[0]}, [], line)
+    latest = results[-1]
+    positive = "POS" in latest.interpretation or (latest.value is not None and latest.value > above)
+    measured = ctx.as_measurement(latest)
+    values = {"drug": on[0], "value": measured.shown, "date": latest.date.isoformat()}
+    return make_assessment(rule, ctx, "positive" if positive else "negative", values, [measured], line)

@@ -1,0 +1,48 @@
+"""Rule kinds on disease course: `progression` (coded disease status) and `monitoring-overdue`."""
+
+from __future__ import annotations
+
+from fhirsvc.rules.base import Assessment, ProgramContext, make_assessment, rule_kind
+from fhirsvc.terminology.programs import Rule
+
+
+@rule_kind("progression")
+def progression(rule: Rule, ctx: ProgramContext) -> Assessment:
+    """A progression result (mCODE disease status "worsened", RECIST progressive disease) during the line.
+
+    Counts results dated after the current line started (or, off therapy, after the most recent line started):
+    progression that led to the line does not count against it.
+    """
+    program = ctx.program
+    observation = str(program.param(rule, "observation"))
+    value_set = str(program.param(rule, "progression_values"))
+    line = ctx.current_line or ctx.last_line
+    if line is None:
+        return make_assessment(rule, ctx, "no-therapy", {})
+    found = [
+        lab for lab in ctx.results(observation) if lab.date > line.start and ctx.has_value(lab, observation, value_set)
+    ]
+    if not found:
+        return make_assessment(rule, ctx, "no-progression", {}, [], line)
+    latest = ctx.as_measurement(found[-1])
+    values = {"date": latest.date.isoformat(), "value": latest.shown}
+    return make_assessment(rule, ctx, "progression", values, [latest], line)
+
+
+@rule_kind("monitoring-overdue")
+def monitoring_overdue(rule: Rule, ctx: ProgramContext) -> Assessment:
+    """No result of a monitored measure for more than `max_days` while a line has run longer than that."""
+    program = ctx.program
+    observation = str(program.param(rule, "observation"))
+    max_days = int(program.param(rule, "max_days"))
+    line = ctx.current_line
+    if line is None:
+        return make_assessment(rule, ctx, "no-therapy", {})
+    if (ctx.as_of - line.start).days <= max_days:
+        return make_assessment(rule, ctx, "on-track", {}, [], line)
+    results = ctx.results(observation)
+    latest = ctx.as_measurement(results[-1]) if results else None
+    if latest is not None and (ctx.as_of - latest.date).days <= max_days:
+        return make_assessment(rule, ctx, "on-track", {"date": latest.date.isoformat()}, [latest], line)
+    values = {"date": latest.date.isoformat() if latest else "never", "days": max_days}
+    return make_assessment(rule, ctx, "overdue", values, [latest] if latest else [], line)
