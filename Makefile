@@ -26,6 +26,7 @@ lint: setup
 	$(BIN)/ruff check fhirsvc tests fixtures
 	$(BIN)/ruff format --check fhirsvc tests
 	$(BIN)/mypy
+	$(BIN)/fhirsvc mappings check
 
 test: setup hapi lint
 	$(BIN)/pytest

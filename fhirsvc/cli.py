@@ -80,6 +80,32 @@ def evaluate(
         typer.echo(f"{loaded.skipped} unreadable file(s), line(s) or resource(s) skipped", err=True)
 
 
+mappings_app = typer.Typer(help="Check the clinical content in mappings/.", no_args_is_help=True)
+app.add_typer(mappings_app, name="mappings")
+
+
+@mappings_app.command("check")
+def mappings_check(
+    folder: Annotated[Path | None, typer.Argument(help="A mappings folder (default: the bundled one).")] = None,
+    show_unverified: Annotated[bool, typer.Option("--unverified", help="List every unverified code.")] = False,
+) -> None:
+    """Validate program files, code formats and check digits, ICD-10-CM codes and drug verification."""
+    from fhirsvc.terminology.check import check_mappings
+
+    report = check_mappings(folder)
+    for error in report.errors:
+        typer.echo(f"error: {error}", err=True)
+    if show_unverified:
+        for line in report.unverified:
+            typer.echo(f"unverified: {line}")
+    typer.echo(
+        f"{report.checked_codes} codes checked, {len(report.errors)} error(s), "
+        f"{len(report.unverified)} unverified code(s) or drug(s) marked as such"
+    )
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 DEMO_AS_OF = "2026-06-01"  # the date the bundled scenarios are written for
 
 
