@@ -5,8 +5,18 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated
 
-from pydantic import AnyHttpUrl, Field, field_validator
+from pydantic import AnyHttpUrl, BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServerProfile(BaseModel):
+    """What one FHIR server needs (fhir-servers.md §3); unknown servers start from the defaults and adapt."""
+
+    medication_statement: bool = Field(default=True, description="False for servers without it (Cerner).")
+    observation_categories: list[str] = Field(
+        default_factory=list, description="Search Observations once per category (Epic requires a category)."
+    )
+    page_size: int | None = Field(default=None, ge=1, description="_count to ask for.")
 
 
 class Settings(BaseSettings):
@@ -35,6 +45,16 @@ class Settings(BaseSettings):
     programs: list[str] = Field(default_factory=list, description="Enabled programs; empty = all.")
 
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    # Per-server quirks keyed by base URL, e.g.
+    # FHIRSVC_SERVER_PROFILES='{"https://fhir-open.cerner.com/r4/x": {"medication_statement": false}}'
+    server_profiles: dict[str, ServerProfile] = Field(default_factory=dict)
+
+    def profile_for(self, base_url: str) -> ServerProfile:
+        wanted = base_url.rstrip("/")
+        for url, profile in self.server_profiles.items():
+            if url.rstrip("/") == wanted:
+                return profile
+        return ServerProfile()
 
     @field_validator("public_url")
     @classmethod

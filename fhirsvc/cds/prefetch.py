@@ -11,6 +11,7 @@ from fhirsvc.cds.models import CdsRequest
 from fhirsvc.cds.services import PREFETCH, REQUIRED, render
 from fhirsvc.fhir.client import FhirClientPool, SearchResult, next_link
 from fhirsvc.fhir.errors import FhirError
+from fhirsvc.fhir.quirks import adaptive_search
 from fhirsvc.fhir.record import PatientRecord, bundle_resources, subject_reference
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ async def gather(request: CdsRequest, pool: FhirClientPool, max_pages: int) -> G
             query = render(PREFETCH[key], patient_id)
             if "?" not in query:
                 return key, SearchResult(resources=[await client.get_json(query, token)], pages=1)
-            return key, await client.search(query, token, max_pages)
+            return key, await adaptive_search(client, query, token, max_pages)
         except FhirError as exc:
             return key, exc
 

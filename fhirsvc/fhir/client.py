@@ -39,6 +39,20 @@ class SearchResult:
     outcomes: list[dict[str, Any]] = field(default_factory=list)
     pages: int = 0
     truncated: bool = False
+    duplicates: int = 0
+    seen: set[tuple[Any, Any]] = field(default_factory=set, repr=False)
+
+    def extend(self, other: SearchResult) -> None:
+        for resource in other.resources:
+            key = (resource.get("resourceType"), resource.get("id"))
+            if key[1] is not None and key in self.seen:
+                self.duplicates += 1
+                continue
+            self.seen.add(key)
+            self.resources.append(resource)
+        self.outcomes += other.outcomes
+        self.pages += other.pages
+        self.truncated = self.truncated or other.truncated
 
 
 def normalise_base(url: str) -> str:
@@ -75,6 +89,9 @@ class FhirClient:
         self.base_url = normalise_base(base_url)
         self._http = http
         self._settings = settings
+        self.profile = settings.profile_for(self.base_url)
+        # Quirks found at run time (e.g. a 400 on MedicationStatement search), remembered for this process.
+        self.learned: set[str] = set()
 
     def url(self, path_or_url: str) -> str:
         if "://" in path_or_url:
@@ -138,8 +155,14 @@ class FhirClient:
                 continue
             if resource.get("resourceType") == "OperationOutcome":
                 result.outcomes.append(resource)
-            else:
-                result.resources.append(resource)
+                continue
+            # Cerner can return the same resource on two pages (fhir-servers.md §3): keep the first.
+            key = (resource.get("resourceType"), resource.get("id"))
+            if key[1] is not None and key in result.seen:
+                result.duplicates += 1
+                continue
+            result.seen.add(key)
+            result.resources.append(resource)
 
     async def follow_next(
         self, bundle: dict[str, Any], result: SearchResult, token: str | None, max_pages: int | None = None
