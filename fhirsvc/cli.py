@@ -106,6 +106,46 @@ def mappings_check(
         raise typer.Exit(1)
 
 
+sandbox_app = typer.Typer(help="Try fhirsvc against a FHIR sandbox (HAPI, SMART, your own).", no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
+TokenOption = Annotated[str | None, typer.Option("--token", help="Bearer token for servers that need one.")]
+
+
+@sandbox_app.command("load")
+def sandbox_load(
+    fhir_server: Annotated[str, typer.Option("--fhir-server", help="FHIR R4 base URL.")],
+    paths: Annotated[list[Path] | None, typer.Argument(help="Bundles or folders (default: bundled fixtures).")] = None,
+    token: TokenOption = None,
+) -> None:
+    """Load example patients idempotently (conditional create on identifiers: loading twice creates nothing)."""
+    from fhirsvc.sandbox import load
+
+    report = load(fhir_server, paths or [data_dir("fixtures")], token)
+    typer.echo(f"{report.bundles} bundles: {report.created} resources created, {report.existing} already there")
+    for fixture_id, server_id in sorted(report.patients.items()):
+        typer.echo(f"  {fixture_id:<40} Patient/{server_id}")
+
+
+@sandbox_app.command("call")
+def sandbox_call(
+    service: Annotated[str, typer.Option("--service", help="Base URL of a running fhirsvc.")],
+    fhir_server: Annotated[str, typer.Option("--fhir-server", help="FHIR R4 base URL the service should read.")],
+    patient: Annotated[str, typer.Option("--patient", help="Patient id on that server.")],
+    hook: Annotated[str, typer.Option("--hook", help="patient-view, order-select or order-sign.")] = "patient-view",
+    token: TokenOption = None,
+    raw: Annotated[bool, typer.Option("--json", help="Print the raw CDS Hooks response.")] = False,
+) -> None:
+    """Send a hook call with no prefetch (the service fetches from the FHIR server) and print the cards."""
+    from fhirsvc.sandbox import call, format_cards
+
+    service_id, answer = call(service, fhir_server, patient, hook, token)
+    if raw:
+        sys.stdout.buffer.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2) + b"\n")
+        return
+    typer.echo(f"{service_id} for Patient/{patient}:")
+    typer.echo(format_cards(answer))
+
+
 DEMO_AS_OF = "2026-06-01"  # the date the bundled scenarios are written for
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from functools import lru_cache
 from typing import Annotated
 
@@ -42,6 +43,9 @@ class Settings(BaseSettings):
     # Program parameters overridable without editing YAML, keyed "<program>.<parameter>",
     # e.g. FHIRSVC_THRESHOLDS='{"hiv.failure_threshold": 1000}' for the WHO threshold.
     thresholds: dict[str, float] = Field(default_factory=dict)
+    today: date | None = Field(
+        default=None, description="Pin the evaluation date (demos against fixtures, reproducible sandbox runs)."
+    )
     programs: list[str] = Field(default_factory=list, description="Enabled programs; empty = all.")
 
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])

@@ -40,9 +40,10 @@ def get_pool(request: Request) -> FhirClientPool:
     return pool
 
 
-def today() -> date:
-    """The evaluation date; overridden in tests to pin time windows."""
-    return datetime.now(UTC).date()
+def today(request: Request) -> date:
+    """The evaluation date: FHIRSVC_TODAY when set (demos), else the current UTC date."""
+    pinned: date | None = request.app.state.settings.today
+    return pinned or datetime.now(UTC).date()
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
