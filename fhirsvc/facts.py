@@ -329,24 +329,25 @@ def lab_from(resource: Resource) -> LabResult | None:
     )
 
 
-def diagnosis_from(resource: Resource) -> Diagnosis | None:
-    clinical = concept_keys(resource.get("clinicalStatus"))
-    verification = concept_keys(resource.get("verificationStatus"))
-    if any(k.rpartition("|")[2] in _INACTIVE_CONDITION for k in clinical):
+def _clinical_status(resource: Resource) -> str | None:
+    """The clinicalStatus code ("active" when absent), or None when inactive, resolved, refuted or in error."""
+    clinical = [k.rpartition("|")[2] for k in concept_keys(resource.get("clinicalStatus"))]
+    verification = [k.rpartition("|")[2] for k in concept_keys(resource.get("verificationStatus"))]
+    if any(c in _INACTIVE_CONDITION for c in clinical) or any(v in _VOID_CONDITION for v in verification):
         return None
-    if any(k.rpartition("|")[2] in _VOID_CONDITION for k in verification):
+    return clinical[0] if clinical else "active"
+
+
+def diagnosis_from(resource: Resource) -> Diagnosis | None:
+    status = _clinical_status(resource)
+    if status is None:
         return None
     onset = parse_date(resource.get("onsetDateTime")) or parse_date(resource.get("recordedDate"))
-    status = next((k.rpartition("|")[2] for k in clinical), "active")
     return Diagnosis(ref=_ref(resource), codes=concept_keys(resource.get("code")), onset=onset, clinical_status=status)
 
 
 def allergy_from(resource: Resource, catalog: DrugCatalog) -> Allergy | None:
-    clinical = concept_keys(resource.get("clinicalStatus"))
-    verification = concept_keys(resource.get("verificationStatus"))
-    if any(k.rpartition("|")[2] in _INACTIVE_CONDITION for k in clinical):
-        return None
-    if any(k.rpartition("|")[2] in _VOID_CONDITION for k in verification):
+    if _clinical_status(resource) is None:
         return None
     drugs = _ingredients(resource.get("code"), catalog)
     if not drugs:

@@ -42,14 +42,21 @@ class SearchResult:
     duplicates: int = 0
     seen: set[tuple[Any, Any]] = field(default_factory=set, repr=False)
 
+    def add(self, resource: dict[str, Any]) -> None:
+        """Keep a resource unless one with the same type and id is already here.
+
+        Cerner can return the same resource on two pages (fhir-servers.md §3): the first copy wins.
+        """
+        key = (resource.get("resourceType"), resource.get("id"))
+        if key[1] is not None and key in self.seen:
+            self.duplicates += 1
+            return
+        self.seen.add(key)
+        self.resources.append(resource)
+
     def extend(self, other: SearchResult) -> None:
         for resource in other.resources:
-            key = (resource.get("resourceType"), resource.get("id"))
-            if key[1] is not None and key in self.seen:
-                self.duplicates += 1
-                continue
-            self.seen.add(key)
-            self.resources.append(resource)
+            self.add(resource)
         self.outcomes += other.outcomes
         self.pages += other.pages
         self.truncated = self.truncated or other.truncated
@@ -156,13 +163,7 @@ class FhirClient:
             if resource.get("resourceType") == "OperationOutcome":
                 result.outcomes.append(resource)
                 continue
-            # Cerner can return the same resource on two pages (fhir-servers.md §3): keep the first.
-            key = (resource.get("resourceType"), resource.get("id"))
-            if key[1] is not None and key in result.seen:
-                result.duplicates += 1
-                continue
-            result.seen.add(key)
-            result.resources.append(resource)
+            result.add(resource)
 
     async def follow_next(
         self, bundle: dict[str, Any], result: SearchResult, token: str | None, max_pages: int | None = None
