@@ -12,9 +12,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 
 from fhirsvc.cds.routes import router as cds_router
+from fhirsvc.ops import router as ops_router
+from fhirsvc.patients import router as patients_router
 from fhirsvc.config import Settings, get_settings
 from fhirsvc.fhir.client import FhirClientPool
 from fhirsvc.http import operation_outcome
+from fhirsvc.store.db import Store
 from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
 
 log = logging.getLogger(__name__)
@@ -32,10 +35,13 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.fhir_pool = FhirClientPool(settings, transport=fhir_transport)
+        app.state.store = Store(settings.store_url)
+        app.state.store.upgrade()
         try:
             yield
         finally:
             await app.state.fhir_pool.aclose()
+            app.state.store.close()
 
     app = FastAPI(
         title="fhirsvc",
@@ -57,9 +63,7 @@ def create_app(
     async def _bad_request(_: Request, exc: RequestValidationError) -> Response:
         return operation_outcome(400, f"invalid request: {exc.errors()[0].get('msg', 'malformed')}")
 
-    @app.get("/livez", tags=["ops"])
-    def livez() -> dict[str, str]:
-        return {"status": "ok"}
-
+    app.include_router(ops_router)
     app.include_router(cds_router)
+    app.include_router(patients_router)
     return app

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     )
     programs: list[str] = Field(default_factory=list, description="Enabled programs; empty = all.")
 
+    feedback_suppress_days: int = Field(
+        default=30, ge=0, description="A card overridden with a reason is not shown again for the same evidence."
+    )
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     # Per-server quirks keyed by base URL, e.g.
     # FHIRSVC_SERVER_PROFILES='{"https://fhir-open.cerner.com/r4/x": {"medication_statement": false}}'

@@ -14,6 +14,13 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 
 
+@pytest.fixture(autouse=True)
+def _store_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every app a test builds gets its own SQLite store, never a file in the working directory."""
+    path = tmp_path_factory.mktemp("store") / "fhirsvc.db"
+    monkeypatch.setenv("FHIRSVC_STORE_URL", f"sqlite:///{path}")
+
+
 @pytest.fixture(scope="session")
 def knowledge() -> Knowledge:
     return load_knowledge()

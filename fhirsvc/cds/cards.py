@@ -86,13 +86,17 @@ def card_for(result: PatientResult, program: ProgramResult, assessment: Assessme
     )
 
 
-def cards_for(result: PatientResult) -> list[Card]:
-    """One card per assessment that warrants one, most urgent first."""
+def cards_with_findings(result: PatientResult) -> list[tuple[Card, Assessment]]:
+    """One card per assessment that warrants one, most urgent first, each with the assessment behind it."""
     order = {"critical": 0, "warning": 1, "info": 2}
-    cards = [
-        card_for(result, program, assessment)
+    pairs = [
+        (card_for(result, program, assessment), assessment)
         for program in result.programs
         for assessment in program.assessments
         if assessment.card
     ]
-    return sorted(cards, key=lambda c: order[c.indicator])
+    return sorted(pairs, key=lambda pair: order[pair[0].indicator])
+
+
+def cards_for(result: PatientResult) -> list[Card]:
+    return [card for card, _ in cards_with_findings(result)]

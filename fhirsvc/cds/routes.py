@@ -8,9 +8,11 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
-from fhirsvc.cds.cards import cards_for
+from fhirsvc.cds.cards import cards_with_findings
+from fhirsvc.cds.feedback import filter_and_record, parse_feedback, store_feedback
 from fhirsvc.cds.models import CdsRequest, CdsResponse, Discovery, response_body
 from fhirsvc.cds.prefetch import DataUnavailable, gather
 from fhirsvc.cds.services import PREFETCH, SERVICES
@@ -19,6 +21,7 @@ from fhirsvc.fhir.client import FhirClientPool
 from fhirsvc.fhir.record import bundle_resources
 from fhirsvc.http import OrjsonResponse, operation_outcome
 from fhirsvc.rules.evaluate import evaluate_record
+from fhirsvc.store.db import Store
 from fhirsvc.terminology.knowledge import Knowledge
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,11 @@ def get_pool(request: Request) -> FhirClientPool:
     return pool
 
 
+def get_store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
 def today(request: Request) -> date:
     """The evaluation date: FHIRSVC_TODAY when set (demos), else the current UTC date."""
     pinned: date | None = request.app.state.settings.today
@@ -50,6 +58,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 KnowledgeDep = Annotated[Knowledge, Depends(get_knowledge)]
 PoolDep = Annotated[FhirClientPool, Depends(get_pool)]
 TodayDep = Annotated[date, Depends(today)]
+StoreDep = Annotated[Store, Depends(get_store)]
 
 _MAX_BODY = 20 * 1024 * 1024  # a generous prefetch of several thousand resources fits well below this
 
@@ -85,6 +94,7 @@ async def call_service(
     settings: SettingsDep,
     knowledge: KnowledgeDep,
     pool: PoolDep,
+    store: StoreDep,
     as_of: TodayDep,
 ) -> Response:
     service = SERVICES.get(service_id)
@@ -110,7 +120,26 @@ async def call_service(
     if service.plans_from_draft_orders:
         gathered.record.planned.extend(_draft_medication_orders(cds_request.context.get("draftOrders")))
     result = evaluate_record(gathered.record, knowledge, as_of)
-    return OrjsonResponse(response_body(cards_for(result)))
+    findings = cards_with_findings(result)
+    cards = await run_in_threadpool(
+        filter_and_record, store, service.id, result.patient, findings, settings.feedback_suppress_days
+    )
+    return OrjsonResponse(response_body(cards))
+
+
+@router.post("/cds-services/{service_id}/feedback", responses={400: {"description": "Malformed feedback"}})
+async def feedback(service_id: str, request: Request, store: StoreDep) -> Response:
+    if service_id not in SERVICES:
+        return operation_outcome(404, f"no CDS service {service_id!r}", code="not-found")
+    try:
+        items = parse_feedback(orjson.loads(await request.body()))
+    except orjson.JSONDecodeError:
+        return operation_outcome(400, "request body is not valid JSON")
+    except ValueError as exc:
+        return operation_outcome(400, str(exc))
+    stored, duplicates = await run_in_threadpool(store_feedback, store, service_id, items)
+    log.info("feedback stored=%d duplicates=%d", stored, duplicates)
+    return Response(status_code=200)
 
 
 def _draft_medication_orders(draft_orders: object) -> list[dict[str, Any]]:

@@ -1,0 +1,49 @@
+"""GET /patients/{id}/therapy: the stored current line-of-therapy state per program, and its history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from fhirsvc.http import OrjsonResponse, operation_outcome
+from fhirsvc.store.db import Store
+from fhirsvc.store.repository import therapy_history
+
+router = APIRouter(tags=["patients"])
+
+
+def _therapy(store: Store, patient: str) -> dict[str, Any] | None:
+    with store.session() as session:
+        rows = therapy_history(session, patient)
+        if not rows:
+            return None
+        current: dict[tuple[str, str], Any] = {}
+        for row in rows:
+            current[(row.server, row.program)] = row
+        return {
+            "patient": patient,
+            "programs": [row.report for row in current.values()],
+            "history": [
+                {
+                    "program": row.program,
+                    "server": row.server,
+                    "as_of": row.as_of.isoformat(),
+                    "recorded": row.created_at.isoformat(),
+                    "current_line": row.current_line,
+                    "status": row.status,
+                    "state": row.report,
+                }
+                for row in rows
+            ],
+        }
+
+
+@router.get("/patients/{patient_id}/therapy")
+async def therapy(patient_id: str, request: Request) -> Response:
+    """Same shape as one `fhirsvc evaluate` item's programs, plus every recorded change."""
+    body = await run_in_threadpool(_therapy, request.app.state.store, f"Patient/{patient_id}")
+    if body is None:
+        return operation_outcome(404, f"no stored therapy state for Patient/{patient_id}", code="not-found")
+    return OrjsonResponse(body)

@@ -1,0 +1,1 @@
+"""Durable store (SQLAlchemy 2; SQLite file by default, PostgreSQL by URL): cursors, states, cards, feedback."""
