@@ -12,11 +12,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 
 from fhirsvc.cds.routes import router as cds_router
-from fhirsvc.ops import router as ops_router
-from fhirsvc.patients import router as patients_router
 from fhirsvc.config import Settings, get_settings
 from fhirsvc.fhir.client import FhirClientPool
 from fhirsvc.http import operation_outcome
+from fhirsvc.ops import router as ops_router
+from fhirsvc.patients import router as patients_router
 from fhirsvc.store.db import Store
 from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
 

@@ -59,7 +59,7 @@ class Store:
         try:
             with self.engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
-        except Exception:  # noqa: BLE001 - readiness answers yes or no, whatever the driver raised
+        except Exception:
             return False
         return True
 
