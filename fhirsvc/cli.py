@@ -80,6 +80,51 @@ def evaluate(
         typer.echo(f"{loaded.skipped} unreadable file(s), line(s) or resource(s) skipped", err=True)
 
 
+@app.command()
+def poll(
+    fhir_server: Annotated[str, typer.Option("--fhir-server", help="FHIR R4 base URL to watch.")],
+    once: Annotated[bool, typer.Option("--once", help="Run one cycle and exit.")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between cycles.")] = 60.0,
+    since: Annotated[str | None, typer.Option("--since", help="First run: only data updated since this date.")] = None,
+    token: Annotated[str | None, typer.Option("--token", help="Bearer token for the FHIR server.")] = None,
+) -> None:
+    """Watch a FHIR server: re-evaluate patients whose data changed and write the findings back."""
+    import asyncio
+
+    from fhirsvc.fhir.client import FhirClientPool
+    from fhirsvc.poll.worker import Poller
+    from fhirsvc.store.db import Store
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry query URLs with patient ids
+    settings = get_settings()
+    knowledge = load_knowledge(overrides=settings.thresholds, enabled=settings.programs)
+    store = Store(settings.store_url)
+    store.upgrade()
+
+    async def run() -> int:
+        pool = FhirClientPool(settings)
+        poller = Poller(settings, knowledge, store, pool)
+        try:
+            while True:
+                report = await poller.cycle(fhir_server, token=token, since=since)
+                typer.echo(
+                    f"cycle: {report.resources_seen} changed resources, {report.patients} patients, "
+                    f"{report.changed_states} new states, {report.written} findings written, "
+                    f"{report.closed} closed, {len(report.failed)} failed",
+                    err=True,
+                )
+                if once:
+                    return 1 if report.failed else 0
+                await asyncio.sleep(interval)
+        finally:
+            await pool.aclose()
+
+    code = asyncio.run(run())
+    store.close()
+    raise typer.Exit(code)
+
+
 mappings_app = typer.Typer(help="Check the clinical content in mappings/.", no_args_is_help=True)
 app.add_typer(mappings_app, name="mappings")
 

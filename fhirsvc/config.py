@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     feedback_suppress_days: int = Field(
         default=30, ge=0, description="A card overridden with a reason is not shown again for the same evidence."
     )
+    writeback_target: Literal["guidance", "detectedissue", "off"] = Field(
+        default="guidance",
+        description="What the poller writes: GuidanceResponse + RequestGroup + Task, or DetectedIssue.",
+    )
+    poll_overlap_seconds: int = Field(default=300, ge=0, description="Re-read window behind each cursor.")
+    # Test-only failpoints ("after-writeback:2" = exit after the 2nd patient's write-back) prove crash safety.
+    failpoints: list[str] = Field(default_factory=list)
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     # Per-server quirks keyed by base URL, e.g.
     # FHIRSVC_SERVER_PROFILES='{"https://fhir-open.cerner.com/r4/x": {"medication_statement": false}}'

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from fhirsvc.cds.models import CdsRequest
+from fhirsvc.cds.models import CdsRequest, FhirAuthorization
 from fhirsvc.cds.services import PREFETCH, REQUIRED, render
 from fhirsvc.fhir.client import FhirClientPool, SearchResult, next_link
 from fhirsvc.fhir.errors import FhirError
@@ -127,3 +127,15 @@ def _add(record: PatientRecord, resource: dict[str, Any], patient_id: str) -> No
         record.skipped += 1
         return
     record.add(resource)
+
+
+async def fetch_patient(
+    pool: FhirClientPool, fhir_server: str, patient_id: str, token: str | None, max_pages: int
+) -> Gathered:
+    """Everything the prefetch templates would hold, fetched from the server (the poller's view of a patient)."""
+    request = CdsRequest(hook="poll", hookInstance="poll", context={"patientId": patient_id}, fhirServer=fhir_server)
+    if token:
+        request.fhirAuthorization = FhirAuthorization(
+            access_token=token, token_type="Bearer", expires_in=300, scope="system/*.read", subject="fhirsvc"  # noqa: S106
+        )
+    return await gather(request, pool, max_pages)

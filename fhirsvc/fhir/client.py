@@ -100,6 +100,10 @@ class FhirClient:
         # Quirks found at run time (e.g. a 400 on MedicationStatement search), remembered for this process.
         self.learned: set[str] = set()
 
+    @property
+    def http(self) -> httpx.AsyncClient:
+        return self._http
+
     def url(self, path_or_url: str) -> str:
         if "://" in path_or_url:
             return path_or_url
@@ -108,7 +112,9 @@ class FhirClient:
     async def get_json(self, path_or_url: str, token: str | None = None) -> dict[str, Any]:
         """GET one FHIR JSON body, retrying temporary faults; raises a FhirError subclass otherwise."""
         url = self.url(path_or_url)
-        headers = {"Accept": FHIR_JSON}
+        # no-cache: HAPI reuses identical search results for 60 s unless told not to (fhir-servers.md §1.4);
+        # a poller or a CDS call must see what was just written.
+        headers = {"Accept": FHIR_JSON, "Cache-Control": "no-cache"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         attempts = self._settings.fhir_max_retries + 1
@@ -130,6 +136,27 @@ class FhirClient:
                 raise response_error(response.status_code, url, _outcome(response))
             return _json_body(response)
         raise FhirServerError(503, url)  # unreachable: the last attempt returns or raises
+
+    async def post_json(self, path: str, body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
+        """POST a FHIR body (a transaction to the base when `path` is empty). Not retried: the caller's writes
+        are idempotent (If-None-Exist), so the next cycle repeats them safely instead."""
+        return await self._send("POST", path, body, token)
+
+    async def put_json(self, path: str, body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
+        return await self._send("PUT", path, body, token)
+
+    async def _send(self, method: str, path: str, body: dict[str, Any], token: str | None) -> dict[str, Any]:
+        url = self.url(path) if path else self.base_url
+        headers = {"Accept": FHIR_JSON, "Content-Type": FHIR_JSON}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            response = await self._http.request(method, url, headers=headers, content=orjson.dumps(body))
+        except httpx.TransportError as exc:
+            raise FhirTransportError(f"{type(exc).__name__} talking to the FHIR server") from exc
+        if response.status_code >= 400:
+            raise response_error(response.status_code, url, _outcome(response))
+        return _json_body(response)
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float | None:
         """Seconds to wait: the server's Retry-After, else exponential backoff with jitter; None = give up."""

@@ -1,0 +1,1 @@
+"""Polling FHIR servers: changed patients by `_lastUpdated` cursor or Bulk Data, evaluation, write-back."""

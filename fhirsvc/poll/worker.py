@@ -1,0 +1,223 @@
+"""The poll cycle: changed patients → record → evaluation → write-back → stored state → cursor (in that order).
+
+The cursor advances only after every changed patient's write-back is committed, so a crash at any step is
+followed by a re-run of the same window: write-backs are idempotent (If-None-Exist on finding identifiers) and
+states are stored only when they differ, so nothing is duplicated and no patient is missed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any, TextIO
+
+import orjson
+
+from fhirsvc.cds.cards import cards_with_findings
+from fhirsvc.cds.prefetch import DataUnavailable, fetch_patient
+from fhirsvc.config import Settings
+from fhirsvc.fhir.client import FhirClient, FhirClientPool
+from fhirsvc.fhir.errors import FhirError
+from fhirsvc.fhir.record import PatientRecord, RecordBuilder
+from fhirsvc.poll.bulk import bulk_export, supports_export
+from fhirsvc.poll.changes import POLLED_TYPES, Changes, changed_patients
+from fhirsvc.poll.writeback import Finding, closed_task, created_references, transaction
+from fhirsvc.report import patient_report
+from fhirsvc.rules.evaluate import PatientResult, evaluate_record
+from fhirsvc.store.db import Store
+from fhirsvc.store.models import WriteBack
+from fhirsvc.store.repository import get_cursor, latest_state, now, open_writebacks, save_state, set_cursor
+from fhirsvc.terminology.knowledge import Knowledge
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CycleReport:
+    patients: int = 0
+    changed_states: int = 0
+    written: int = 0
+    closed: int = 0
+    failed: list[str] = field(default_factory=list)
+    resources_seen: int = 0
+
+
+class Progress:
+    """Patients done, rate and time left, at most once a second (long backfills)."""
+
+    def __init__(self, total: int, out: TextIO) -> None:
+        self.total, self.out, self.start, self.last = total, out, time.monotonic(), 0.0
+
+    def step(self, done: int) -> None:
+        elapsed = time.monotonic() - self.start
+        if done < self.total and elapsed - self.last < 1.0:
+            return
+        self.last = elapsed
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = (self.total - done) / rate if rate > 0 else 0.0
+        self.out.write(f"\r{done}/{self.total} patients, {rate:.1f}/s, {left:.0f} s left")
+        if done >= self.total:
+            self.out.write("\n")
+        self.out.flush()
+
+
+def failpoint(settings: Settings, name: str, count: int) -> None:
+    """Test-only crash injection: exit hard (no cleanup, like a kill) when `name:count` is configured."""
+    if f"{name}:{count}" in settings.failpoints:
+        os._exit(70)
+
+
+def fingerprint(program_report: dict[str, Any]) -> str:
+    """What makes a state different: lines and findings, not the evaluation date."""
+    essential = {
+        "lines": program_report["lines"],
+        "assessments": [(a["rule"], a["status"], a["evidence"]) for a in program_report["assessments"]],
+    }
+    return hashlib.sha256(orjson.dumps(essential, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class Poller:
+    def __init__(self, settings: Settings, knowledge: Knowledge, store: Store, pool: FhirClientPool) -> None:
+        self.settings, self.knowledge, self.store, self.pool = settings, knowledge, store, pool
+
+    async def cycle(
+        self,
+        server: str,
+        token: str | None = None,
+        since: str | None = None,
+        as_of: date | None = None,
+        out: TextIO = sys.stderr,
+    ) -> CycleReport:
+        client = self.pool.client(server)
+        server = client.base_url
+        with self.store.session() as session:
+            cursors = {t: get_cursor(session, server, t) for t in POLLED_TYPES}
+        day = as_of or self.settings.today or date.today()
+        exported = await self._backfill(client, token, since) if not any(cursors.values()) else None
+        if exported is not None:
+            changes, records = exported
+        else:
+            overlap = timedelta(seconds=self.settings.poll_overlap_seconds)
+            changes = await changed_patients(client, cursors, overlap, since, token, self.settings.fhir_max_pages)
+            records = {}
+        report = CycleReport(resources_seen=changes.resources)
+        progress = Progress(len(changes.patients), out)
+        for done, patient_id in enumerate(sorted(changes.patients), 1):
+            try:
+                await self._patient(client, server, patient_id, token, day, report, records.get(patient_id))
+            except (DataUnavailable, FhirError) as exc:
+                # Not advancing past a patient we could not read: the cursor stays, the next cycle retries.
+                report.failed.append(patient_id)
+                log.warning("patient could not be evaluated (%s)", type(exc).__name__)
+            report.patients = done
+            failpoint(self.settings, "after-patient", done)
+            progress.step(done)
+        if not report.failed:
+            with self.store.session() as session:
+                for resource_type, cursor in changes.cursors.items():
+                    set_cursor(session, server, resource_type, cursor)
+        return report
+
+    async def _backfill(
+        self, client: FhirClient, token: str | None, since: str | None
+    ) -> tuple[Changes, dict[str, PatientRecord]] | None:
+        """First run on a server that offers Bulk Data: one `$export` instead of a search per resource type."""
+        try:
+            capability = await client.get_json("metadata", token)
+        except FhirError:
+            return None
+        if not supports_export(capability):
+            return None
+        resources, transaction_time = await bulk_export(client, client.http, token, since)
+        builder = RecordBuilder()
+        builder.add_all(resources)
+        records = {record.patient_id: record for record in builder.build()}
+        changes = Changes(patients=set(records), resources=len(resources))
+        if transaction_time:
+            changes.cursors = {t: transaction_time for t in POLLED_TYPES}
+        return changes, records
+
+    async def _patient(
+        self,
+        client: FhirClient,
+        server: str,
+        patient_id: str,
+        token: str | None,
+        day: date,
+        report: CycleReport,
+        record: PatientRecord | None = None,
+    ) -> None:
+        if record is None:
+            record = (await fetch_patient(self.pool, server, patient_id, token, self.settings.fhir_max_pages)).record
+        result = evaluate_record(record, self.knowledge, day)
+        findings = [Finding(result.patient, a, c, day.isoformat()) for c, a in cards_with_findings(result)]
+        target = self.settings.writeback_target
+        with self.store.session() as session:
+            already = {w.identifier for w in open_writebacks(session, server, result.patient)}
+        new = [f for f in findings if f.id not in already]
+        if new and target != "off":
+            bundle = transaction(new, target)
+            answer = await client.post_json("", bundle, token)
+            refs = created_references(bundle, answer)
+            with self.store.session() as session:
+                for finding in new:
+                    session.merge(
+                        WriteBack(
+                            identifier=finding.id,
+                            server=server,
+                            patient=result.patient,
+                            program=finding.assessment.program,
+                            rule=finding.assessment.rule,
+                            status="open",
+                            resources=refs.get(finding.id, {}),
+                            created_at=now(),
+                        )
+                    )
+            report.written += len(new)
+            failpoint(self.settings, "after-writeback", report.patients + 1)
+        await self._close_resolved(client, server, result, {f.id for f in findings}, token, report)
+        self._save_states(server, result, day, report)
+
+    async def _close_resolved(
+        self,
+        client: FhirClient,
+        server: str,
+        result: PatientResult,
+        current: set[str],
+        token: str | None,
+        report: CycleReport,
+    ) -> None:
+        with self.store.session() as session:
+            stale = [w for w in open_writebacks(session, server, result.patient) if w.identifier not in current]
+            lines = {p.program.id: p.current_line.number if p.current_line else None for p in result.programs}
+            previous = {w.identifier: latest_state(session, server, result.patient, w.program) for w in stale}
+        for writeback in stale:
+            before = previous[writeback.identifier]
+            switched = before is not None and lines.get(writeback.program) not in (None, before.current_line)
+            reason = (
+                f"Switched to line {lines.get(writeback.program)}"
+                if switched
+                else "Finding no longer holds on re-evaluation (e.g. results back in range)"
+            )
+            task_ref = writeback.resources.get("Task")
+            if task_ref:
+                task = await client.get_json(task_ref, token)
+                if task.get("status") in ("requested", "received", "accepted", "ready", "in-progress", "draft"):
+                    await client.put_json(task_ref, closed_task(task, switched, reason), token)
+            with self.store.session() as session:
+                row = session.get(WriteBack, writeback.identifier)
+                if row is not None:
+                    row.status, row.closed_at, row.close_reason = "closed", now(), reason
+            report.closed += 1
+
+    def _save_states(self, server: str, result: PatientResult, day: date, report: CycleReport) -> None:
+        item = patient_report(result)
+        with self.store.session() as session:
+            for program in item["programs"]:
+                if save_state(session, server, result.patient, program["program"], day, program, fingerprint(program)):
+                    report.changed_states += 1

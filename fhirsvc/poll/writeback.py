@@ -1,0 +1,168 @@
+"""Findings written back as FHIR resources, idempotently: identifiers derived from the finding, If-None-Exist.
+
+Target "guidance": a GuidanceResponse (evidence in reasonReference, the card detail as note) whose result is a
+RequestGroup of the suggested actions, each suggestion a ServiceRequest proposal, plus a Task "evaluate for
+second-line treatment" focused on the GuidanceResponse so the finding lands in a worklist. Target "detectedissue":
+one DetectedIssue implicating the evidence. Every resource is validated with fhir.resources (R4B) before sending.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fhirsvc.cds.models import Card
+from fhirsvc.fhir.resources import validate
+from fhirsvc.rules.base import Assessment
+
+FINDING_SYSTEM = "urn:fhirsvc:finding"
+TASK_CODE = {
+    "coding": [
+        {"system": "urn:fhirsvc:task", "code": "evaluate-second-line", "display": "Evaluate for second-line treatment"}
+    ],
+    "text": "Evaluate for second-line treatment",
+}
+Target = Literal["guidance", "detectedissue"]
+_SEVERITY = {"critical": "high", "warning": "moderate", "info": "low"}
+
+
+def finding_id(patient: str, assessment: Assessment) -> str:
+    """Stable for the same (patient, program, rule, evidence): re-running never writes a second copy."""
+    key = "|".join([patient, assessment.program, assessment.rule, *sorted(assessment.evidence)])
+    return hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+@dataclass
+class Finding:
+    patient: str
+    assessment: Assessment
+    card: Card
+    as_of: str
+
+    @property
+    def id(self) -> str:
+        return finding_id(self.patient, self.assessment)
+
+
+def _entry(resource: dict[str, Any], identifier: str) -> dict[str, Any]:
+    validate(resource)
+    return {
+        "fullUrl": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{FINDING_SYSTEM}|{identifier}')}",
+        "resource": resource,
+        "request": {
+            "method": "POST",
+            "url": resource["resourceType"],
+            "ifNoneExist": f"identifier={FINDING_SYSTEM}|{identifier}",
+        },
+    }
+
+
+def _identifier(value: str) -> list[dict[str, str]]:
+    return [{"system": FINDING_SYSTEM, "value": value}]
+
+
+def guidance_entries(finding: Finding) -> list[dict[str, Any]]:
+    a, card, fid = finding.assessment, finding.card, finding.id
+    subject = {"reference": finding.patient}
+    entries: list[dict[str, Any]] = []
+    actions = []
+    for index, suggestion in enumerate(card.suggestions):
+        for action in suggestion.actions:
+            if action.resource is None:
+                continue
+            proposal = copy.deepcopy(action.resource)
+            proposal["identifier"] = _identifier(f"{fid}-s{index}")
+            entry = _entry(proposal, f"{fid}-s{index}")
+            entries.append(entry)
+            actions.append(
+                {
+                    "title": suggestion.label,
+                    "description": action.description,
+                    "resource": {"reference": entry["fullUrl"]},
+                }
+            )
+    for recommendation in a.recommendations:
+        actions.append({"title": recommendation[:250], "description": recommendation})
+    request_group: dict[str, Any] = {
+        "resourceType": "RequestGroup",
+        "identifier": _identifier(f"{fid}-rg"),
+        "status": "active",
+        "intent": "proposal",
+        "subject": subject,
+        "authoredOn": finding.as_of,
+        "action": actions or [{"title": a.summary}],
+    }
+    rg_entry = _entry(request_group, f"{fid}-rg")
+    guidance: dict[str, Any] = {
+        "resourceType": "GuidanceResponse",
+        "identifier": _identifier(fid),
+        "moduleUri": str(a.guideline.url),
+        "status": "data-required" if a.status == "data-needed" else "success",
+        "subject": subject,
+        "occurrenceDateTime": finding.as_of,
+        "reasonCode": [{"text": f"{a.program}/{a.rule}: {a.status}"}],
+        "reasonReference": [{"reference": ref} for ref in a.evidence],
+        "note": [{"text": f"{card.summary}\n\n{card.detail or ''}"}],
+        "result": {"reference": rg_entry["fullUrl"]},
+    }
+    gr_entry = _entry(guidance, fid)
+    task: dict[str, Any] = {
+        "resourceType": "Task",
+        "identifier": _identifier(f"{fid}-task"),
+        "status": "requested",
+        "intent": "proposal",
+        "priority": "urgent" if card.indicator == "critical" else "routine",
+        "code": TASK_CODE,
+        "description": a.summary,
+        "for": subject,
+        "focus": {"reference": gr_entry["fullUrl"]},
+        "authoredOn": finding.as_of,
+    }
+    return [*entries, rg_entry, gr_entry, _entry(task, f"{fid}-task")]
+
+
+def detected_issue_entries(finding: Finding) -> list[dict[str, Any]]:
+    a, card = finding.assessment, finding.card
+    issue = {
+        "resourceType": "DetectedIssue",
+        "identifier": _identifier(finding.id),
+        "status": "final",
+        "code": {"text": f"{a.program}/{a.rule}: {a.status}"},
+        "severity": _SEVERITY[card.indicator],
+        "patient": {"reference": finding.patient},
+        "identifiedDateTime": finding.as_of,
+        "implicated": [{"reference": ref} for ref in a.evidence],
+        "detail": f"{card.summary}\n\n{card.detail or ''}",
+        "reference": str(a.guideline.url),
+    }
+    return [_entry(issue, finding.id)]
+
+
+def transaction(findings: list[Finding], target: Target) -> dict[str, Any]:
+    build = guidance_entries if target == "guidance" else detected_issue_entries
+    return {"resourceType": "Bundle", "type": "transaction", "entry": [e for f in findings for e in build(f)]}
+
+
+def created_references(bundle: dict[str, Any], answer: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """finding id → {resource type: server reference} from a transaction-response."""
+    out: dict[str, dict[str, str]] = {}
+    for sent, got in zip(bundle["entry"], answer.get("entry") or [], strict=False):
+        value = sent["resource"]["identifier"][0]["value"]
+        fid = value.split("-")[0]
+        location = str((got.get("response") or {}).get("location", ""))
+        reference = "/".join(location.split("/_history")[0].split("/")[-2:]) if location else ""
+        out.setdefault(fid, {})[sent["resource"]["resourceType"]] = reference
+    return out
+
+
+def closed_task(task: dict[str, Any], completed: bool, reason: str) -> dict[str, Any]:
+    """The open Task of a finding that no longer holds: completed (switched) or cancelled (back in range)."""
+    closed = copy.deepcopy(task)
+    closed["status"] = "completed" if completed else "cancelled"
+    closed["statusReason"] = {"text": reason[:500]}
+    closed.pop("meta", None)
+    validate(closed)
+    return closed
