@@ -39,10 +39,8 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
+    sqlite = f"sqlite:///{tmp_path / 'store.db'}"
+    url = sqlite if request.param == "sqlite" else request.getfixturevalue("postgres_url")
     store = Store(url)
     store.upgrade()
     store.upgrade()  # idempotent
