@@ -1,0 +1,151 @@
+"""The poller against a real HAPI server: write-back once, nothing twice, resolved findings closed, crash-safe."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fhirsvc.config import Settings
+from fhirsvc.fhir.client import FhirClientPool
+from fhirsvc.poll.worker import Poller
+from fhirsvc.poll.writeback import FINDING_SYSTEM
+from fhirsvc.sandbox import load
+from fhirsvc.store.db import Store
+from fhirsvc.store.models import WriteBack
+from fhirsvc.terminology.knowledge import Knowledge
+from tests.conftest import FIXTURES
+
+pytestmark = [pytest.mark.hapi, pytest.mark.anyio]
+AS_OF = date(2026, 6, 1)
+FAILING = ["fail-basic", "medicationrequest-only", "threshold-201"]
+QUIET = ["suppressed", "blip"]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def loaded(hapi_base_url: str) -> dict[str, str]:
+    """Example patients loaded with `fhirsvc sandbox load` (conditional creates); fixture id → server id."""
+    paths = [FIXTURES / "hiv" / f"{name}.json" for name in FAILING + QUIET]
+    first = load(hapi_base_url, paths)
+    again = load(hapi_base_url, paths)
+    assert first.created > 0 and again.created == 0, "loading twice must create nothing new"
+    return first.patients
+
+
+def search_all(base: str, query: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    url: str | None = f"{base}/{query}"
+    with httpx.Client(timeout=30, headers={"Cache-Control": "no-cache"}) as http:
+        while url:
+            bundle = http.get(url).raise_for_status().json()
+            found += [e["resource"] for e in bundle.get("entry", [])]
+            url = next((link["url"] for link in bundle.get("link", []) if link["relation"] == "next"), None)
+    return found
+
+
+def finding_identifiers(base: str, resource_type: str) -> Counter[str]:
+    resources = search_all(base, f"{resource_type}?identifier={FINDING_SYSTEM}|&_count=200")
+    return Counter(i["value"] for r in resources for i in r.get("identifier", []) if i["system"] == FINDING_SYSTEM)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(f"sqlite:///{tmp_path / 'poll.db'}")
+    store.upgrade()
+    yield store
+    store.close()
+
+
+async def run_cycle(base: str, knowledge: Knowledge, store: Store) -> Any:
+    pool = FhirClientPool(Settings())
+    try:
+        return await Poller(Settings(), knowledge, store, pool).cycle(base, as_of=AS_OF)
+    finally:
+        await pool.aclose()
+
+
+async def test_poll_writes_each_finding_once_and_closes_resolved_ones(
+    hapi_base_url: str, loaded: dict[str, str], knowledge: Knowledge, store: Store
+) -> None:
+    first = await run_cycle(hapi_base_url, knowledge, store)
+    assert not first.failed and first.patients >= len(FAILING + QUIET)
+    tasks = {
+        t["for"]["reference"]: t
+        for t in search_all(hapi_base_url, "Task?code=urn:fhirsvc:task|evaluate-second-line&_count=200")
+    }
+    for name in FAILING:
+        task = tasks[f"Patient/{loaded[f'hiv-{name}']}"]
+        assert task["status"] == "requested" and task["focus"]["reference"].startswith("GuidanceResponse/")
+    for name in QUIET:
+        assert f"Patient/{loaded[f'hiv-{name}']}" not in tasks
+    guidance = search_all(hapi_base_url, f"GuidanceResponse?subject=Patient/{loaded['hiv-fail-basic']}")
+    (response,) = guidance
+    assert response["result"]["reference"].startswith("RequestGroup/")
+    assert {r["reference"].split("/")[0] for r in response["reasonReference"]} >= {"Observation"}
+
+    second = await run_cycle(hapi_base_url, knowledge, store)
+    assert second.written == 0 and second.changed_states == 0
+    assert all(count == 1 for count in finding_identifiers(hapi_base_url, "GuidanceResponse").values())
+
+    # The viral load comes back suppressed: the open Task is cancelled with a reason.
+    patient = loaded["hiv-fail-basic"]
+    suppressed = {
+        "resourceType": "Observation",
+        "status": "final",
+        "subject": {"reference": f"Patient/{patient}"},
+        "code": {"coding": [{"system": "http://loinc.org", "code": "20447-9"}]},
+        "effectiveDateTime": "2026-05-20",
+        "valueQuantity": {"value": 20, "comparator": "<", "unit": "copies/mL"},
+    }
+    httpx.post(f"{hapi_base_url}/Observation", json=suppressed, timeout=30).raise_for_status()
+    third = await run_cycle(hapi_base_url, knowledge, store)
+    assert third.closed == 1
+    (task,) = [t for t in search_all(hapi_base_url, f"Task?patient=Patient/{patient}") if t["status"] != "requested"]
+    assert task["status"] == "cancelled" and "no longer holds" in task["statusReason"]["text"]
+    with store.session() as session:
+        assert (
+            session.get(
+                WriteBack,
+                next(
+                    iter(
+                        w.identifier for w in session.query(WriteBack).filter(WriteBack.patient == f"Patient/{patient}")
+                    )
+                ),
+            ).status
+            == "closed"
+        )
+
+
+def test_a_crash_between_write_back_and_cursor_loses_nothing_and_duplicates_nothing(
+    hapi_base_url: str, loaded: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**os.environ, "FHIRSVC_STORE_URL": f"sqlite:///{tmp_path / 'crash.db'}", "FHIRSVC_TODAY": AS_OF.isoformat()}
+    command = [sys.executable, "-m", "fhirsvc.cli", "poll", "--fhir-server", hapi_base_url, "--once"]
+    crashed = subprocess.run(
+        command, env={**env, "FHIRSVC_FAILPOINTS": '["after-writeback:1"]'}, capture_output=True, text=True, timeout=300
+    )
+    assert crashed.returncode == 70, crashed.stderr  # killed right after the first patient's write-back
+    store = Store(env["FHIRSVC_STORE_URL"])
+    with store.session() as session:
+        assert session.query(WriteBack).count() == 1  # that one committed, the cursor did not move
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    counts = finding_identifiers(hapi_base_url, "GuidanceResponse")
+    assert counts and all(count == 1 for count in counts.values()), counts
+    with store.session() as session:
+        patients = {w.patient for w in session.query(WriteBack)}
+    assert {f"Patient/{loaded[f'hiv-{name}']}" for name in FAILING} <= patients
+    store.close()
