@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,9 +13,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 
 from fhirsvc.cds.routes import router as cds_router
+from fhirsvc.cds.security import JWKS_TIMEOUT, BodySizeLimit, CdsAuthenticator, Unauthorized, unauthorized
 from fhirsvc.config import Settings, get_settings
 from fhirsvc.fhir.client import FhirClientPool
 from fhirsvc.http import operation_outcome
+from fhirsvc.logs import RequestLog
+from fhirsvc.ops import RequestMetrics
 from fhirsvc.ops import router as ops_router
 from fhirsvc.patients import router as patients_router
 from fhirsvc.store.db import Store
@@ -27,19 +31,28 @@ def create_app(
     settings: Settings | None = None,
     knowledge: Knowledge | None = None,
     fhir_transport: httpx.AsyncBaseTransport | None = None,
+    jwks_transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
-    """Build the service. Everything per-process (mappings, HTTP pools) is made here, never per request."""
+    """Build the service. Everything per-process (mappings, HTTP pools) is made here, never per request.
+
+    `fhir_transport` and `jwks_transport` replace the network for FHIR servers and CDS client JWKS URLs (tests).
+    """
     settings = settings or get_settings()
     knowledge = knowledge or load_knowledge(overrides=settings.thresholds, enabled=settings.programs)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        _warn_about_trust(settings)
         app.state.fhir_pool = FhirClientPool(settings, transport=fhir_transport)
         app.state.store = Store(settings.store_url)
         app.state.store.upgrade()
+        # JWKS fetches never follow redirects: only the registered jwks_url is trusted.
+        jwks_http = httpx.AsyncClient(timeout=JWKS_TIMEOUT, follow_redirects=False, transport=jwks_transport)
+        app.state.cds_auth = CdsAuthenticator(settings, app.state.store, jwks_http)
         try:
             yield
         finally:
+            await jwks_http.aclose()
             await app.state.fhir_pool.aclose()
             app.state.store.close()
 
@@ -51,19 +64,41 @@ def create_app(
     )
     app.state.settings = settings
     app.state.knowledge = knowledge
+    app.state.metrics = RequestMetrics()
+    # Unset, a random salt still keeps patient ids out of the logs; hashes then correlate within one process only.
+    app.state.log_salt = settings.log_salt.get_secret_value() if settings.log_salt else secrets.token_hex(16)
     # Browser-based CDS clients (the CDS Hooks sandbox, SMART apps) call from another origin.
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
         allow_methods=["GET", "POST", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type"],
+        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        expose_headers=["X-Request-ID"],
     )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestLog, observer=app.state.metrics.observe)  # outermost: 401, 413 and CORS are logged too
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_: Request, exc: RequestValidationError) -> Response:
         return operation_outcome(400, f"invalid request: {exc.errors()[0].get('msg', 'malformed')}")
 
+    app.add_exception_handler(Unauthorized, unauthorized)
     app.include_router(ops_router)
     app.include_router(cds_router)
     app.include_router(patients_router)
     return app
+
+
+def _warn_about_trust(settings: Settings) -> None:
+    """Say at start-up, loudly, when the service trusts no one or everyone."""
+    if settings.cds_auth == "off":
+        log.warning(
+            "FHIRSVC_CDS_AUTH=off: CDS Hooks calls are accepted WITHOUT client authentication. "
+            "For local development only; never expose this service to a network."
+        )
+    elif not settings.cds_clients:
+        log.warning("no FHIRSVC_CDS_CLIENTS configured: every CDS Hooks service and feedback call is refused (401)")
+    if not settings.fhir_servers:
+        log.warning("no FHIRSVC_FHIR_SERVERS configured: requests naming a fhirServer will be refused (400)")
+    if settings.log_salt is None:
+        log.info("FHIRSVC_LOG_SALT unset: patient hashes in logs are salted per process")

@@ -12,7 +12,7 @@ from typing import Annotated
 import orjson
 import typer
 
-from fhirsvc.config import get_settings
+from fhirsvc.config import Settings, get_settings
 from fhirsvc.fhir.files import load_records
 from fhirsvc.report import patient_report, patient_text
 from fhirsvc.rules.evaluate import evaluate_record
@@ -44,13 +44,18 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
 ) -> None:
     """Run the CDS Hooks service."""
+    _serve(host, port, get_settings())
+
+
+def _serve(host: str, port: int, settings: Settings) -> None:
+    """uvicorn with JSON logs (fhirsvc.logs: one line per request, httpx quiet, no uvicorn access log)."""
     import uvicorn
 
     from fhirsvc.app import create_app
+    from fhirsvc.logs import configure_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry query URLs with patient ids
-    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+    configure_logging()
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", log_config=None, access_log=False)
 
 
 @app.command()
@@ -62,22 +67,39 @@ def evaluate(
     ),
 ) -> None:
     """Evaluate patients from files and print one result per patient."""
+    import gc
+
+    from fhirsvc.fhir.files import index_records
+
     day = _as_of(as_of)
     settings = get_settings()
     knowledge = load_knowledge(overrides=settings.thresholds, enabled=settings.programs)
     try:
-        loaded = load_records(paths)
+        index = index_records(paths)
     except FileNotFoundError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    results = [evaluate_record(record, knowledge, day) for record in loaded.records]
+    # Patient by patient: each result is written as soon as it is ready, so memory stays flat as the population
+    # grows. JSON bytes are those of orjson.dumps(results, option=OPT_INDENT_2): items indented by two spaces.
+    gc.freeze()  # the mappings and the index live for the whole run: keep them out of every collection
+    try:
+        for number, record in enumerate(index.records()):
+            result = evaluate_record(record, knowledge, day)
+            if output is OutputFormat.json:
+                item = orjson.dumps(patient_report(result), option=orjson.OPT_INDENT_2).replace(b"\n", b"\n  ")
+                sys.stdout.buffer.write((b",\n  " if number else b"[\n  ") + item)
+                sys.stdout.buffer.flush()
+            else:
+                sys.stdout.write(("\n\n" if number else "") + patient_text(result))
+                sys.stdout.flush()
+    finally:
+        gc.unfreeze()
     if output is OutputFormat.json:
-        sys.stdout.buffer.write(orjson.dumps([patient_report(r) for r in results], option=orjson.OPT_INDENT_2))
-        sys.stdout.write("\n")
+        sys.stdout.buffer.write(b"\n]\n" if len(index) else b"[]\n")
     else:
-        typer.echo("\n\n".join(patient_text(r) for r in results))
-    if loaded.skipped:
-        typer.echo(f"{loaded.skipped} unreadable file(s), line(s) or resource(s) skipped", err=True)
+        sys.stdout.write("\n")
+    if index.skipped:
+        typer.echo(f"{index.skipped} unreadable file(s), line(s) or resource(s) skipped", err=True)
 
 
 @app.command()
@@ -217,7 +239,9 @@ def demo(
     typer.echo("\nDetails: fhirsvc evaluate fixtures --as-of 2026-06-01 --format text")
     if serve_too:
         typer.echo(f"\nCDS Hooks discovery: http://127.0.0.1:{port}/cds-services")
-        serve(host="127.0.0.1", port=port)
+        typer.echo("CDS client authentication is OFF for this local demo (FHIRSVC_CDS_AUTH=off).")
+        # A local demo, e.g. for the CDS Hooks sandbox, whose signing key is public anyway (cds-hooks.md §5, 6).
+        _serve("127.0.0.1", port, get_settings().model_copy(update={"cds_auth": "off"}))
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
 from datetime import date
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AnyHttpUrl, BaseModel, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AnyHttpUrl, BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class ServerProfile(BaseModel):
@@ -18,6 +21,74 @@ class ServerProfile(BaseModel):
         default_factory=list, description="Search Observations once per category (Epic requires a category)."
     )
     page_size: int | None = Field(default=None, ge=1, description="_count to ask for.")
+
+
+# ---- Trust and failure (issue 6): helpers for the settings block at the end of Settings ------------------------
+
+# Algorithms a CDS client may sign with: asymmetric only. CDS Hooks 2.0 #jwt-signing-algorithm: `none` and symmetric
+# (HMAC) algorithms SHALL NOT be used, so they cannot even be configured.
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+def is_loopback_host(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: the only hosts reachable over plain http."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def normalise_base_url(url: str) -> str:
+    """Canonical form of an http(s) base URL (lower-case scheme and host, no default port, no trailing slash).
+
+    Raises ValueError for anything that is not a plain base URL: another scheme, user info, query or fragment.
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an absolute http(s) URL: {url!r}")
+    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+        raise ValueError(f"a base URL has no user info, query or fragment: {url!r}")
+    scheme, host = parts.scheme.lower(), parts.hostname.lower()
+    port = parts.port  # ValueError for a malformed port
+    if ":" in host:
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}[scheme]
+    netloc = host if port in (None, default) else f"{host}:{port}"
+    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
+
+
+def require_https(url: str) -> str:
+    """https, or http to a loopback address (local test servers); returns the normalised URL."""
+    normalised = normalise_base_url(url)
+    parts = urlsplit(normalised)
+    if parts.scheme != "https" and not is_loopback_host(parts.hostname or ""):
+        raise ValueError(f"https is required (plain http only for loopback addresses): {url!r}")
+    return normalised
+
+
+class CdsClientConfig(BaseModel):
+    """One trusted CDS client: its `iss` and where its public keys are (a JWKS URL, or the JWKS itself)."""
+
+    iss: str = Field(min_length=1)
+    jwks_url: str | None = None
+    jwks: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> CdsClientConfig:
+        if (self.jwks_url is None) == (self.jwks is None):
+            raise ValueError(f"CDS client {self.iss!r}: give exactly one of jwks_url and jwks")
+        if self.jwks_url is not None:
+            self.jwks_url = require_https(self.jwks_url)
+        if self.jwks is not None and not isinstance(self.jwks.get("keys"), list):
+            raise ValueError(f'CDS client {self.iss!r}: jwks must be a JWK Set ({{"keys": [...]}})')
+        return self
+
+
+# ---- end of issue 6 helpers ------------------------------------------------------------------------------------
 
 
 class Settings(BaseSettings):
@@ -79,6 +150,60 @@ class Settings(BaseSettings):
     @property
     def public_base(self) -> str:
         return str(self.public_url).rstrip("/")
+
+    # ---- Trust and failure (issue 6): CDS client JWTs, outbound allowlist, time budget, logs, body limit ----------
+    # CDS Hooks 2.0 #trusting-cds-clients: every service and feedback call carries a JWT from an allowlisted client.
+    cds_auth: Literal["on", "off"] = Field(
+        default="on", description="off skips the CDS client JWT check: local development only (warned at start-up)."
+    )
+    cds_auth_discovery: bool = Field(default=False, description="Require a client JWT on GET /cds-services too.")
+    cds_clients: list[CdsClientConfig] = Field(
+        default_factory=list,
+        description='Trusted CDS clients, e.g. \'[{"iss": "https://ehr.example", "jwks_url": "https://ehr.example/jwks"}]\'.',
+    )
+    cds_algorithms: list[str] = Field(
+        default_factory=lambda: ["ES384", "RS384"], description="JWT algorithms accepted (asymmetric only)."
+    )
+    cds_leeway_seconds: int = Field(default=60, ge=0, le=600, description="Clock skew allowed on exp, iat and nbf.")
+    # Outbound allowlist: the only FHIR servers a CDS call may make us fetch from (never a proxy to anywhere).
+    fhir_servers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Allowed fhirServer base URLs: comma-separated, or a JSON list."
+    )
+    cds_time_budget: float = Field(
+        default=2.0, gt=0, le=60, description="Seconds a CDS call may take, FHIR fetches included."
+    )
+    log_salt: SecretStr | None = Field(
+        default=None, description="Salt for patient id hashes in logs; unset = random per process."
+    )
+    max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Largest request body accepted.")
+
+    @field_validator("cds_auth", mode="before")
+    @classmethod
+    def _on_off(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("cds_algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        refused = [alg for alg in value if alg not in ASYMMETRIC_ALGORITHMS]
+        if refused or not value:
+            raise ValueError(f"only asymmetric JWT algorithms can be accepted, not {refused or 'none at all'}")
+        return value
+
+    @field_validator("fhir_servers", mode="before")
+    @classmethod
+    def _split_servers(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
+        return value
+
+    @field_validator("fhir_servers")
+    @classmethod
+    def _https_servers(cls, value: list[str]) -> list[str]:
+        return [require_https(url) for url in value]
+
+    # ---- end of issue 6 settings ----------------------------------------------------------------------------------
 
 
 @lru_cache(maxsize=1)

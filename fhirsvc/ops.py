@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
@@ -14,6 +14,9 @@ from fhirsvc.store.db import Store
 from fhirsvc.store.repository import feedback_counts
 
 router = APIRouter(tags=["ops"])
+
+# Latency buckets around the CDS time budget (default 2 s) and the ~500 ms CDS Hooks clients hope for.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0)
 
 
 @router.get("/livez")
@@ -48,9 +51,34 @@ class FeedbackCollector(Collector):
         yield family
 
 
+class RequestMetrics:
+    """Request count and latency per method, route template and status; one per app (never the global registry)."""
+
+    def __init__(self) -> None:
+        labels = ["method", "route", "status"]
+        self.requests = Counter(
+            "fhirsvc_http_requests", "HTTP requests by method, route template and status", labels, registry=None
+        )
+        self.latency = Histogram(
+            "fhirsvc_http_request_duration_seconds",
+            "HTTP request latency by method, route template and status",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        # Route templates, not raw paths: label values stay few, and no patient id becomes a label.
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route, str(status)).observe(seconds)
+
+
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     registry = CollectorRegistry()
     registry.register(FeedbackCollector(request.app.state.store))
+    request_metrics: RequestMetrics = request.app.state.metrics
+    registry.register(request_metrics.requests)
+    registry.register(request_metrics.latency)
     body = await run_in_threadpool(generate_latest, registry)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

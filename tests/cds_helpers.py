@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import httpx2
+import jwt
 import orjson
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from fhirsvc.cds.services import PREFETCH
 from fhirsvc.fhir.record import bundle_resources
@@ -130,3 +135,69 @@ def _json(body: dict[str, Any], status: int = 200) -> httpx.Response:
 
 def prefetch_keys() -> list[str]:
     return list(PREFETCH)
+
+
+# CDS client JWTs (CDS Hooks 2.0 #trusting-cds-clients) ------------------------------------------------------------
+
+PUBLIC_URL = "http://localhost:8000"  # Settings.public_url's default: every `aud` is this + the path invoked
+CLIENT_ISS = "https://ehr.example.test"
+
+
+class Signer:
+    """A CDS client: a key pair generated for the test, its JWKS, and JWTs signed the way an EHR signs them."""
+
+    def __init__(self, alg: str = "ES384", kid: str = "test-key-1", iss: str = CLIENT_ISS) -> None:
+        self.alg, self.kid, self.iss = alg, kid, iss
+        self.private_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+        if alg.startswith("ES"):
+            curve = {"ES256": ec.SECP256R1(), "ES384": ec.SECP384R1(), "ES512": ec.SECP521R1()}[alg]
+            self.private_key = ec.generate_private_key(curve)
+        else:
+            self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def jwk(self) -> dict[str, Any]:
+        public = self.private_key.public_key()
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            key: dict[str, Any] = ECAlgorithm.to_jwk(public, as_dict=True)
+        else:
+            key = RSAAlgorithm.to_jwk(public, as_dict=True)
+        return {**key, "kid": self.kid, "use": "sig", "alg": self.alg}
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [self.jwk()]}
+
+    def client_config(self, jwks_url: str | None = None) -> dict[str, Any]:
+        """This client's FHIRSVC_CDS_CLIENTS entry: its JWKS inline, or the URL it is served from."""
+        return {"iss": self.iss, "jwks_url": jwks_url} if jwks_url else {"iss": self.iss, "jwks": self.jwks()}
+
+    def token(self, path: str, headers: dict[str, Any] | None = None, **claims: Any) -> str:
+        """A JWT for the endpoint at `path`; a claim or header given as None is left out."""
+        now = int(time.time())
+        body = {"iss": self.iss, "aud": PUBLIC_URL + path, "exp": now + 300, "iat": now, "jti": str(uuid.uuid4())}
+        body.update(claims)
+        header = {"kid": self.kid, "typ": "JWT", **(headers or {})}
+        return jwt.encode(
+            {k: v for k, v in body.items() if v is not None},
+            self.private_key,
+            algorithm=self.alg,
+            headers={k: v for k, v in header.items() if v is not None},
+        )
+
+
+class SignedCalls(httpx2.Auth):
+    """TestClient auth: a fresh JWT (new jti, `aud` = the URL invoked) on every request."""
+
+    def __init__(self, signer: Signer) -> None:
+        self.signer = signer
+
+    def auth_flow(self, request: httpx2.Request) -> Generator[httpx2.Request, httpx2.Response, None]:
+        request.headers["Authorization"] = f"Bearer {self.signer.token(request.url.path)}"
+        yield request
+
+
+CLIENT = Signer()  # the trusted EHR of the API tests
+
+
+def trusted(**settings: Any) -> dict[str, Any]:
+    """Settings for a test app that trusts CLIENT and may fetch from FHIR_BASE (the secure defaults stay on)."""
+    return {"cds_clients": [CLIENT.client_config()], "fhir_servers": [FHIR_BASE], **settings}

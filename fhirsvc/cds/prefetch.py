@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fhirsvc.cds.models import CdsRequest, FhirAuthorization
+from fhirsvc.cds.models import Card, CdsRequest, Coding, FhirAuthorization, Link, Source
 from fhirsvc.cds.services import PREFETCH, REQUIRED, render
 from fhirsvc.fhir.client import FhirClientPool, SearchResult, next_link
-from fhirsvc.fhir.errors import FhirError
+from fhirsvc.fhir.errors import FhirError, FhirInvalidResponse, FhirServerError, FhirTransportError
 from fhirsvc.fhir.quirks import adaptive_search
 from fhirsvc.fhir.record import PatientRecord, bundle_resources, subject_reference
 
@@ -25,11 +28,26 @@ class DataUnavailable(Exception):
         super().__init__("; ".join(f"{k}: {why}" for k, why in sorted(keys.items())))
 
 
+# The FHIR server is slow, down or failing: worth an answer with what we can decide, never a 412 or a 5xx.
+# (A refused token, a missing fhirServer or a `next` link off the server stay 412: retrying would not help.)
+UPSTREAM_FAULTS = (FhirTransportError, FhirServerError, FhirInvalidResponse)
+
+
+class OutOfTime(Exception):
+    """The fetch did not finish within the CDS call's time budget."""
+
+    def __str__(self) -> str:
+        return "no answer within the time budget"
+
+
 @dataclass
 class Gathered:
     record: PatientRecord
     fetched: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # optional keys that failed, with the reason
+    # Required keys the FHIR server did not deliver (slow, down, failing): only with `tolerate_upstream_faults`.
+    missing: dict[str, str] = field(default_factory=dict)
+    upstream_faults: list[str] = field(default_factory=list)  # every key, required or optional, lost that way
 
 
 def _failed_outcome(value: dict[str, Any]) -> str | None:
@@ -44,8 +62,19 @@ def _failed_outcome(value: dict[str, Any]) -> str | None:
     return None
 
 
-async def gather(request: CdsRequest, pool: FhirClientPool, max_pages: int) -> Gathered:
-    """Build the patient's record from prefetch, fetching absent or failed keys from `fhirServer` in parallel."""
+async def gather(
+    request: CdsRequest,
+    pool: FhirClientPool,
+    max_pages: int,
+    deadline: float | None = None,
+    tolerate_upstream_faults: bool = False,
+) -> Gathered:
+    """Build the patient's record from prefetch, fetching absent or failed keys from `fhirServer` in parallel.
+
+    `deadline` (time.monotonic()) cuts every fetch still running then. With `tolerate_upstream_faults`, required
+    keys lost to a slow, down or failing server land in `Gathered.missing` instead of raising DataUnavailable
+    (the CDS call answers anyway; the poller must not act on partial data, so it keeps the default).
+    """
     patient_id = request.patient_id
     record = PatientRecord(patient_id)
     gathered = Gathered(record)
@@ -77,20 +106,27 @@ async def gather(request: CdsRequest, pool: FhirClientPool, max_pages: int) -> G
         else:
             _add(record, value, patient_id)
 
-    async def fetch(key: str) -> tuple[str, SearchResult | FhirError | None]:
+    loop = asyncio.get_running_loop()
+    cutoff = None if deadline is None else loop.time() + (deadline - time.monotonic())
+
+    async def fetch(key: str) -> tuple[str, SearchResult | FhirError | OutOfTime | None]:
         if client is None:
             return key, None
         try:
-            if key in continuations:
-                result = SearchResult(pages=1)
-                await client.follow_next(continuations[key], result, token, max_pages)
-                return key, result
-            query = render(PREFETCH[key], patient_id)
-            if "?" not in query:
-                return key, SearchResult(resources=[await client.get_json(query, token)], pages=1)
-            return key, await adaptive_search(client, query, token, max_pages)
+            # Each fetch has the same cutoff, so the ones that finished in time are kept.
+            async with asyncio.timeout_at(cutoff):
+                if key in continuations:
+                    result = SearchResult(pages=1)
+                    await client.follow_next(continuations[key], result, token, max_pages)
+                    return key, result
+                query = render(PREFETCH[key], patient_id)
+                if "?" not in query:
+                    return key, SearchResult(resources=[await client.get_json(query, token)], pages=1)
+                return key, await adaptive_search(client, query, token, max_pages)
         except FhirError as exc:
             return key, exc
+        except TimeoutError:
+            return key, OutOfTime()
 
     results = await asyncio.gather(*(fetch(k) for k in [*to_fetch, *continuations]))
     for key, outcome in results:
@@ -101,14 +137,47 @@ async def gather(request: CdsRequest, pool: FhirClientPool, max_pages: int) -> G
             continue
         reason = to_fetch.get(key, "paging failed")
         why = f"{reason}; no fhirServer to fetch from" if outcome is None else f"{reason}; fetch failed: {outcome}"
-        if key in REQUIRED:
-            unavailable[key] = why
-        else:
+        upstream_fault = isinstance(outcome, (OutOfTime, *UPSTREAM_FAULTS))
+        if upstream_fault and tolerate_upstream_faults:
+            gathered.upstream_faults.append(key)
+        if key not in REQUIRED:
             gathered.failed[key] = why
             log.info("optional prefetch %s unavailable: %s", key, type(outcome).__name__)
+        elif upstream_fault and tolerate_upstream_faults:
+            gathered.missing[key] = why
+            log.warning("required prefetch %s unavailable: %s", key, type(outcome).__name__)
+        else:
+            unavailable[key] = why
     if unavailable:
         raise DataUnavailable(unavailable)
     return gathered
+
+
+# Card for a FHIR server that failed us (CDS Hooks 2.0 #providing-fhir-resources-to-a-cds-service): the user learns
+# the check could not be completed instead of seeing nothing, or a finding based on data that never arrived.
+INCOMPLETE_SUMMARY = "FHIR server did not answer in time; findings may be incomplete"
+_FETCH_DOC = "https://cds-hooks.hl7.org/2.0/#providing-fhir-resources-to-a-cds-service"
+_NAMESPACE = uuid.UUID("0c4f8d7e-6b1a-4f0e-9a55-3f2d1c9b7e42")
+
+
+def incomplete_card(patient_id: str, keys: Iterable[str]) -> Card:
+    """One info card (status data-needed) naming the data the FHIR server did not deliver."""
+    wanted = ", ".join(sorted(keys))
+    return Card(
+        uuid=str(uuid.uuid5(_NAMESPACE, f"Patient/{patient_id}|fhir-server-unavailable")),
+        summary=INCOMPLETE_SUMMARY,
+        detail=(
+            f"fhirsvc could not read **{wanted}** from the FHIR server in time (slow, unreachable or failing), "
+            "so this patient was not checked completely. Open the patient again later to repeat the check."
+        ),
+        indicator="info",
+        source=Source(
+            label="fhirsvc (FHIR data access)",
+            url=_FETCH_DOC,
+            topic=Coding(system="urn:fhirsvc:status", code="data-needed", display="Data needed"),
+        ),
+        links=[Link(label="CDS Hooks: how a CDS service reads FHIR data", url=_FETCH_DOC, type="absolute")],
+    )
 
 
 def _add(record: PatientRecord, resource: dict[str, Any], patient_id: str) -> None:
@@ -136,6 +205,10 @@ async def fetch_patient(
     request = CdsRequest(hook="poll", hookInstance="poll", context={"patientId": patient_id}, fhirServer=fhir_server)
     if token:
         request.fhirAuthorization = FhirAuthorization(
-            access_token=token, token_type="Bearer", expires_in=300, scope="system/*.read", subject="fhirsvc"  # noqa: S106
+            access_token=token,
+            token_type="Bearer",  # noqa: S106 (the token type, not a password)
+            expires_in=300,
+            scope="system/*.read",
+            subject="fhirsvc",
         )
     return await gather(request, pool, max_pages)

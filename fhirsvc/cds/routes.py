@@ -14,12 +14,14 @@ from pydantic import ValidationError
 from fhirsvc.cds.cards import cards_with_findings
 from fhirsvc.cds.feedback import filter_and_record, parse_feedback, store_feedback
 from fhirsvc.cds.models import CdsRequest, CdsResponse, Discovery, response_body
-from fhirsvc.cds.prefetch import DataUnavailable, gather
+from fhirsvc.cds.prefetch import DataUnavailable, gather, incomplete_card
+from fhirsvc.cds.security import CdsClientIdentity, cds_client, discovery_client, fhir_server_allowed
 from fhirsvc.cds.services import PREFETCH, SERVICES
 from fhirsvc.config import Settings
 from fhirsvc.fhir.client import FhirClientPool
 from fhirsvc.fhir.record import bundle_resources
 from fhirsvc.http import OrjsonResponse, operation_outcome
+from fhirsvc.logs import annotate, annotate_patient, started_at
 from fhirsvc.rules.evaluate import evaluate_record
 from fhirsvc.store.db import Store
 from fhirsvc.terminology.knowledge import Knowledge
@@ -59,12 +61,16 @@ KnowledgeDep = Annotated[Knowledge, Depends(get_knowledge)]
 PoolDep = Annotated[FhirClientPool, Depends(get_pool)]
 TodayDep = Annotated[date, Depends(today)]
 StoreDep = Annotated[Store, Depends(get_store)]
+ClientDep = Annotated[CdsClientIdentity | None, Depends(cds_client)]
+DiscoveryClientDep = Annotated[CdsClientIdentity | None, Depends(discovery_client)]
 
-_MAX_BODY = 20 * 1024 * 1024  # a generous prefetch of several thousand resources fits well below this
+# Share of the time budget for FHIR fetches; the rest is for evaluating, the store and the answer.
+FETCH_SHARE = 0.8
+_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"description": "No valid CDS client JWT (empty body)"}}
 
 
-@router.get("/cds-services", response_model=Discovery, response_model_exclude_none=True)
-def discovery() -> dict[str, Any]:
+@router.get("/cds-services", response_model=Discovery, response_model_exclude_none=True, responses={**_UNAUTHORIZED})
+def discovery(_client: DiscoveryClientDep) -> dict[str, Any]:
     return {
         "services": [
             {
@@ -83,14 +89,17 @@ def discovery() -> dict[str, Any]:
     "/cds-services/{service_id}",
     response_model=CdsResponse,
     responses={
-        400: {"description": "Malformed request"},
+        400: {"description": "Malformed request, or a fhirServer not on the allowlist"},
+        **_UNAUTHORIZED,
         404: {"description": "Unknown service"},
         412: {"description": "Required data unobtainable"},
+        413: {"description": "Request body too large"},
     },
 )
 async def call_service(
     service_id: str,
     request: Request,
+    _client: ClientDep,
     settings: SettingsDep,
     knowledge: KnowledgeDep,
     pool: PoolDep,
@@ -100,23 +109,38 @@ async def call_service(
     service = SERVICES.get(service_id)
     if service is None:
         return operation_outcome(404, f"no CDS service {service_id!r}", code="not-found")
-    body = await request.body()
-    if len(body) > _MAX_BODY:
-        return operation_outcome(413, "request body too large", code="too-costly")
+    body = await request.body()  # size-limited by the BodySizeLimit middleware (FHIRSVC_MAX_BODY_BYTES)
     try:
         cds_request = CdsRequest.model_validate(orjson.loads(body))
     except orjson.JSONDecodeError:
         return operation_outcome(400, "request body is not valid JSON")
     except ValidationError as exc:
         return operation_outcome(400, _validation_message(exc))
+    annotate(request, hook=cds_request.hook)
+    annotate_patient(request, cds_request.patient_id)
     if cds_request.hook != service.hook:
         return operation_outcome(400, f"service {service.id!r} answers hook {service.hook!r}, not {cds_request.hook!r}")
+    if cds_request.fhirServer and not fhir_server_allowed(cds_request.fhirServer, settings.fhir_servers):
+        # Never a proxy: the bearer token and our requests go only to servers the operator listed.
+        return operation_outcome(400, "fhirServer is not one of this service's FHIR servers", code="security")
     try:
-        gathered = await gather(cds_request, pool, settings.fhir_max_pages)
+        gathered = await gather(
+            cds_request,
+            pool,
+            settings.fhir_max_pages,
+            deadline=started_at(request) + settings.cds_time_budget * FETCH_SHARE,
+            tolerate_upstream_faults=True,
+        )
     except DataUnavailable as exc:
         return operation_outcome(412, f"required data unavailable: {exc}", code="not-found")
     except ValueError as exc:
         return operation_outcome(400, str(exc))
+    if gathered.upstream_faults:
+        annotate(request, fhir_unavailable=sorted(gathered.upstream_faults))
+    if gathered.missing:
+        # Evaluating without required data would turn "not fetched" into "not on file" (e.g. "no viral load"):
+        # answer only that the check is incomplete.
+        return OrjsonResponse(response_body([incomplete_card(cds_request.patient_id, gathered.missing)]))
     if service.plans_from_draft_orders:
         gathered.record.planned.extend(_draft_medication_orders(cds_request.context.get("draftOrders")))
     result = evaluate_record(gathered.record, knowledge, as_of)
@@ -124,11 +148,16 @@ async def call_service(
     cards = await run_in_threadpool(
         filter_and_record, store, service.id, result.patient, findings, settings.feedback_suppress_days
     )
+    if gathered.upstream_faults:  # only optional data is missing: the findings stand, but may not be all
+        cards.append(incomplete_card(cds_request.patient_id, gathered.upstream_faults))
     return OrjsonResponse(response_body(cards))
 
 
-@router.post("/cds-services/{service_id}/feedback", responses={400: {"description": "Malformed feedback"}})
-async def feedback(service_id: str, request: Request, store: StoreDep) -> Response:
+@router.post(
+    "/cds-services/{service_id}/feedback",
+    responses={400: {"description": "Malformed feedback"}, **_UNAUTHORIZED, 413: {"description": "Body too large"}},
+)
+async def feedback(service_id: str, request: Request, _client: ClientDep, store: StoreDep) -> Response:
     if service_id not in SERVICES:
         return operation_outcome(404, f"no CDS service {service_id!r}", code="not-found")
     try:

@@ -14,7 +14,7 @@ from fhirsvc.app import create_app
 from fhirsvc.cds.routes import today
 from fhirsvc.config import Settings
 from fhirsvc.terminology.knowledge import Knowledge
-from tests.cds_helpers import hook_request, prefetch_from
+from tests.cds_helpers import CLIENT, SignedCalls, hook_request, prefetch_from, trusted
 from tests.conftest import load_fixture
 
 PATIENT_VIEW = "/cds-services/second-line-patient-view"
@@ -22,9 +22,11 @@ PATIENT_VIEW = "/cds-services/second-line-patient-view"
 
 @pytest.fixture
 def client(knowledge: Knowledge) -> Iterator[TestClient]:
-    app = create_app(Settings(), knowledge=knowledge, fhir_transport=httpx.MockTransport(lambda r: httpx.Response(500)))
+    settings = Settings(**trusted())
+    app = create_app(settings, knowledge=knowledge, fhir_transport=httpx.MockTransport(lambda r: httpx.Response(500)))
     app.dependency_overrides[today] = lambda: date(2026, 6, 1)
     with TestClient(app) as test_client:
+        test_client.auth = SignedCalls(CLIENT)
         yield test_client
 
 

@@ -13,7 +13,7 @@ from fhirsvc.app import create_app
 from fhirsvc.cds.routes import today
 from fhirsvc.config import Settings
 from fhirsvc.terminology.knowledge import Knowledge
-from tests.cds_helpers import hook_request
+from tests.cds_helpers import CLIENT, SignedCalls, hook_request, trusted
 from tests.conftest import load_fixture
 from tests.integration.hapi import post_transaction
 
@@ -24,10 +24,14 @@ FIXTURES = ["fail-basic", "medicationrequest-only", "suppressed", "already-switc
 
 
 @pytest.fixture(scope="module")
-def service(knowledge: Knowledge) -> Iterator[TestClient]:
-    app = create_app(Settings(), knowledge=knowledge)  # real httpx: every fetch goes to HAPI over loopback
+def service(knowledge: Knowledge, hapi_base_url: str, hapi_token_server: tuple[str, str]) -> Iterator[TestClient]:
+    # Real httpx: every fetch goes to HAPI over loopback, which must be listed to be allowed. A generous time
+    # budget: these tests check what is read, not how fast a cold JVM answers.
+    settings = trusted(fhir_servers=[hapi_base_url, hapi_token_server[0]], cds_time_budget=60.0)
+    app = create_app(Settings(**settings), knowledge=knowledge)
     app.dependency_overrides[today] = lambda: AS_OF
     with TestClient(app) as client:
+        client.auth = SignedCalls(CLIENT)  # CDS client authentication stays on
         yield client
 
 

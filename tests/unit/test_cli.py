@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
+import pytest
 from typer.testing import CliRunner
 
 from fhirsvc.cli import app
@@ -72,3 +74,25 @@ def test_demo_summarises_the_bundled_patients() -> None:
     result = runner.invoke(app, ["demo"])
     assert result.exit_code == 0
     assert "Patient/hiv-fail-basic" in result.stdout and "second-line-evaluation" in result.stdout
+
+
+def test_demo_serve_runs_without_client_auth_and_serve_logs_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`demo --serve` is a local demo: CDS client authentication off, explicitly; both commands log JSON."""
+    import uvicorn
+
+    import fhirsvc.logs
+
+    served: list[tuple[Any, dict[str, Any]]] = []
+    configured: list[bool] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.append((app, kwargs)))
+    monkeypatch.setattr(fhirsvc.logs, "configure_logging", lambda: configured.append(True))
+    demo = runner.invoke(app, ["demo", "--serve", "--port", "8123"])
+    assert demo.exit_code == 0, demo.output
+    assert "authentication is OFF" in demo.stdout
+    serve = runner.invoke(app, ["serve", "--port", "8124"])
+    assert serve.exit_code == 0, serve.output
+    (demo_app, demo_kwargs), (serve_app, serve_kwargs) = served
+    assert demo_app.state.settings.cds_auth == "off" and demo_kwargs["port"] == 8123
+    assert serve_app.state.settings.cds_auth == "on"  # the secure default
+    assert serve_kwargs["log_config"] is None and serve_kwargs["access_log"] is False
+    assert configured == [True, True]

@@ -1,0 +1,559 @@
+"""Trust and hostile input: CDS client JWTs, the outbound FHIR allowlist, JSON request logs, the body size limit."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from cryptography.hazmat.primitives import serialization
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+
+from fhirsvc.app import create_app
+from fhirsvc.cds.routes import today
+from fhirsvc.cds.services import PREFETCH
+from fhirsvc.config import Settings
+from fhirsvc.logs import configure_logging, hash_patient
+from fhirsvc.store.models import SeenJti
+from fhirsvc.terminology.knowledge import Knowledge
+from tests.cds_helpers import (
+    CLIENT_ISS,
+    FHIR_BASE,
+    PUBLIC_URL,
+    TOKEN,
+    FakeFhirServer,
+    SignedCalls,
+    Signer,
+    hook_request,
+    prefetch_from,
+    resources_of,
+)
+from tests.conftest import load_fixture
+
+PATIENT_VIEW = "/cds-services/second-line-patient-view"
+FEEDBACK = PATIENT_VIEW + "/feedback"
+JWKS_URL = "https://ehr.example.test/.well-known/jwks.json"
+EVIL_JWKS = "https://evil.example.test/jwks.json"
+
+ES384 = Signer("ES384", kid="es-1")
+RS384 = Signer("RS384", kid="rs-1", iss="https://other-ehr.example.test")
+STRANGER = Signer("ES384", kid="es-1", iss="https://stranger.example.test")  # not on the allowlist
+IMPOSTOR = Signer("ES384", kid="es-1")  # the trusted iss and kid, but another private key
+
+
+class JwksServer:
+    """The EHR's JWKS URL behind an httpx.MockTransport; records every fetch, anywhere."""
+
+    def __init__(self, *signers: Signer) -> None:
+        self.signers = list(signers)
+        self.requests: list[str] = []
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(str(request.url))
+        if str(request.url) != JWKS_URL:
+            return httpx.Response(404)
+        return httpx.Response(200, json={"keys": [s.jwk() for s in self.signers]})
+
+
+def _no_network(request: httpx.Request) -> httpx.Response:
+    raise AssertionError(f"unexpected outbound request to {request.url}")
+
+
+def make_app(
+    knowledge: Knowledge,
+    jwks: JwksServer | None = None,
+    fhir: httpx.MockTransport | None = None,
+    **overrides: Any,
+) -> TestClient:
+    settings: dict[str, Any] = {
+        "cds_clients": [ES384.client_config(JWKS_URL), RS384.client_config()],
+        "fhir_servers": [FHIR_BASE],
+        **overrides,
+    }
+    app = create_app(
+        Settings(**settings),
+        knowledge=knowledge,
+        fhir_transport=fhir or httpx.MockTransport(_no_network),
+        jwks_transport=httpx.MockTransport((jwks or JwksServer(ES384)).handle),
+    )
+    app.dependency_overrides[today] = lambda: date(2026, 6, 1)
+    return TestClient(app)
+
+
+@pytest.fixture
+def jwks() -> JwksServer:
+    return JwksServer(ES384)
+
+
+@pytest.fixture
+def client(knowledge: Knowledge, jwks: JwksServer) -> Iterator[TestClient]:
+    with make_app(knowledge, jwks) as test_client:
+        yield test_client
+
+
+def request_body() -> dict[str, Any]:
+    return hook_request("hiv-fail-basic", prefetch_from(load_fixture("hiv/fail-basic.json")))
+
+
+def call(client: TestClient, token: str | None, path: str = PATIENT_VIEW) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return client.post(path, json=request_body(), headers=headers)
+
+
+def assert_bare_401(response: httpx.Response) -> None:
+    assert response.status_code == 401
+    assert response.content == b""  # no reason given (cds-hooks best practices)
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def handmade(header: dict[str, Any], claims: dict[str, Any], sign: Any = None) -> str:
+    """A JWT built by hand, for algorithms no library will produce on purpose (none, HS256 with a public key)."""
+    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+    signature = sign(signing_input.encode()) if sign else b""
+    return f"{signing_input}.{_b64(signature)}"
+
+
+def claims_for(path: str = PATIENT_VIEW, iss: str = CLIENT_ISS) -> dict[str, Any]:
+    now = int(time.time())
+    return {"iss": iss, "aud": PUBLIC_URL + path, "exp": now + 300, "iat": now, "jti": str(uuid.uuid4())}
+
+
+# Accepted tokens ------------------------------------------------------------------------------------------------
+
+
+def test_valid_es384_token_from_a_jwks_url_passes_and_the_jwks_is_cached(client: TestClient, jwks: JwksServer) -> None:
+    first = call(client, ES384.token(PATIENT_VIEW))
+    second = call(client, ES384.token(PATIENT_VIEW))
+    assert first.status_code == 200 and "second-line" in first.json()["cards"][0]["summary"]
+    assert second.status_code == 200
+    assert jwks.requests == [JWKS_URL]  # fetched once, then served from the cache by kid
+
+
+def test_valid_rs384_token_with_an_inline_jwks_passes(client: TestClient, jwks: JwksServer) -> None:
+    assert call(client, RS384.token(PATIENT_VIEW)).status_code == 200
+    assert jwks.requests == []
+
+
+ACCEPTED: dict[str, tuple[Any, dict[str, Any] | None]] = {
+    "aud-array": (lambda: {"aud": [PUBLIC_URL + "/somewhere-else", PUBLIC_URL + PATIENT_VIEW]}, None),
+    "aud-trailing-slash": (lambda: {"aud": PUBLIC_URL + PATIENT_VIEW + "/"}, None),  # typed in by hand (Epic)
+    "epic-extra-claims": (lambda: {"sub": "epic-client-id", "nbf": int(time.time()) - 5, "tenant": "t-1"}, None),
+    "clock-skew": (lambda: {"exp": int(time.time()) - 30}, None),  # expired 30 s ago: within the 60 s leeway
+    "registered-jku": (dict, {"jku": JWKS_URL}),  # jku naming the registered JWKS URL
+}
+
+
+@pytest.mark.parametrize(("claims", "headers"), ACCEPTED.values(), ids=ACCEPTED.keys())
+def test_tokens_that_vary_within_the_spec_pass(client: TestClient, claims: Any, headers: dict[str, Any] | None) -> None:
+    assert call(client, ES384.token(PATIENT_VIEW, headers=headers, **claims())).status_code == 200
+
+
+# Refused tokens: always a bare 401 ---------------------------------------------------------------------------------
+
+
+def _public_pem() -> bytes:
+    return RS384.private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+REFUSED: dict[str, Any] = {
+    "wrong-aud-path": lambda: ES384.token("/cds-services/second-line-order-sign"),
+    "wrong-aud-host": lambda: ES384.token(PATIENT_VIEW, aud="https://elsewhere.example.test" + PATIENT_VIEW),
+    "expired": lambda: ES384.token(PATIENT_VIEW, exp=int(time.time()) - 120),
+    "iat-in-the-future": lambda: ES384.token(PATIENT_VIEW, iat=int(time.time()) + 600),
+    "nbf-in-the-future": lambda: ES384.token(PATIENT_VIEW, nbf=int(time.time()) + 600),
+    "no-jti": lambda: ES384.token(PATIENT_VIEW, jti=None),
+    "no-exp": lambda: ES384.token(PATIENT_VIEW, exp=None),
+    "no-iat": lambda: ES384.token(PATIENT_VIEW, iat=None),
+    "no-aud": lambda: ES384.token(PATIENT_VIEW, aud=None),
+    "no-kid": lambda: ES384.token(PATIENT_VIEW, headers={"kid": None}),
+    "unknown-iss": lambda: STRANGER.token(PATIENT_VIEW),
+    "bad-signature": lambda: IMPOSTOR.token(PATIENT_VIEW),
+    "alg-not-configured": lambda: Signer("ES256", kid="es-1").token(PATIENT_VIEW),
+    "alg-none": lambda: handmade({"alg": "none", "kid": "es-1", "typ": "JWT"}, claims_for()),
+    "hs256-with-public-key": lambda: handmade(
+        {"alg": "HS256", "kid": "rs-1", "typ": "JWT"},
+        claims_for(iss=RS384.iss),
+        lambda data: hmac.new(_public_pem(), data, hashlib.sha256).digest(),
+    ),
+    "garbage": lambda: "not.a.jwt",
+}
+
+
+@pytest.mark.parametrize("make_token", REFUSED.values(), ids=REFUSED.keys())
+def test_refused_tokens_get_a_bare_401(client: TestClient, make_token: Any) -> None:
+    assert_bare_401(call(client, make_token()))
+
+
+def test_missing_or_non_bearer_authorization_is_a_bare_401(client: TestClient) -> None:
+    assert_bare_401(call(client, None))
+    response = client.post(PATIENT_VIEW, json=request_body(), headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    assert_bare_401(response)
+
+
+def test_replayed_jti_is_refused(client: TestClient) -> None:
+    token = ES384.token(PATIENT_VIEW)
+    assert call(client, token).status_code == 200
+    assert_bare_401(call(client, token))
+    # The same jti in a newly signed token is a replay too.
+    jti = orjson.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))["jti"]
+    assert_bare_401(call(client, ES384.token(PATIENT_VIEW, jti=jti)))
+
+
+def test_unknown_iss_is_never_fetched(client: TestClient, jwks: JwksServer) -> None:
+    assert_bare_401(call(client, STRANGER.token(PATIENT_VIEW, headers={"jku": EVIL_JWKS})))
+    assert jwks.requests == []
+
+
+def test_jku_not_on_the_allowlist_is_refused_and_never_fetched(client: TestClient, jwks: JwksServer) -> None:
+    assert_bare_401(call(client, ES384.token(PATIENT_VIEW, headers={"jku": EVIL_JWKS})))
+    # A client registered with an inline JWKS has no jku to name.
+    assert_bare_401(call(client, RS384.token(PATIENT_VIEW, headers={"jku": EVIL_JWKS})))
+    assert EVIL_JWKS not in jwks.requests and jwks.requests == []
+
+
+def test_unknown_kid_refreshes_the_jwks_at_most_once_a_minute(knowledge: Knowledge) -> None:
+    rotated = Signer("ES384", kid="es-2")
+    jwks = JwksServer(ES384)
+    with make_app(knowledge, jwks) as client:
+        assert call(client, ES384.token(PATIENT_VIEW)).status_code == 200
+        assert len(jwks.requests) == 1
+        issuer = client.app.state.cds_auth.issuers[CLIENT_ISS]  # type: ignore[attr-defined]
+        issuer.fetched_at -= 61  # a minute later
+        assert_bare_401(call(client, Signer("ES384", kid="nobody").token(PATIENT_VIEW)))
+        assert len(jwks.requests) == 2  # one refresh, still unknown: refused
+        assert_bare_401(call(client, Signer("ES384", kid="nobody-else").token(PATIENT_VIEW)))
+        assert len(jwks.requests) == 2  # a second unknown kid within the minute does not refetch
+        # The client rotates its key: after the minute, the new kid is fetched and accepted.
+        jwks.signers.append(rotated)
+        assert_bare_401(call(client, rotated.token(PATIENT_VIEW)))
+        issuer.fetched_at -= 61
+        assert call(client, rotated.token(PATIENT_VIEW)).status_code == 200
+        assert len(jwks.requests) == 3
+        assert call(client, ES384.token(PATIENT_VIEW)).status_code == 200  # the old key is still published
+
+
+def test_unknown_kid_on_first_use_is_one_fetch_then_refused(knowledge: Knowledge) -> None:
+    jwks = JwksServer(ES384)
+    with make_app(knowledge, jwks) as client:
+        assert_bare_401(call(client, Signer("ES384", kid="k-x").token(PATIENT_VIEW)))
+        assert_bare_401(call(client, Signer("ES384", kid="k-y").token(PATIENT_VIEW)))
+    assert jwks.requests == [JWKS_URL]
+
+
+def test_unreachable_jwks_refuses_and_is_not_hammered(knowledge: Knowledge) -> None:
+    fetches: list[str] = []
+
+    def down(request: httpx.Request) -> httpx.Response:
+        fetches.append(str(request.url))
+        raise httpx.ConnectError("refused")
+
+    app = create_app(
+        Settings(cds_clients=[ES384.client_config(JWKS_URL)]),
+        knowledge=knowledge,
+        jwks_transport=httpx.MockTransport(down),
+    )
+    with TestClient(app) as client:
+        for _ in range(3):
+            assert_bare_401(call(client, ES384.token(PATIENT_VIEW)))
+    assert fetches == [JWKS_URL]
+
+
+def test_expired_jti_rows_are_purged(client: TestClient) -> None:
+    store = client.app.state.store  # type: ignore[attr-defined]
+    with store.session() as session:
+        session.add(SeenJti(jti="old", issuer=CLIENT_ISS, expires_at=datetime.now(UTC) - timedelta(hours=2)))
+    assert call(client, ES384.token(PATIENT_VIEW)).status_code == 200
+    with store.session() as session:
+        remaining = {row.jti for row in session.query(SeenJti)}
+    assert "old" not in remaining and len(remaining) == 1
+
+
+# Which endpoints need a token -------------------------------------------------------------------------------------
+
+
+def test_discovery_is_open_unless_configured(knowledge: Knowledge, client: TestClient) -> None:
+    assert client.get("/cds-services").status_code == 200
+    with make_app(knowledge, cds_auth_discovery=True) as guarded:
+        assert_bare_401(guarded.get("/cds-services"))
+        assert_bare_401(guarded.get("/cds-services", headers={"Authorization": f"Bearer {ES384.token(PATIENT_VIEW)}"}))
+        ok = guarded.get("/cds-services", headers={"Authorization": f"Bearer {ES384.token('/cds-services')}"})
+        assert ok.status_code == 200 and ok.json()["services"]
+
+
+def test_feedback_is_protected(client: TestClient) -> None:
+    body = {
+        "feedback": [{"card": str(uuid.uuid4()), "outcome": "overridden", "outcomeTimestamp": "2026-06-01T10:00:00Z"}]
+    }
+    assert_bare_401(client.post(FEEDBACK, json=body))
+    assert_bare_401(client.post(FEEDBACK, json=body, headers={"Authorization": f"Bearer {ES384.token(PATIENT_VIEW)}"}))
+    signed = client.post(FEEDBACK, json=body, headers={"Authorization": f"Bearer {ES384.token(FEEDBACK)}"})
+    assert signed.status_code == 200
+
+
+def test_probes_and_metrics_need_no_token(client: TestClient) -> None:
+    assert client.get("/livez").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    assert client.get("/metrics").status_code == 200
+
+
+def test_no_clients_configured_refuses_everyone(knowledge: Knowledge, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING), make_app(knowledge, cds_clients=[]) as client:
+        assert_bare_401(call(client, ES384.token(PATIENT_VIEW)))
+    assert any("FHIRSVC_CDS_CLIENTS" in r.getMessage() for r in caplog.records)
+
+
+def test_auth_off_works_without_a_token_and_warns(knowledge: Knowledge, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING), make_app(knowledge, cds_auth="off", cds_clients=[]) as client:
+        assert call(client, None).status_code == 200
+        assert (
+            client.post(
+                FEEDBACK, json={"card": "x", "outcome": "accepted", "outcomeTimestamp": "2026-06-01T10:00:00Z"}
+            ).status_code
+            == 200
+        )
+    (warning,) = [r for r in caplog.records if "FHIRSVC_CDS_AUTH=off" in r.getMessage()]
+    assert warning.levelno == logging.WARNING and "WITHOUT" in warning.getMessage()
+
+
+@pytest.mark.parametrize("algorithms", [["HS256"], ["none"], ["ES384", "HS384"], []])
+def test_symmetric_or_none_algorithms_cannot_be_configured(algorithms: list[str]) -> None:
+    with pytest.raises(ValidationError):
+        Settings(cds_algorithms=algorithms)
+
+
+def test_cds_clients_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FHIRSVC_CDS_CLIENTS", json.dumps([ES384.client_config(JWKS_URL), RS384.client_config()]))
+    settings = Settings()
+    assert [c.iss for c in settings.cds_clients] == [CLIENT_ISS, RS384.iss]
+    assert settings.cds_clients[0].jwks_url == JWKS_URL and settings.cds_clients[1].jwks is not None
+    with pytest.raises(ValidationError):
+        Settings(cds_clients=[{"iss": "x", "jwks_url": "http://ehr.example.test/jwks"}])  # plain http off loopback
+    with pytest.raises(ValidationError):
+        Settings(cds_clients=[{"iss": "x"}])  # no key source
+
+
+# Outbound allowlist ------------------------------------------------------------------------------------------------
+
+
+class Recorder:
+    """A FHIR transport that records and fails the test if anything is sent."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        raise AssertionError(f"outbound request to {request.url}")
+
+
+@pytest.mark.parametrize(
+    "fhir_server",
+    [
+        "https://evil.example.test/r4",
+        "http://fhir.example.test/r4",  # the listed server, but without TLS
+        "https://fhir.example.test/r4/../../steal",
+        "https://fhir.example.test@evil.example.test/r4",
+        "https://fhir.example.test.evil.example/r4",
+        "https://fhir.example.test/r4-other",
+    ],
+)
+def test_a_fhir_server_off_the_allowlist_is_400_and_nothing_leaves(knowledge: Knowledge, fhir_server: str) -> None:
+    recorder = Recorder()
+    with make_app(knowledge, fhir=httpx.MockTransport(recorder.handle)) as client:
+        client.auth = SignedCalls(ES384)
+        response = client.post(
+            PATIENT_VIEW, json=hook_request("hiv-fail-basic", None, fhir_server=fhir_server, token=TOKEN)
+        )
+    assert response.status_code == 400
+    outcome = response.json()
+    assert outcome["resourceType"] == "OperationOutcome" and "fhirServer" in outcome["issue"][0]["diagnostics"]
+    assert TOKEN not in response.text
+    assert recorder.requests == []
+
+
+@pytest.mark.parametrize(
+    ("listed", "named"),
+    [
+        (FHIR_BASE, FHIR_BASE + "/"),
+        (FHIR_BASE + "/", FHIR_BASE),
+        ("https://FHIR.example.test:443/r4", FHIR_BASE),
+    ],
+)
+def test_allowlisted_fhir_server_matches_after_normalisation(knowledge: Knowledge, listed: str, named: str) -> None:
+    server = FakeFhirServer(resources_of(load_fixture("hiv/fail-basic.json")))
+    with make_app(knowledge, fhir=server.transport, fhir_servers=[listed]) as client:
+        client.auth = SignedCalls(ES384)
+        response = client.post(PATIENT_VIEW, json=hook_request("hiv-fail-basic", None, fhir_server=named, token=TOKEN))
+    assert response.status_code == 200 and response.json()["cards"]
+    assert len(server.requests) == len(PREFETCH)
+
+
+def test_no_allowlist_means_no_fhir_server_at_all(knowledge: Knowledge) -> None:
+    recorder = Recorder()
+    with make_app(knowledge, fhir=httpx.MockTransport(recorder.handle), fhir_servers=[]) as client:
+        client.auth = SignedCalls(ES384)
+        response = client.post(PATIENT_VIEW, json=hook_request("p", None, fhir_server=FHIR_BASE, token=TOKEN))
+    assert response.status_code == 400 and recorder.requests == []
+
+
+def test_fhir_servers_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "FHIRSVC_FHIR_SERVERS", "https://a.example.test/r4/, http://127.0.0.1:8080/fhir,http://localhost/x"
+    )
+    assert Settings().fhir_servers == ["https://a.example.test/r4", "http://127.0.0.1:8080/fhir", "http://localhost/x"]
+    monkeypatch.setenv("FHIRSVC_FHIR_SERVERS", '["https://a.example.test/r4", "http://[::1]:9000/fhir"]')
+    assert Settings().fhir_servers == ["https://a.example.test/r4", "http://[::1]:9000/fhir"]
+    for refused in ("http://fhir.example.test/r4", "ftp://fhir.example.test", "https://fhir.example.test/r4?x=1"):
+        monkeypatch.setenv("FHIRSVC_FHIR_SERVERS", refused)
+        with pytest.raises(ValidationError):
+            Settings()
+
+
+def test_explicitly_listed_loopback_server_may_use_http(knowledge: Knowledge) -> None:
+    loopback = "http://127.0.0.1:8080/fhir"
+    seen: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset", "entry": []})
+
+    with make_app(knowledge, fhir=httpx.MockTransport(handle), fhir_servers=[loopback]) as client:
+        client.auth = SignedCalls(ES384)
+        response = client.post(PATIENT_VIEW, json=hook_request("p", None, fhir_server=loopback))
+    assert response.status_code == 200 and seen and all(u.startswith(loopback) for u in seen)
+
+
+def test_a_redirect_to_another_host_is_not_followed(knowledge: Knowledge) -> None:
+    seen: list[httpx.URL] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url)
+        if request.url.host != "fhir.example.test":
+            raise AssertionError(f"followed a redirect to {request.url}")
+        return httpx.Response(302, headers={"Location": "https://evil.example.test/collect"})
+
+    with make_app(knowledge, fhir=httpx.MockTransport(handle)) as client:
+        client.auth = SignedCalls(ES384)
+        response = client.post(PATIENT_VIEW, json=hook_request("p", None, fhir_server=FHIR_BASE, token=TOKEN))
+    assert response.status_code < 500
+    assert seen and {url.host for url in seen} == {"fhir.example.test"}
+
+
+# Logs and metrics --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def log_lines() -> Iterator[io.StringIO]:
+    root, httpx_logger = logging.getLogger(), logging.getLogger("httpx")
+    levels = (root.level, httpx_logger.level)
+    stream = io.StringIO()
+    handler = configure_logging(stream=stream)
+    yield stream
+    root.removeHandler(handler)
+    root.setLevel(levels[0])
+    httpx_logger.setLevel(levels[1])
+    logging.getLogger("httpcore").setLevel(logging.NOTSET)
+    logging.getLogger("uvicorn.access").disabled = False
+
+
+def test_one_json_line_per_request_with_hashed_patient_and_no_secrets(
+    knowledge: Knowledge, log_lines: io.StringIO
+) -> None:
+    server = FakeFhirServer(resources_of(load_fixture("hiv/fail-basic.json")))
+    jwt_token = ES384.token(PATIENT_VIEW)
+    with make_app(knowledge, fhir=server.transport, log_salt="pepper") as client:
+        response = client.post(
+            PATIENT_VIEW,
+            json=hook_request("hiv-fail-basic", None, fhir_server=FHIR_BASE, token=TOKEN),
+            headers={"Authorization": f"Bearer {jwt_token}", "X-Request-ID": "req-42"},
+        )
+        refused = call(client, "not.a.jwt")
+        therapy = client.get("/patients/secret-patient-7/therapy")
+    assert response.status_code == 200 and response.headers["X-Request-ID"] == "req-42"
+    assert refused.status_code == 401 and refused.headers["X-Request-ID"]  # generated when not given
+    output = log_lines.getvalue()
+    lines = [json.loads(line) for line in output.splitlines()]  # every line is JSON
+    access = [line for line in lines if line["logger"] == "fhirsvc.access"]
+    assert therapy.status_code == 404
+    assert len(access) == 3  # one per request
+    served = access[0]
+    assert served["request_id"] == "req-42" and served["method"] == "POST" and served["status"] == 200
+    assert served["route"] == "/cds-services/{service_id}"
+    assert served["service"] == "second-line-patient-view" and served["hook"] == "patient-view"
+    assert served["patient"] == hash_patient("pepper", "hiv-fail-basic")
+    assert served["client"] == CLIENT_ISS and served["duration_ms"] >= 0
+    assert access[1]["status"] == 401 and access[1]["auth"] == "refused"
+    assert access[2]["route"] == "/patients/{patient_id}/therapy"
+    assert access[2]["patient"] == hash_patient("pepper", "secret-patient-7")
+    secrets = (jwt_token, jwt_token.split(".")[1], TOKEN, "Bearer", "hiv-fail-basic", "not.a.jwt", "secret-patient-7")
+    for secret in secrets:
+        assert secret not in output, secret
+    assert '"resourceType"' not in output  # no FHIR payloads
+    assert logging.getLogger("httpx").getEffectiveLevel() >= logging.WARNING
+
+
+def test_unsafe_request_ids_are_replaced(client: TestClient) -> None:
+    response = client.get("/livez", headers={"X-Request-ID": "x" * 500})
+    assert response.headers["X-Request-ID"] != "x" * 500 and len(response.headers["X-Request-ID"]) == 32
+
+
+def test_metrics_count_requests_per_route_template_and_status(client: TestClient) -> None:
+    assert call(client, ES384.token(PATIENT_VIEW)).status_code == 200
+    assert_bare_401(call(client, None))
+    client.get("/livez")
+    metrics = client.get("/metrics").text
+    route = 'route="/cds-services/{service_id}"'
+    assert f'fhirsvc_http_requests_total{{method="POST",{route},status="200"}} 1.0' in metrics
+    assert f'fhirsvc_http_requests_total{{method="POST",{route},status="401"}} 1.0' in metrics
+    assert f'fhirsvc_http_request_duration_seconds_count{{method="POST",{route},status="200"}} 1.0' in metrics
+    assert 'fhirsvc_http_request_duration_seconds_bucket{le="2.0",method="POST",' + route in metrics
+    assert "fhirsvc_card_feedback" in metrics  # the feedback collector is still there
+    assert "hiv-fail-basic" not in metrics
+
+
+# Body size limit --------------------------------------------------------------------------------------------------
+
+
+def test_body_over_the_limit_is_413_before_parsing(knowledge: Knowledge) -> None:
+    with make_app(knowledge, max_body_bytes=2048) as client:
+        client.auth = SignedCalls(ES384)
+        big = b'{"hook": "patient-view", "pad": "' + b"x" * 4096 + b'"}'
+        response = client.post(PATIENT_VIEW, content=big, headers={"Content-Type": "application/json"})
+        assert response.status_code == 413
+        assert response.json()["issue"][0]["code"] == "too-costly"
+        feedback = client.post(FEEDBACK, content=big, headers={"Content-Type": "application/json"})
+        assert feedback.status_code == 413
+        small = client.post(PATIENT_VIEW, json=hook_request("p", {key: None for key in PREFETCH}))
+        assert small.status_code == 200
+
+
+def test_chunked_body_without_content_length_is_413(knowledge: Knowledge) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"hook": "patient-view", "pad": "'
+        for _ in range(8):
+            yield b"x" * 1024
+        yield b'"}'
+
+    with make_app(knowledge, max_body_bytes=2048) as client:
+        client.auth = SignedCalls(ES384)
+        response = client.post(PATIENT_VIEW, content=chunks(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert response.json()["resourceType"] == "OperationOutcome"
