@@ -1,0 +1,1 @@
+"""Benchmarks for fhirsvc: in-process evaluation, the service under load, population evaluation (not tests)."""

@@ -1,0 +1,85 @@
+"""`python -m bench [--quick] [--json PATH]`: run the benchmarks, print tables and targets, write medians."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench import inprocess, load, population, report
+from bench.generate import SEED
+
+SECTIONS = ("inprocess", "load", "population")
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split(":", 1)[1].strip())
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, 2 s load runs, 100/1,000 patients")
+    parser.add_argument("--json", type=Path, help="write the figures (medians) to this file")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--seed", type=int, default=SEED)
+    args = parser.parse_args(argv)
+    wanted = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(wanted) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
+
+    figures: dict[str, Any] = {"machine": report.machine(), "quick": args.quick, "seed": args.seed}
+    targets: list[report.Target] = []
+    started = time.perf_counter()
+    print(f"fhirsvc benchmarks{' (quick)' if args.quick else ''} on {_describe(figures['machine'])}\n")
+
+    if "inprocess" in wanted:
+        _say("in-process evaluation ...")
+        sizes = inprocess.run(quick=args.quick, seed=args.seed, progress=_say)
+        figures["in_process"] = {str(r.size): r.as_json() for r in sizes}
+        print("In-process: CDS Hooks request body bytes -> cards (medians)")
+        print(report.in_process_table(sizes) + "\n")
+        targets += report.in_process_targets(sizes)
+
+    if "load" in wanted:
+        _say("service under load ...")
+        loaded = load.run(quick=args.quick, seed=args.seed, progress=_say)
+        figures["load"] = loaded.as_json()
+        print(
+            f"Service under load: POST {load.SERVICE}, full prefetch of {load.RESOURCES} resources "
+            f"({loaded.body_bytes / 1024:,.0f} KB); in-process {loaded.in_process_ms:.1f} ms per call"
+        )
+        print(report.load_table(loaded) + "\n")
+        targets += report.load_targets(loaded)
+
+    if "population" in wanted:
+        _say("population ...")
+        baseline, results = population.run(quick=args.quick, seed=args.seed, progress=_say)
+        figures["population"] = {str(r.patients): r.as_json() for r in [baseline, *results]}
+        print("Population: fhirsvc evaluate over Bulk Data NDJSON (child process; first row: one patient, fixed cost)")
+        print(report.population_table(baseline, results) + "\n")
+        targets += report.population_targets(results)
+
+    figures["targets"] = [t.as_json() for t in targets]
+    figures["seconds"] = round(time.perf_counter() - started, 1)
+    print("Targets")
+    print("\n".join(t.line() for t in targets) or "  (none for the sections run)")
+    if args.json:
+        args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2) + b"\n")
+        _say(f"figures written to {args.json}")
+    return 0
+
+
+def _describe(info: dict[str, Any]) -> str:
+    return (
+        f"{info['nproc']} x {info['cpu']}, Python {info['python']}, load average {info['loadavg_1m']}, "
+        f"commit {info['commit']}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

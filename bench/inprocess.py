@@ -1,0 +1,114 @@
+"""In-process evaluation per record size: request body bytes → cards, against orjson (floor) and fhir.resources."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date
+from functools import partial
+from typing import Any
+
+import orjson
+from fhir.resources.R4B import get_fhir_model_class
+
+from bench.generate import AS_OF, SEED, SIZES, patient_record, request_body
+from bench.timing import Timing, interleaved
+from fhirsvc.cds.cards import cards_for
+from fhirsvc.cds.models import CdsRequest, response_body
+from fhirsvc.cds.prefetch import gather
+from fhirsvc.config import Settings
+from fhirsvc.fhir.client import FhirClientPool
+from fhirsvc.fhir.record import bundle_resources
+from fhirsvc.rules.evaluate import evaluate_record
+from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
+
+
+class Pipeline:
+    """The service's path for one hook call minus HTTP: parse, prefetch → record, evaluate, cards, serialise."""
+
+    def __init__(self, knowledge: Knowledge | None = None, as_of: date = AS_OF) -> None:
+        self.settings = Settings(today=as_of)
+        self.knowledge = knowledge or load_knowledge()
+        self.as_of = as_of
+        self.loop = asyncio.new_event_loop()
+        self.pool = FhirClientPool(self.settings)  # never used: every prefetch key is present
+
+    def __call__(self, body: bytes) -> bytes:
+        request = CdsRequest.model_validate(orjson.loads(body))
+        gathered = self.loop.run_until_complete(gather(request, self.pool, self.settings.fhir_max_pages))
+        result = evaluate_record(gathered.record, self.knowledge, self.as_of)
+        return orjson.dumps(response_body(cards_for(result)))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.pool.aclose())
+        self.loop.close()
+
+
+def floor(body: bytes) -> Any:
+    """The physical floor: the bytes have to be parsed once whatever the service does."""
+    return orjson.loads(body)
+
+
+def _resources(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for value in (data.get("prefetch") or {}).values():
+        if isinstance(value, dict) and value.get("resourceType") == "Bundle":
+            yield from (resource for _, resource in bundle_resources(value))
+        elif isinstance(value, dict):
+            yield value
+
+
+def naive(body: bytes) -> int:
+    """What a naive service does first: every resource through fhir.resources R4B models (no evaluation yet)."""
+    count = 0
+    for resource in _resources(orjson.loads(body)):
+        get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+        count += 1
+    return count
+
+
+@dataclass(frozen=True)
+class SizeResult:
+    size: int
+    body_bytes: int
+    cards: int
+    eval: Timing
+    floor: Timing
+    naive: Timing
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "eval_ms": round(self.eval.median_ms, 3),
+            "orjson_floor_ms": round(self.floor.median_ms, 3),
+            "fhir_resources_ms": round(self.naive.median_ms, 3),
+            "body_bytes": self.body_bytes,
+            "cards": self.cards,
+            "repeats": {"eval": self.eval.repeats, "floor": self.floor.repeats, "naive": self.naive.repeats},
+        }
+
+
+def _budget(size: int, quick: bool) -> dict[str, Any]:
+    if size >= 10_000:
+        return {"budget_s": 2.0 if quick else 10.0, "min_rounds": 1 if quick else 2}
+    return {"budget_s": 0.5 if quick else 3.0, "min_rounds": 2 if quick else 5}
+
+
+def run(
+    sizes: tuple[int, ...] = SIZES,
+    quick: bool = False,
+    seed: int = SEED,
+    progress: Callable[[str], None] = print,
+) -> list[SizeResult]:
+    pipeline = Pipeline()
+    results = []
+    try:
+        for size in sizes:
+            body = request_body(patient_record(size, seed))
+            cards = len(orjson.loads(pipeline(body))["cards"])
+            progress(f"  in-process {size:>6} resources ({len(body) / 1024:,.0f} KB): eval, orjson, fhir.resources")
+            funcs = {"eval": partial(pipeline, body), "floor": partial(floor, body), "naive": partial(naive, body)}
+            timed = interleaved(funcs, **_budget(size, quick))
+            results.append(SizeResult(size, len(body), cards, timed["eval"], timed["floor"], timed["naive"]))
+    finally:
+        pipeline.close()
+    return results

@@ -1,0 +1,162 @@
+"""Machine description, tables and target checks for the benchmark results."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.inprocess import SizeResult
+from bench.load import LoadReport
+from bench.population import PopulationResult
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _commit() -> str:
+    git = shutil.which("git")
+    if git is None:
+        return "unknown"
+    try:  # read-only
+        done = subprocess.run(  # noqa: S603
+            [git, "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return done.stdout.strip() or "unknown"
+
+
+def machine() -> dict[str, Any]:
+    """Where the figures come from; the load average says whether the machine was shared at the time."""
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+        "commit": _commit(),
+    }
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    value: float
+    limit: float
+    higher_is_better: bool = False
+
+    @property
+    def met(self) -> bool:
+        return self.value >= self.limit if self.higher_is_better else self.value <= self.limit
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "value": round(self.value, 3), "limit": self.limit, "met": self.met}
+
+    def line(self) -> str:
+        sign = "≥" if self.higher_is_better else "≤"
+        return f"  [{'met ' if self.met else 'MISS'}] {self.name}: {self.value:,.2f} (target {sign} {self.limit:g})"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
+    lines = ["  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)) for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def in_process_table(results: list[SizeResult]) -> str:
+    rows = [
+        [
+            f"{r.size:,}",
+            f"{r.body_bytes / 1024:,.0f}",
+            f"{r.floor.median_ms:,.2f}",
+            f"{r.eval.median_ms:,.2f}",
+            f"{r.naive.median_ms:,.1f}",
+            f"{r.eval.median_ms / r.floor.median_ms:.1f}x",
+            f"1/{r.naive.median_ms / r.eval.median_ms:.1f}",
+            str(r.cards),
+        ]
+        for r in results
+    ]
+    header = ["resources", "body KB", "orjson ms", "eval ms", "fhir.resources ms", "eval/floor", "eval/naive", "cards"]
+    return _table(header, rows)
+
+
+def in_process_targets(results: list[SizeResult]) -> list[Target]:
+    by_size = {r.size: r for r in results}
+    targets = []
+    if 1_000 in by_size:
+        r = by_size[1_000]
+        targets.append(Target("eval/orjson floor at 1,000 resources", r.eval.median_ms / r.floor.median_ms, 3))
+        targets.append(Target("eval/fhir.resources at 1,000 resources", r.eval.median_ms / r.naive.median_ms, 0.1))
+        if 10_000 in by_size:
+            ratio = by_size[10_000].eval.median_ms / r.eval.median_ms
+            targets.append(Target("eval 10,000 / eval 1,000", ratio, 12))
+    return targets
+
+
+def load_table(report: LoadReport) -> str:
+    rows = [
+        [
+            str(r.concurrency),
+            f"{r.rps:,.1f}",
+            f"{r.p50_ms:,.1f}",
+            f"{r.p99_ms:,.1f}",
+            f"{r.requests:,}",
+            str(r.errors),
+            f"{r.server_peak_rss_kb / 1024:,.0f}",
+        ]
+        for r in report.results
+    ]
+    return _table(["clients", "requests/s", "p50 ms", "p99 ms", "requests", "errors", "server peak RSS MB"], rows)
+
+
+def load_targets(report: LoadReport) -> list[Target]:
+    at_ten = [r for r in report.results if r.concurrency == 10]
+    if not at_ten:
+        return []
+    return [
+        Target("requests/s at 10 concurrent", at_ten[0].rps, 300, higher_is_better=True),
+        Target("p99 ms at 10 concurrent", at_ten[0].p99_ms, 50),
+    ]
+
+
+def population_table(baseline: PopulationResult, results: list[PopulationResult]) -> str:
+    rows = [
+        [
+            f"{r.patients:,}",
+            f"{r.resources:,}",
+            f"{r.ndjson_bytes / 1e6:,.1f}",
+            f"{r.seconds:,.1f}",
+            f"{r.patients_per_s:,.0f}",
+            f"{max(0.0, r.seconds - baseline.seconds) / r.patients * 1000:,.2f}" if r is not baseline else "-",
+            f"{r.peak_rss_kb / 1024:,.1f}",
+        ]
+        for r in [baseline, *results]
+    ]
+    header = ["patients", "resources", "NDJSON MB", "seconds", "patients/s", "ms/patient*", "peak RSS MB"]
+    return _table(header, rows) + "\n  * wall time minus the one-patient run (start-up, mappings), per patient"
+
+
+def population_targets(results: list[PopulationResult]) -> list[Target]:
+    """Flat memory: 10x the patients may cost at most 1.5x the peak RSS (the index grows; records do not pile up)."""
+    if len(results) < 2:
+        return []
+    small, large = results[0], results[-1]
+    name = f"peak RSS {large.patients:,} / {small.patients:,} patients"
+    return [Target(name, large.peak_rss_kb / small.peak_rss_kb, 1.5)]

@@ -1,0 +1,136 @@
+"""Streaming `evaluate`: the offset index gives the same records, and the same output bytes, as loading everything."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import orjson
+from typer.testing import CliRunner
+
+from fhirsvc.cli import app
+from fhirsvc.fhir.files import index_records, load_records
+from fhirsvc.fhir.record import PatientRecord, bundle_resources
+from fhirsvc.report import patient_report, patient_text
+from fhirsvc.rules.evaluate import evaluate_record
+from fhirsvc.terminology.knowledge import Knowledge
+from tests.conftest import FIXTURES, load_fixture
+
+runner = CliRunner()
+AS_OF = date(2026, 6, 1)
+
+
+def _resources(fixture: str) -> list[dict[str, Any]]:
+    return [r for _, r in bundle_resources(load_fixture(fixture))]
+
+
+def _ndjson(path: Path, resources: list[Any], extra: tuple[bytes, ...] = ()) -> None:
+    path.write_bytes(b"\n".join([*(orjson.dumps(r) for r in resources), *extra]) + b"\n")
+
+
+def _snapshot(records: list[PatientRecord]) -> list[tuple[str, dict[str, list[Any]]]]:
+    return [(r.patient_id, {t: list(rs) for t, rs in r.resources.items()}) for r in records]
+
+
+def _mixed_directory(root: Path) -> Path:
+    """Bundles, a multi-patient collection, NDJSON split by type (one patient over several files), junk."""
+    root.mkdir()
+    (root / "bundles").mkdir()
+    for name in ("hiv/line2-failing.json", "t2d/a1c-above.json", "hiv/suppressed.json"):
+        (root / "bundles" / name.replace("/", "-")).write_bytes((FIXTURES / name).read_bytes())
+    collection = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": r} for r in [*_resources("hiv/blip.json"), *_resources("hiv/weeks-25.json")]],
+    }
+    (root / "bundles" / "collection.json").write_bytes(orjson.dumps(collection))
+    (root / "bundles" / "broken.json").write_bytes(b"{not json")
+    export = root / "export"
+    export.mkdir()
+    fail = _resources("hiv/fail-basic.json")
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for resource in fail:
+        by_type.setdefault(resource["resourceType"], []).append(resource)
+    observations = by_type.pop("Observation")
+    half = len(observations) // 2
+    # The same patient's Observations in two files, one of them referring to the patient by absolute URL.
+    absolute = [
+        {**o, "subject": {"reference": f"https://ehr.example/fhir/{o['subject']['reference']}"}}
+        for o in observations[half:]
+    ]
+    _ndjson(export / "Observation-1.ndjson", observations[:half], (b"", b"{broken"))
+    _ndjson(export / "Observation-2.ndjson", absolute, (b'["a list"]',))
+    for rtype, resources in by_type.items():
+        _ndjson(export / f"{rtype}.ndjson", resources)
+    orphan = {"resourceType": "Observation", "id": "orphan", "status": "final", "code": {"text": "x"}}
+    medication = {"resourceType": "Medication", "id": "med-1", "code": {"text": "dolutegravir 50 MG"}}
+    bundle_line = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": r} for r in _resources("hiv/no-viral-load.json")],
+    }
+    _ndjson(export / "Other.ndjson", [orphan, medication, bundle_line, {"resourceType": "Practitioner", "id": "p"}])
+    # More lines for a patient a bundle already holds: they join that patient's record.
+    more = [r for r in _resources("hiv/line2-failing.json") if r["resourceType"] == "Observation"]
+    _ndjson(export / "More.jsonl", [{**r, "id": f"{r['id']}-again"} for r in more])
+    return root
+
+
+def test_streamed_records_equal_the_in_memory_ones_on_a_mixed_directory(tmp_path: Path) -> None:
+    root = _mixed_directory(tmp_path / "mixed")
+    loaded = load_records([root])
+    index = index_records([root])
+    streamed = list(index.records())
+    assert _snapshot(streamed) == _snapshot(loaded.records)
+    assert (index.files, index.skipped) == (loaded.files, loaded.skipped)
+    assert index.skipped == 4  # broken.json, "{broken", the JSON list, the orphan Observation
+    assert len(index) == len(streamed) == len(loaded.records) >= 5
+    assert (
+        streamed[0].medications
+        == loaded.records[0].medications
+        == {"Medication/med-1": {"resourceType": "Medication", "id": "med-1", "code": {"text": "dolutegravir 50 MG"}}}
+    )
+
+
+def test_a_patient_split_across_ndjson_files_is_one_record(tmp_path: Path) -> None:
+    root = _mixed_directory(tmp_path / "mixed")
+    (record,) = [r for r in index_records([root]).records() if r.patient_id == "hiv-fail-basic"]
+    expected = _resources("hiv/fail-basic.json")
+    observations = [r["id"] for r in expected if r["resourceType"] == "Observation"]
+    assert [r["id"] for r in record.of_type("Observation")] == observations  # both files, in file order
+    for rtype in {r["resourceType"] for r in expected} - {"Observation"}:
+        assert record.of_type(rtype) == [r for r in expected if r["resourceType"] == rtype]
+
+
+def test_patients_come_out_one_at_a_time_in_patient_order(tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    export.mkdir()
+    patients = [f"p{n}" for n in (3, 1, 2)]
+    for rtype in ("Condition", "Observation"):
+        _ndjson(
+            export / f"{rtype}.ndjson",
+            [{"resourceType": rtype, "id": f"{p}-{rtype}", "subject": {"reference": f"Patient/{p}"}} for p in patients],
+        )
+    records = index_records([export]).records()
+    first = next(records)
+    assert first.patient_id == "p1" and first.of_type("Observation")[0]["id"] == "p1-Observation"
+    assert [r.patient_id for r in records] == ["p2", "p3"]
+
+
+def test_evaluate_output_is_byte_identical_to_the_in_memory_list(tmp_path: Path, knowledge: Knowledge) -> None:
+    root = _mixed_directory(tmp_path / "mixed")
+    results = [evaluate_record(r, knowledge, AS_OF) for r in load_records([root]).records]
+    as_json = runner.invoke(app, ["evaluate", str(root), "--as-of", AS_OF.isoformat()])
+    assert as_json.exit_code == 0, as_json.output
+    expected = orjson.dumps([patient_report(r) for r in results], option=orjson.OPT_INDENT_2) + b"\n"
+    assert as_json.stdout_bytes == expected
+    assert "4 unreadable" in as_json.stderr
+    as_text = runner.invoke(app, ["evaluate", str(root), "--as-of", AS_OF.isoformat(), "--format", "text"])
+    assert as_text.stdout == "\n\n".join(patient_text(r) for r in results) + "\n"
+
+
+def test_evaluate_with_no_patients_prints_an_empty_list(tmp_path: Path) -> None:
+    _ndjson(tmp_path / "Practitioner.ndjson", [{"resourceType": "Practitioner", "id": "p"}])
+    result = runner.invoke(app, ["evaluate", str(tmp_path), "--as-of", AS_OF.isoformat()])
+    assert result.exit_code == 0 and result.stdout == "[]\n"
