@@ -112,6 +112,7 @@ class PatientFacts:
     allergies: list[Allergy] = field(default_factory=list)
     goals: list[GoalTarget] = field(default_factory=list)
     skipped: int = 0
+    labs_by_code: dict[str, list[LabResult]] = field(default_factory=dict)  # "system|code" → labs
 
 
 def parse_date(value: object) -> date | None:
@@ -136,7 +137,33 @@ def codings(concept: object) -> Iterator[Coding]:
 
 
 def concept_keys(concept: object) -> frozenset[str]:
-    return frozenset(c.key for c in codings(concept))
+    """ "system|code" of every coding (the hot path: one call per Observation and Condition)."""
+    if not isinstance(concept, dict):
+        return frozenset()
+    found = concept.get("coding")
+    if not found:
+        return frozenset()
+    return frozenset(
+        f"{c.get('system', '')}|{c['code']}" for c in found if isinstance(c, dict) and isinstance(c.get("code"), str)
+    )
+
+
+@dataclass(frozen=True)
+class ObservationFilter:
+    """The Observation codes (and code.text phrases) some program reads; every other Observation is skipped
+    before any fact is built: most of a record is routine labs and vital signs no rule looks at."""
+
+    keys: frozenset[str]
+    text_patterns: tuple[str, ...] = ()
+
+    def wants(self, resource: Resource) -> bool:
+        code = resource.get("code")
+        if concept_keys(code) & self.keys:
+            return True
+        if self.text_patterns:
+            text = _concept_text(code).lower()
+            return any(pattern in text for pattern in self.text_patterns)
+        return False
 
 
 def _concept_text(concept: object) -> str:
@@ -394,8 +421,13 @@ def _read_all(
             into.append(fact)
 
 
-def extract_facts(record: PatientRecord, catalog: DrugCatalog, today: date) -> PatientFacts:
-    """Read every resource once; a malformed one is skipped and counted, never fatal."""
+def extract_facts(
+    record: PatientRecord, catalog: DrugCatalog, today: date, observations: ObservationFilter | None = None
+) -> PatientFacts:
+    """Read every resource once; a malformed one is skipped and counted, never fatal.
+
+    With an ObservationFilter, Observations no program reads are left as they are (not facts, not skipped).
+    """
     facts = PatientFacts(patient=record.reference, skipped=record.skipped)
 
     def medication(resource: Resource) -> MedicationExposure | None:
@@ -407,7 +439,13 @@ def extract_facts(record: PatientRecord, catalog: DrugCatalog, today: date) -> P
     for rtype in ("MedicationStatement", "MedicationRequest", "MedicationAdministration"):
         _read_all(record.of_type(rtype), medication, facts, facts.exposures)
     _read_all(record.planned, planned, facts, facts.exposures)
-    _read_all(record.of_type("Observation"), lab_from, facts, facts.labs)
+    wanted = record.of_type("Observation")
+    if observations is not None:
+        wanted = [r for r in wanted if not isinstance(r, dict) or observations.wants(r)]
+    _read_all(wanted, lab_from, facts, facts.labs)
+    for lab in facts.labs:
+        for key in lab.codes:
+            facts.labs_by_code.setdefault(key, []).append(lab)
     _read_all(record.of_type("Condition"), diagnosis_from, facts, facts.diagnoses)
 
     def allergy(resource: Resource) -> Allergy | None:

@@ -15,7 +15,7 @@ from fhirsvc.cds.services import PREFETCH, REQUIRED, render
 from fhirsvc.fhir.client import FhirClientPool, SearchResult, next_link
 from fhirsvc.fhir.errors import FhirError, FhirInvalidResponse, FhirServerError, FhirTransportError
 from fhirsvc.fhir.quirks import adaptive_search
-from fhirsvc.fhir.record import PatientRecord, bundle_resources, subject_reference
+from fhirsvc.fhir.record import CLINICAL_TYPES, PatientRecord, bundle_resources, subject_reference
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +50,11 @@ class Gathered:
     upstream_faults: list[str] = field(default_factory=list)  # every key, required or optional, lost that way
 
 
-def _failed_outcome(value: dict[str, Any]) -> str | None:
+def _failed_outcome(resources: list[dict[str, Any]]) -> str | None:
     """A prefetch value that is, or contains, an error OperationOutcome means the client's fetch failed."""
-    outcomes = [value] if value.get("resourceType") == "OperationOutcome" else []
-    if value.get("resourceType") == "Bundle":
-        outcomes += [r for _, r in bundle_resources(value) if r.get("resourceType") == "OperationOutcome"]
-    for outcome in outcomes:
+    for outcome in resources:
+        if outcome.get("resourceType") != "OperationOutcome":
+            continue
         for issue in outcome.get("issue") or ():
             if isinstance(issue, dict) and issue.get("severity") in ("error", "fatal"):
                 return str(issue.get("diagnostics") or issue.get("code") or "OperationOutcome")
@@ -94,17 +93,16 @@ async def gather(
             continue  # queried by the client, no data: do not query again
         if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
             raise ValueError(f"prefetch.{key} must be a FHIR resource, a Bundle or null")
-        failure = _failed_outcome(value)
+        resources = [r for _, r in bundle_resources(value)] if value.get("resourceType") == "Bundle" else [value]
+        failure = _failed_outcome(resources)
         if failure is not None:
             to_fetch[key] = f"client fetch failed ({failure})"
             continue
-        if value.get("resourceType") == "Bundle":
-            for _, resource in bundle_resources(value):
-                _add(record, resource, patient_id)
-            if next_link(value) is not None:
-                continuations[key] = value  # a paginated prefetch: the rest is on the server
-        else:
-            _add(record, value, patient_id)
+        expected = f"Patient/{patient_id}"
+        for resource in resources:
+            _add(record, resource, expected)
+        if value.get("resourceType") == "Bundle" and next_link(value) is not None:
+            continuations[key] = value  # a paginated prefetch: the rest is on the server
 
     loop = asyncio.get_running_loop()
     cutoff = None if deadline is None else loop.time() + (deadline - time.monotonic())
@@ -133,7 +131,7 @@ async def gather(
         if isinstance(outcome, SearchResult):
             gathered.fetched.append(key)
             for resource in outcome.resources:
-                _add(record, resource, patient_id)
+                _add(record, resource, f"Patient/{patient_id}")
             continue
         reason = to_fetch.get(key, "paging failed")
         why = f"{reason}; no fhirServer to fetch from" if outcome is None else f"{reason}; fetch failed: {outcome}"
@@ -180,9 +178,14 @@ def incomplete_card(patient_id: str, keys: Iterable[str]) -> Card:
     )
 
 
-def _add(record: PatientRecord, resource: dict[str, Any], patient_id: str) -> None:
-    """Keep the resources about this patient; `_include`d or stray ones are ignored, malformed ones counted."""
+def _add(record: PatientRecord, resource: dict[str, Any], expected: str) -> None:
+    """Keep the resources about this patient (`expected` = "Patient/<id>"); `_include`d or stray ones are ignored,
+    malformed ones counted."""
     rtype = resource.get("resourceType")
+    subject = resource.get("subject") or resource.get("patient")
+    if rtype in CLINICAL_TYPES and isinstance(subject, dict) and subject.get("reference") == expected:
+        record.add(resource)  # the common case, without normalising the reference
+        return
     if rtype == "Medication" and isinstance(resource.get("id"), str):
         record.medications[f"Medication/{resource['id']}"] = resource
         return
@@ -192,7 +195,7 @@ def _add(record: PatientRecord, resource: dict[str, Any], patient_id: str) -> No
         record.skipped += 1
         return
     # A server that ignores an unsupported `patient` parameter returns everyone's data: keep only this patient's.
-    if subject_reference(resource) != f"Patient/{patient_id}":
+    if subject_reference(resource) != expected:
         record.skipped += 1
         return
     record.add(resource)

@@ -27,6 +27,7 @@ TASK_CODE = {
 }
 Target = Literal["guidance", "detectedissue"]
 _SEVERITY = {"critical": "high", "warning": "moderate", "info": "low"}
+_REASON_TARGETS = frozenset({"Condition", "Observation", "DiagnosticReport", "DocumentReference"})
 
 
 def finding_id(patient: str, assessment: Assessment) -> str:
@@ -104,7 +105,9 @@ def guidance_entries(finding: Finding) -> list[dict[str, Any]]:
         "subject": subject,
         "occurrenceDateTime": finding.as_of,
         "reasonCode": [{"text": f"{a.program}/{a.rule}: {a.status}"}],
-        "reasonReference": [{"reference": ref} for ref in a.evidence],
+        # R4 allows only these targets here (HAPI rejects others, HAPI-0931); the medication evidence is cited
+        # by the Task's input and in the note.
+        "reasonReference": [{"reference": ref} for ref in a.evidence if ref.split("/")[0] in _REASON_TARGETS],
         "note": [{"text": f"{card.summary}\n\n{card.detail or ''}"}],
         "result": {"reference": rg_entry["fullUrl"]},
     }
@@ -120,7 +123,12 @@ def guidance_entries(finding: Finding) -> list[dict[str, Any]]:
         "for": subject,
         "focus": {"reference": gr_entry["fullUrl"]},
         "authoredOn": finding.as_of,
+        "input": [
+            {"type": {"text": "evidence"}, "valueReference": {"reference": ref}} for ref in a.evidence
+        ],
     }
+    if not task["input"]:
+        del task["input"]
     return [*entries, rg_entry, gr_entry, _entry(task, f"{fid}-task")]
 
 

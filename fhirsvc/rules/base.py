@@ -66,6 +66,8 @@ class ProgramContext:
     safety: SafetyTables = field(default_factory=lambda: SafetyTables({}, ()))
     assessments: dict[str, Assessment] = field(default_factory=dict)  # earlier rules' findings, by rule id
     _flags: dict[str, list[str]] | None = None
+    _results: dict[str, list[LabResult]] = field(default_factory=dict)  # per observation name, for this as_of
+    _measurements: dict[str, list[Measurement]] = field(default_factory=dict)
 
     @property
     def current_line(self) -> Line | None:
@@ -84,16 +86,20 @@ class ProgramContext:
 
     def results(self, observation: str) -> list[LabResult]:
         """Valid results of a named observation (by code, or by a phrase in code.text) up to `as_of`, by date."""
+        cached = self._results.get(observation)
+        if cached is not None:
+            return cached
         spec = self.program.observations[observation]
-        keys = spec.keys
-        patterns = spec.text_patterns
-        found = [
-            lab
-            for lab in self.facts.labs
-            if lab.date <= self.as_of
-            and (lab.codes & keys or (patterns and any(p in lab.text.lower() for p in patterns)))
-        ]
-        return sorted(found, key=lambda lab: lab.date)
+        by_code = self.facts.labs_by_code
+        found = {id(lab): lab for key in spec.keys for lab in by_code.get(key, ())}
+        if spec.text_patterns:
+            for lab in self.facts.labs:
+                text = lab.text.lower()
+                if any(p in text for p in spec.text_patterns):
+                    found[id(lab)] = lab
+        results = sorted((lab for lab in found.values() if lab.date <= self.as_of), key=lambda lab: lab.date)
+        self._results[observation] = results
+        return results
 
     def as_measurement(self, lab: LabResult) -> Measurement:
         """Any result as evidence, including coded ones ("Patient's condition worsened")."""
@@ -187,23 +193,23 @@ class ProgramContext:
 
     def measurements(self, observation: str) -> list[Measurement]:
         """Results of one named observation up to `as_of`, converted, one per day (the highest), by date."""
+        cached = self._measurements.get(observation)
+        if cached is not None:
+            return cached
         spec = self.program.observations[observation]
         convert = CONVERTERS[spec.unit]
-        keys, log_keys = spec.keys, spec.log10_keys
-        patterns = spec.text_patterns
+        log_keys = spec.log10_keys
         by_day: dict[date, Measurement] = {}
-        for lab in self.facts.labs:
-            if lab.date > self.as_of:
-                continue
-            if not (lab.codes & keys or (patterns and any(p in lab.text.lower() for p in patterns))):
-                continue
+        for lab in self.results(observation):
             measurement = _measure(lab, spec.unit, bool(lab.codes & log_keys), convert)
             if measurement is None:
                 continue
             kept = by_day.get(lab.date)
             if kept is None or (measurement.value or 0.0) > (kept.value or 0.0):
                 by_day[lab.date] = measurement
-        return [by_day[d] for d in sorted(by_day)]
+        measured = [by_day[d] for d in sorted(by_day)]
+        self._measurements[observation] = measured
+        return measured
 
 
 def _measure(lab: LabResult, unit: str, log_scale: bool, convert: Any) -> Measurement | None:

@@ -70,7 +70,13 @@ def _label_line_ends(rule: Rule, ctx: ProgramContext) -> None:
         if line.end is None or line.end_reason not in ("new-line", "discontinued"):
             continue
         past = replace(
-            ctx, as_of=line.end, lines=[*ctx.lines[:index], replace(line, end=None)], assessments={}, _flags=None
+            ctx,
+            as_of=line.end,
+            lines=[*ctx.lines[:index], replace(line, end=None)],
+            assessments={},
+            _flags=None,
+            _results={},
+            _measurements={},
         )
         finding = RULE_KINDS[rule.kind](rule, past)
         if finding.status in ("second-line-evaluation", "next-line-evaluation"):
@@ -78,7 +84,7 @@ def _label_line_ends(rule: Rule, ctx: ProgramContext) -> None:
 
 
 def evaluate_record(record: PatientRecord, knowledge: Knowledge, as_of: date) -> PatientResult:
-    facts = extract_facts(record, knowledge.catalog, as_of)
+    facts = extract_facts(record, knowledge.catalog, as_of, knowledge.observation_filter)
     programs = []
     for program in knowledge.programs:
         outcome = evaluate_program(program, facts, knowledge, as_of)

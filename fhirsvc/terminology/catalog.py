@@ -42,12 +42,24 @@ class DrugCatalog:
         names.update(self.aliases)
         # Longest first, so "tenofovir alafenamide" wins over "tenofovir".
         self._names = sorted(names.items(), key=lambda item: -len(item[0]))
+        # Drugs outside every program (statins, ACE inhibitors) fall back to text matching on every record:
+        # the same few texts recur, so the answer is kept (bounded, as texts are unbounded input).
+        self._text_cache: dict[str, frozenset[str]] = {}
 
     def ingredients_for_code(self, code: str) -> frozenset[str]:
         return self.by_code.get(code, frozenset())
 
     def ingredients_for_text(self, text: str) -> frozenset[str]:
         """Whole-word name matching for text-only medications (e.g. "Biktarvy (bictegravir/...) tablet")."""
+        cached = self._text_cache.get(text)
+        if cached is not None:
+            return cached
+        found = self._match_text(text)
+        if len(self._text_cache) < 10_000:
+            self._text_cache[text] = found
+        return found
+
+    def _match_text(self, text: str) -> frozenset[str]:
         haystack = normalise_name(text)
         found: set[str] = set()
         for needle, drugs in self._names:

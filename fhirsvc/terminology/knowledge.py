@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from fhirsvc.facts import ObservationFilter
 from fhirsvc.terminology.catalog import Drug, DrugCatalog, load_catalog
 from fhirsvc.terminology.paths import data_dir
 from fhirsvc.terminology.programs import Program, load_program
@@ -23,6 +25,17 @@ class Knowledge:
     programs: tuple[Program, ...]
     safety: SafetyTables = field(default_factory=lambda: SafetyTables({}, ()))
     drug_classes: dict[str, dict[str, str]] = field(default_factory=dict)  # program id → ingredient → class
+
+    @cached_property
+    def observation_filter(self) -> ObservationFilter:
+        """Every Observation code and code.text phrase any enabled program reads."""
+        keys: set[str] = set()
+        patterns: set[str] = set()
+        for program in self.programs:
+            for spec in program.observations.values():
+                keys |= spec.keys
+                patterns.update(spec.text_patterns)
+        return ObservationFilter(frozenset(keys), tuple(sorted(patterns)))
 
     def __post_init__(self) -> None:
         for program in self.programs:

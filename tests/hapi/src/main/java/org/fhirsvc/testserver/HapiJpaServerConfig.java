@@ -16,10 +16,10 @@ import ca.uhn.fhir.jpa.provider.IJpaSystemProvider;
 import ca.uhn.fhir.jpa.provider.JpaCapabilityStatementProvider;
 import ca.uhn.fhir.jpa.search.DatabaseBackedPagingProvider;
 import ca.uhn.fhir.jpa.subscription.channel.config.SubscriptionChannelConfig;
-import ca.uhn.fhir.narrative2.NullNarrativeGenerator;
 import ca.uhn.fhir.rest.api.EncodingEnum;
 import ca.uhn.fhir.rest.server.IncomingRequestAddressStrategy;
 import ca.uhn.fhir.rest.server.RestfulServer;
+import ca.uhn.fhir.rest.server.interceptor.LoggingInterceptor;
 import ca.uhn.fhir.rest.server.provider.ResourceProviderFactory;
 import ca.uhn.fhir.rest.server.util.ISearchParamRegistry;
 import jakarta.persistence.EntityManagerFactory;
@@ -40,17 +40,22 @@ import org.springframework.orm.jpa.LocalContainerEntityManagerFactoryBean;
 /**
  * HAPI FHIR JPA R4 wiring: storage settings, in-memory H2, the entity manager and the RESTful servlet.
  *
- * <p>JpaR4Config brings the R4 FhirContext, the DAOs and resource providers for every R4 resource type and
- * (through JpaConfig) search, paging, transactions, conditional operations and batch2 support; HapiJpaConfig
- * adds the few beans that are otherwise left to the application (fulltext service stub, paging provider,
- * stale-search cleanup). Subscriptions, MDM, CQL/CR, IPS, the web tester UI and Lucene/Elasticsearch are not
- * imported/enabled: fhirsvc does not use them and each would add start-up time.
+ * <p>What is imported, and why:
+ * <ul>
+ *   <li>JpaR4Config: the R4 FhirContext, a DAO and a resource provider for every R4 resource type, and (through
+ *       JpaConfig) search, database-backed paging, transactions and conditional operations.
+ *   <li>HapiJpaConfig: beans JpaConfig leaves to the application (paging provider, stale-search cleanup, a
+ *       fulltext service that stays inactive without Hibernate Search).
+ *   <li>ThreadPoolFactoryConfig: the executor for parallel batch-bundle entries, which JpaConfig expects.
+ *   <li>JpaBatch2Config + Batch2JobsConfig: the batch2 job coordinator and job definitions. JPA services
+ *       (system provider, terminology, delete-expunge) inject them even if no job ever runs.
+ *   <li>SubscriptionChannelConfig: despite its name, only the in-JVM message broker (LinkedBlockingQueue
+ *       channels) that batch2 hands out work through. Subscription matching and delivery are not imported.
+ * </ul>
+ * Not imported: subscriptions, MDM, CQL/CR, IPS, the web tester UI, Lucene/Elasticsearch. fhirsvc does not use
+ * them and each one adds start-up time.
  */
 @Configuration
-// ThreadPoolFactoryConfig: the executor for parallel batch-bundle entries; JpaConfig expects the app to add it.
-// JpaBatch2Config + Batch2JobsConfig: the batch2 job coordinator and job definitions; JPA services (system
-// provider, terminology, delete-expunge) inject them even if no job ever runs. SubscriptionChannelConfig: despite its name only the in-JVM message broker (LinkedBlockingQueue
-// channels) that batch2 uses to hand out work; subscription matching/delivery is not imported.
 @Import({
 	JpaR4Config.class,
 	HapiJpaConfig.class,
@@ -123,8 +128,8 @@ public class HapiJpaServerConfig {
 
 		Properties jpa = new Properties();
 		jpa.put("hibernate.dialect", HapiFhirH2Dialect.class.getName());
-		// Fresh in-memory database on every start: let Hibernate create the schema (HAPI's own migrator would
-		// be the production path, but it takes longer and gives the same tables).
+		// A fresh in-memory database on every start: Hibernate creates the tables from HAPI's entity classes (as
+		// the starter project does for H2); HAPI's SQL migrator is only needed for long-lived databases.
 		jpa.put("hibernate.hbm2ddl.auto", "update");
 		// Hibernate Search (Lucene/Elasticsearch) is on the class path via HAPI but must stay switched off.
 		jpa.put("hibernate.search.enabled", "false");
@@ -158,8 +163,6 @@ public class HapiJpaServerConfig {
 			ISearchParamRegistry searchParamRegistry,
 			IValidationSupport validationSupport) {
 		RestfulServer server = new RestfulServer(fhirContext);
-		// Narratives are not needed by the tests and Thymeleaf rendering slows every write.
-		fhirContext.setNarrativeGenerator(new NullNarrativeGenerator());
 
 		// One provider per R4 resource type (read, vread, search, create/update/delete incl. conditional).
 		server.registerProviders(resourceProviderFactory.createProviders());
@@ -178,6 +181,16 @@ public class HapiJpaServerConfig {
 		server.setServerConformanceProvider(capability);
 
 		server.setDefaultResponseEncoding(EncodingEnum.JSON);
+		// One log line per request (to stderr via logback): the first thing to read when an integration test
+		// fails.
+		LoggingInterceptor requestLog = new LoggingInterceptor();
+		requestLog.setLoggerName("fhirsvc.hapi.requests");
+		requestLog.setMessageFormat(
+				"${requestVerb} ${requestUrl}${requestParameters} ${operationType} (${processingTimeMillis} ms)");
+		requestLog.setErrorMessageFormat(
+				"${requestVerb} ${requestUrl}${requestParameters} failed: ${exceptionMessage}");
+		requestLog.setLogExceptions(true);
+		server.registerInterceptor(requestLog);
 		// Links (paging next/self, Location) are built from the request, so they match the port and the base
 		// path (open or secure) the client actually used.
 		server.setServerAddressStrategy(new IncomingRequestAddressStrategy());

@@ -8,16 +8,19 @@ import org.springframework.boot.SpringBootConfiguration;
 import org.springframework.boot.autoconfigure.ImportAutoConfiguration;
 import org.springframework.boot.autoconfigure.context.PropertyPlaceholderAutoConfiguration;
 import org.springframework.boot.autoconfigure.web.servlet.ServletWebServerFactoryAutoConfiguration;
+import org.springframework.boot.web.embedded.tomcat.TomcatServletWebServerFactory;
+import org.springframework.boot.web.server.WebServerFactoryCustomizer;
+import org.springframework.context.annotation.Bean;
 import org.springframework.context.annotation.Import;
 
 /**
  * Entry point of the fhirsvc HAPI FHIR JPA R4 test server.
  *
  * <p>Deliberately not {@code @SpringBootApplication}: HAPI's jars put Hibernate, Spring Data, Quartz,
- * Elasticsearch clients, Thymeleaf, springdoc etc. on the class path, and full auto-configuration would build
- * a second entity manager, a Quartz scheduler, an OpenAPI UI and more that we neither need nor want to wait
- * for. We import only the embedded servlet container (plus placeholder resolution) and wire HAPI ourselves in
- * {@link HapiJpaServerConfig}.
+ * Elasticsearch clients, Thymeleaf, springdoc etc. on the class path, and full auto-configuration would set up
+ * its own data source, JPA repositories, a Quartz scheduler, Elasticsearch clients, an OpenAPI UI and more
+ * around HAPI's beans: start-up time spent on things we do not use, and surprises. We import only the embedded
+ * servlet container (plus placeholder resolution) and wire HAPI ourselves in {@link HapiJpaServerConfig}.
  */
 @SpringBootConfiguration
 @ImportAutoConfiguration({
@@ -42,22 +45,34 @@ public class HapiTestServer {
 
 		SpringApplication app = new SpringApplication(HapiTestServer.class);
 		app.setBannerMode(Banner.Mode.OFF);
-		// Nothing to gain from JMX here; it only costs start-up time.
-		app.setRegisterShutdownHook(true);
 		Map<String, Object> props = new HashMap<>();
 		props.put("server.port", options.port());
+		// Loopback only by default: this is a test double with no real security.
 		props.put("server.address", options.host());
-		props.put("spring.jmx.enabled", "false");
+		// Spring Boot 3.4 waits up to 30 s for in-flight requests on SIGTERM; a test server should just stop.
+		props.put("server.shutdown", "immediate");
 		// HAPI's JPA beans reference each other through field injection in cycles (search-param registry <->
 		// resource-change listeners); Spring Boot refuses those unless told otherwise.
 		props.put("spring.main.allow-circular-references", "true");
-		// Do not let a stray application.properties on the class path of a caller change behaviour.
+		// Spring Boot would otherwise read application.properties/yaml from the caller's working directory
+		// (e.g. the repository root); all configuration comes from TestServerOptions instead.
 		props.put("spring.config.location", "optional:classpath:/fhirsvc-testserver-none.properties");
-		// The same behaviour the starter's pom enables, so ctrl-C / SIGTERM stops Tomcat before the JPA context.
-		props.put("server.shutdown", "immediate");
 		app.setDefaultProperties(props);
 		app.addInitializers(ctx -> ctx.getBeanFactory().registerSingleton("testServerOptions", options));
 		// Command-line args were consumed by TestServerOptions; Spring must not re-interpret them.
 		app.run();
+	}
+
+	/**
+	 * FHIR clients commonly send token searches unencoded ({@code code=http://loinc.org|4548-4}), and HAPI on Jetty
+	 * (hapi.fhir.org) accepts that; Tomcat answers 400 unless the characters are allowed explicitly. (Spring
+	 * Boot's server.tomcat.relaxed-* properties would need another auto-configuration we do not import.)
+	 */
+	@Bean
+	public WebServerFactoryCustomizer<TomcatServletWebServerFactory> relaxedUrlCharacters() {
+		return factory -> factory.addConnectorCustomizers(connector -> {
+			connector.setProperty("relaxedQueryChars", "|{}[]^`\"<>");
+			connector.setProperty("relaxedPathChars", "|{}[]^`\"<>");
+		});
 	}
 }

@@ -10,9 +10,10 @@ import java.util.Properties;
  * Start-up options of the test server.
  *
  * <p>Each option can come from the command line ({@code --port 8080} or {@code --port=8080}), a system property
- * ({@code -Dhapi.port=8080}) or an environment variable ({@code HAPI_PORT=8080}); the command line wins, then
- * system properties, then the environment. We parse these ourselves rather than through Spring's property
- * binding so that {@code --help} and bad values fail fast, before the (slow) Spring context starts.
+ * ({@code -Dhapi.port=8080}) or an environment variable ({@code FHIRSVC_HAPI_PORT=8080}); the command line wins,
+ * then system properties, then the environment. (The FHIRSVC_ prefix keeps unrelated HAPI_* variables out.) We
+ * parse these ourselves rather than through Spring's property binding so that {@code --help} and bad values fail
+ * fast, before the (slow) Spring context starts.
  */
 public record TestServerOptions(
 		String host,
@@ -29,15 +30,15 @@ public record TestServerOptions(
 			"\n",
 			"usage: hapi-testserver [--port N] [--host ADDR] [--base-path /fhir] [--search-cache on|off]",
 			"                       [--token T [--secure-base-path /fhir-secure]]",
-			"  --port N              HTTP port (default 8080; HAPI_PORT, -Dhapi.port)",
-			"  --host ADDR           bind address (default 127.0.0.1; HAPI_HOST, -Dhapi.host)",
-			"  --base-path P         FHIR base path (default /fhir; HAPI_BASE_PATH, -Dhapi.base-path)",
+			"  --port N              HTTP port (default 8080; FHIRSVC_HAPI_PORT, -Dhapi.port)",
+			"  --host ADDR           bind address (default 127.0.0.1; FHIRSVC_HAPI_HOST, -Dhapi.host)",
+			"  --base-path P         FHIR base path (default /fhir; FHIRSVC_HAPI_BASE_PATH, -Dhapi.base-path)",
 			"  --search-cache on|off reuse identical search results for 60 s like public HAPI (on), or never (off,",
-			"                        the default; HAPI_SEARCH_CACHE, -Dhapi.search-cache)",
+			"                        the default; FHIRSVC_HAPI_SEARCH_CACHE, -Dhapi.search-cache)",
 			"  --token T             require 'Authorization: Bearer T' (except GET <base>/metadata)",
-			"                        (HAPI_TOKEN, -Dhapi.token)",
+			"                        (FHIRSVC_HAPI_TOKEN, -Dhapi.token)",
 			"  --secure-base-path P  with --token: serve the same data a second time under P; only P needs the",
-			"                        token and the base path stays open (HAPI_SECURE_BASE_PATH,",
+			"                        token and the base path stays open (FHIRSVC_HAPI_SECURE_BASE_PATH,",
 			"                        -Dhapi.secure-base-path)");
 
 	public boolean tokenRequired() {
@@ -136,7 +137,7 @@ public record TestServerOptions(
 		if (prop != null) {
 			return prop;
 		}
-		String envValue = env.get("HAPI_" + name.toUpperCase(Locale.ROOT).replace('-', '_'));
+		String envValue = env.get("FHIRSVC_HAPI_" + name.toUpperCase(Locale.ROOT).replace('-', '_'));
 		return envValue != null ? envValue : dflt;
 	}
 
