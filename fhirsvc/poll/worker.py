@@ -42,6 +42,7 @@ class CycleReport:
     patients: int = 0
     changed_states: int = 0
     written: int = 0
+    writeback_batches: int = 0  # patients whose findings were written (counts failpoints)
     closed: int = 0
     failed: list[str] = field(default_factory=list)
     resources_seen: int = 0
@@ -179,7 +180,8 @@ class Poller:
                         )
                     )
             report.written += len(new)
-            failpoint(self.settings, "after-writeback", report.patients + 1)
+            report.writeback_batches += 1
+            failpoint(self.settings, "after-writeback", report.writeback_batches)
         await self._close_resolved(client, server, result, {f.id for f in findings}, token, report)
         self._save_states(server, result, day, report)
 
