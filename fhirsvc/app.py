@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request, Response
@@ -16,7 +18,8 @@ from fhirsvc.cds.routes import router as cds_router
 from fhirsvc.cds.security import JWKS_TIMEOUT, BodySizeLimit, CdsAuthenticator, Unauthorized, unauthorized
 from fhirsvc.config import Settings, get_settings
 from fhirsvc.fhir.client import FhirClientPool
-from fhirsvc.http import operation_outcome
+from fhirsvc.http import document_as_served, operation_outcome
+from fhirsvc.jwks import router as jwks_router
 from fhirsvc.logs import RequestLog
 from fhirsvc.ops import RequestMetrics
 from fhirsvc.ops import router as ops_router
@@ -49,6 +52,9 @@ def create_app(
         # JWKS fetches never follow redirects: only the registered jwks_url is trusted.
         jwks_http = httpx.AsyncClient(timeout=JWKS_TIMEOUT, follow_redirects=False, transport=jwks_transport)
         app.state.cds_auth = CdsAuthenticator(settings, app.state.store, jwks_http)
+        # Mappings and pools live as long as the process: keep them out of every garbage collection
+        # (large requests otherwise pay for scanning them again and again; bench/README.md finding 5).
+        gc.freeze()
         try:
             yield
         finally:
@@ -86,6 +92,15 @@ def create_app(
     app.include_router(ops_router)
     app.include_router(cds_router)
     app.include_router(patients_router)
+    app.include_router(jwks_router)  # SMART Backend Services: our public keys
+
+    generate_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        auth_on = settings.cds_auth == "on"
+        return document_as_served(generate_openapi(), auth_on, settings.cds_auth_discovery)
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

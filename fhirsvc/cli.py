@@ -7,7 +7,7 @@ import sys
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import typer
@@ -42,12 +42,13 @@ def _as_of(value: str | None) -> date:
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes (evaluation is CPU-bound: one per core).")] = 1,
 ) -> None:
     """Run the CDS Hooks service."""
-    _serve(host, port, get_settings())
+    _serve(host, port, get_settings(), workers)
 
 
-def _serve(host: str, port: int, settings: Settings) -> None:
+def _serve(host: str, port: int, settings: Settings, workers: int = 1) -> None:
     """uvicorn with JSON logs (fhirsvc.logs: one line per request, httpx quiet, no uvicorn access log)."""
     import uvicorn
 
@@ -55,7 +56,12 @@ def _serve(host: str, port: int, settings: Settings) -> None:
     from fhirsvc.logs import configure_logging
 
     configure_logging()
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", log_config=None, access_log=False)
+    common: dict[str, Any] = {"host": host, "port": port, "log_level": "info", "log_config": None, "access_log": False}
+    if workers > 1:
+        # Several processes need an import string; each worker builds its app from the same environment.
+        uvicorn.run("fhirsvc.app:create_app", factory=True, workers=workers, **common)
+    else:
+        uvicorn.run(create_app(settings), **common)
 
 
 @app.command()
@@ -108,39 +114,65 @@ def poll(
     once: Annotated[bool, typer.Option("--once", help="Run one cycle and exit.")] = False,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between cycles.")] = 60.0,
     since: Annotated[str | None, typer.Option("--since", help="First run: only data updated since this date.")] = None,
-    token: Annotated[str | None, typer.Option("--token", help="Bearer token for the FHIR server.")] = None,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", help="Static bearer token for the FHIR server (instead of FHIRSVC_SMART_*)."),
+    ] = None,
 ) -> None:
-    """Watch a FHIR server: re-evaluate patients whose data changed and write the findings back."""
+    """Watch a FHIR server: re-evaluate patients whose data changed and write the findings back.
+
+    With FHIRSVC_SMART_CLIENT_ID and FHIRSVC_SMART_PRIVATE_KEY_FILE set, the poller gets its own tokens (SMART
+    Backend Services); --token, when given, is used instead.
+    """
     import asyncio
 
+    from fhirsvc.fhir.auth import SmartBackendAuth, SmartConfigError, smart_auth
     from fhirsvc.fhir.client import FhirClientPool
+    from fhirsvc.fhir.errors import FhirError
     from fhirsvc.poll.worker import Poller
     from fhirsvc.store.db import Store
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry query URLs with patient ids
     settings = get_settings()
+    auth: SmartBackendAuth | None = None
+    if token is None:
+        try:
+            auth = smart_auth(settings, fhir_server)
+        except SmartConfigError as exc:
+            typer.echo(f"error: SMART Backend Services: {exc}", err=True)
+            raise typer.Exit(2) from None
     knowledge = load_knowledge(overrides=settings.thresholds, enabled=settings.programs)
     store = Store(settings.store_url)
     store.upgrade()
 
     async def run() -> int:
         pool = FhirClientPool(settings)
+        pool.client(fhir_server, auth=auth)  # every request to the server, write-backs and $export included
         poller = Poller(settings, knowledge, store, pool)
         try:
             while True:
-                report = await poller.cycle(fhir_server, token=token, since=since)
-                typer.echo(
-                    f"cycle: {report.resources_seen} changed resources, {report.patients} patients, "
-                    f"{report.changed_states} new states, {report.written} findings written, "
-                    f"{report.closed} closed, {len(report.failed)} failed",
-                    err=True,
-                )
-                if once:
-                    return 1 if report.failed else 0
+                try:
+                    report = await poller.cycle(fhir_server, token=token, since=since)
+                except FhirError as exc:
+                    # Server down or credentials refused: nothing was committed past the cursor; try next cycle.
+                    typer.echo(f"cycle failed: {type(exc).__name__}: {exc}", err=True)
+                    if once:
+                        return 1
+                else:
+                    typer.echo(
+                        f"cycle: {report.resources_seen} changed resources, {report.patients} patients, "
+                        f"{report.changed_states} new states, {report.written} findings written, "
+                        f"{report.closed} closed, {len(report.failed)} failed",
+                        err=True,
+                    )
+                    if once:
+                        return 1 if report.failed else 0
                 await asyncio.sleep(interval)
         finally:
             await pool.aclose()
+            if auth is not None:
+                await auth.aclose()
 
     code = asyncio.run(run())
     store.close()

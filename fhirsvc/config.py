@@ -6,6 +6,7 @@ import ipaddress
 import json
 from datetime import date
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -91,6 +92,48 @@ class CdsClientConfig(BaseModel):
 # ---- end of issue 6 helpers ------------------------------------------------------------------------------------
 
 
+# ---- SMART Backend Services (issue 6, item 3): helpers for the `smart_*` settings block ---------------------------
+
+# What the poller reads and writes, in SMART v2 scope syntax (c = create, r = read, u = update, s = search).
+# Reads: every type the poller searches or a patient fetch asks for (fhirsvc.poll.changes.POLLED_TYPES and
+# fhirsvc.cds.services.PREFETCH). Writes: the write-back resources (fhirsvc.poll.writeback): conditional creates
+# (If-None-Exist is a search, hence `s`), and Tasks read and updated again when a finding is closed. DetectedIssue
+# is for FHIRSVC_WRITEBACK_TARGET=detectedissue. A SMART v1 server wants `.read`/`.write`: set FHIRSVC_SMART_SCOPE.
+DEFAULT_SMART_SCOPE = " ".join(
+    [
+        *(
+            f"system/{t}.rs"
+            for t in (
+                "Patient",
+                "Condition",
+                "Observation",
+                "MedicationRequest",
+                "MedicationStatement",
+                "MedicationAdministration",
+                "AllergyIntolerance",
+                "Goal",
+            )
+        ),
+        *(f"system/{t}.cs" for t in ("GuidanceResponse", "RequestGroup", "ServiceRequest", "DetectedIssue")),
+        "system/Task.crus",
+    ]
+)
+
+
+def require_tls_endpoint(url: str) -> str:
+    """An absolute https URL (plain http only to loopback), returned unchanged: a token URL is the assertion's
+    `aud`, compared by the authorization server as a string, so it is never rewritten."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        raise ValueError(f"not an absolute http(s) URL: {url!r}")
+    if parts.scheme != "https" and not is_loopback_host(parts.hostname):
+        raise ValueError(f"https is required (plain http only for loopback addresses): {url!r}")
+    return url
+
+
+# ---- end of SMART Backend Services helpers ---------------------------------------------------------------------
+
+
 class Settings(BaseSettings):
     """Service configuration; every field can be set as FHIRSVC_<FIELD> (nested with __)."""
 
@@ -127,7 +170,7 @@ class Settings(BaseSettings):
         description="What the poller writes: GuidanceResponse + RequestGroup + Task, or DetectedIssue.",
     )
     poll_overlap_seconds: int = Field(default=300, ge=0, description="Re-read window behind each cursor.")
-    # Test-only failpoints ("after-writeback:2" = exit after the 2nd patient's write-back) prove crash safety.
+    # Test-only failpoints ("after-writeback:2" = exit after the 2nd write-back transaction) prove crash safety.
     failpoints: list[str] = Field(default_factory=list)
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     # Per-server quirks keyed by base URL, e.g.
@@ -204,6 +247,37 @@ class Settings(BaseSettings):
         return [require_https(url) for url in value]
 
     # ---- end of issue 6 settings ----------------------------------------------------------------------------------
+
+    # ---- SMART Backend Services (issue 6, item 3): the poller's own credentials ----------------------------------
+    # https://hl7.org/fhir/smart-app-launch/backend-services.html: client_credentials with a private_key_jwt
+    # assertion. Used by `fhirsvc poll` when smart_client_id is set; our public keys are at /.well-known/jwks.json.
+    smart_client_id: str | None = Field(default=None, description="client_id registered with the FHIR server's EHR.")
+    smart_private_key_file: Path | None = Field(
+        default=None,
+        description="Our signing key: a PEM private key (RSA ≥ 2048 bits → RS384, EC P-384 → ES384), or a JSON "
+        "JWK Set holding it (other keys in the set are published too, e.g. during a rotation).",
+    )
+    smart_kid: str | None = Field(
+        default=None, description="kid of the signing key (default: the JWK's kid, else its RFC 7638 thumbprint)."
+    )
+    smart_scope: str = Field(default=DEFAULT_SMART_SCOPE, min_length=1, description="Scopes to ask for.")
+    smart_token_url: str | None = Field(
+        default=None,
+        description="Token endpoint; set it to skip discovery ({fhirBase}/.well-known/smart-configuration).",
+    )
+
+    @field_validator("smart_token_url")
+    @classmethod
+    def _tls_token_url(cls, value: str | None) -> str | None:
+        return None if value is None else require_tls_endpoint(value)
+
+    @model_validator(mode="after")
+    def _smart_key_with_client(self) -> Settings:
+        if (self.smart_client_id is None) != (self.smart_private_key_file is None):
+            raise ValueError("FHIRSVC_SMART_CLIENT_ID and FHIRSVC_SMART_PRIVATE_KEY_FILE go together")
+        return self
+
+    # ---- end of SMART Backend Services settings -------------------------------------------------------------------
 
 
 @lru_cache(maxsize=1)

@@ -131,7 +131,10 @@ def parse_date(value: object) -> date | None:
 def codings(concept: object) -> Iterator[Coding]:
     if not isinstance(concept, dict):
         return
-    for coding in concept.get("coding") or ():
+    found = concept.get("coding")
+    if not isinstance(found, list):  # a malformed `coding` (a number, an object) holds no codes
+        return
+    for coding in found:
         if isinstance(coding, dict) and isinstance(coding.get("code"), str):
             yield Coding(str(coding.get("system", "")), coding["code"], str(coding.get("display", "")))
 
@@ -141,7 +144,7 @@ def concept_keys(concept: object) -> frozenset[str]:
     if not isinstance(concept, dict):
         return frozenset()
     found = concept.get("coding")
-    if not found:
+    if not found or not isinstance(found, list):  # runs before the per-resource guard (ObservationFilter.wants)
         return frozenset()
     return frozenset(
         f"{c.get('system', '')}|{c['code']}" for c in found if isinstance(c, dict) and isinstance(c.get("code"), str)

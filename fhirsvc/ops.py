@@ -6,9 +6,11 @@ from collections.abc import Iterator
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
+from pydantic import BaseModel
 
 from fhirsvc.store.db import Store
 from fhirsvc.store.repository import feedback_counts
@@ -19,12 +21,20 @@ router = APIRouter(tags=["ops"])
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0)
 
 
-@router.get("/livez")
+class Status(BaseModel):
+    status: str
+
+
+@router.get("/livez", response_model=Status)
 def livez() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=Status,
+    responses={503: {"model": Status, "description": "The store is unreachable"}},
+)
 async def readyz(request: Request) -> Response:
     store: Store = request.app.state.store
     ready = await run_in_threadpool(store.ping)
@@ -73,7 +83,11 @@ class RequestMetrics:
         self.latency.labels(method, route, str(status)).observe(seconds)
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"description": "Prometheus text exposition format 0.0.4", "content": {"text/plain": {}}}},
+)
 async def metrics(request: Request) -> Response:
     registry = CollectorRegistry()
     registry.register(FeedbackCollector(request.app.state.store))

@@ -6,8 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
 
-from fhirsvc.http import OrjsonResponse, operation_outcome
+from fhirsvc.http import OrjsonResponse, operation_outcome, outcome
 from fhirsvc.store.db import Store
 from fhirsvc.store.repository import therapy_history
 
@@ -40,7 +41,27 @@ def _therapy(store: Store, patient: str) -> dict[str, Any] | None:
         }
 
 
-@router.get("/patients/{patient_id}/therapy")
+class StateChange(BaseModel):
+    program: str
+    server: str
+    as_of: str
+    recorded: str
+    current_line: int | None
+    status: str | None
+    state: dict[str, Any]
+
+
+class Therapy(BaseModel):
+    patient: str
+    programs: list[dict[str, Any]] = Field(description="One `fhirsvc evaluate` program item per program and server")
+    history: list[StateChange]
+
+
+@router.get(
+    "/patients/{patient_id}/therapy",
+    response_model=Therapy,
+    responses={404: outcome("No stored therapy state for this patient")},
+)
 async def therapy(patient_id: str, request: Request) -> Response:
     """Same shape as one `fhirsvc evaluate` item's programs, plus every recorded change."""
     body = await run_in_threadpool(_therapy, request.app.state.store, f"Patient/{patient_id}")

@@ -30,6 +30,10 @@ class FeedbackItem(BaseModel):
     overrideReason: OverrideReason | None = None
 
 
+class FeedbackRequest(BaseModel):
+    feedback: list[FeedbackItem] = Field(min_length=1)
+
+
 def parse_feedback(body: Any) -> list[dict[str, Any]]:
     """The spec's `{"feedback": [...]}`, or a bare item (HAPI's server binds one Feedback object)."""
     items = body.get("feedback") if isinstance(body, dict) and "feedback" in body else [body]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 class _Lenient(BaseModel):
@@ -31,7 +34,12 @@ class CdsRequest(_Lenient):
 
     hook: str = Field(min_length=1)
     hookInstance: str = Field(min_length=1)
-    context: dict[str, Any]
+    context: dict[str, Any] = Field(
+        json_schema_extra={
+            "required": ["patientId"],
+            "properties": {"patientId": {"type": "string", "pattern": "^[A-Za-z0-9.-]{1,64}$"}},
+        }
+    )
     fhirServer: str | None = None
     fhirAuthorization: FhirAuthorization | None = None
     prefetch: dict[str, Any] | None = None
@@ -43,8 +51,9 @@ class CdsRequest(_Lenient):
         if self.fhirServer and not self.fhirServer.startswith(("http://", "https://")):
             raise ValueError("fhirServer must be an absolute http(s) URL")
         patient = self.context.get("patientId")
-        if not isinstance(patient, str) or not patient or "/" in patient:
-            raise ValueError("context.patientId is required and must be a plain resource id")
+        # A FHIR id (R4 datatypes #id): it is put into FHIR search URLs, where `&`, `?` or `#` would change the query.
+        if not isinstance(patient, str) or FHIR_ID.fullmatch(patient) is None:
+            raise ValueError("context.patientId is required and must be a FHIR resource id ([A-Za-z0-9-.]{1,64})")
         return self
 
     @property
@@ -120,6 +129,26 @@ class ServiceDescription(BaseModel):
 
 class Discovery(BaseModel):
     services: list[ServiceDescription]
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON Schema with its `$defs` substituted in place, for an OpenAPI requestBody of a route that
+    reads the raw body (so FastAPI does not document it). The models here have no recursive references."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
 
 
 def compact(value: Any) -> Any:

