@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -158,15 +159,21 @@ class ObservationFilter:
 
     keys: frozenset[str]
     text_patterns: tuple[str, ...] = ()
+    _text: re.Pattern[str] | None = field(init=False, default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        pattern = "|".join(re.escape(p) for p in self.text_patterns)
+        object.__setattr__(self, "_text", re.compile(pattern, re.IGNORECASE) if pattern else None)
 
     def wants(self, resource: Resource) -> bool:
         code = resource.get("code")
-        if concept_keys(code) & self.keys:
-            return True
-        if self.text_patterns:
-            text = _concept_text(code).lower()
-            return any(pattern in text for pattern in self.text_patterns)
-        return False
+        if not isinstance(code, dict):
+            return False
+        keys = self.keys
+        for coding in code.get("coding") or ():
+            if isinstance(coding, dict) and f"{coding.get('system', '')}|{coding.get('code')}" in keys:
+                return True
+        return self._text is not None and self._text.search(_concept_text(code)) is not None
 
 
 def _concept_text(concept: object) -> str:

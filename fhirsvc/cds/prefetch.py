@@ -15,7 +15,7 @@ from fhirsvc.cds.services import PREFETCH, REQUIRED, render
 from fhirsvc.fhir.client import FhirClientPool, SearchResult, next_link
 from fhirsvc.fhir.errors import FhirError, FhirInvalidResponse, FhirServerError, FhirTransportError
 from fhirsvc.fhir.quirks import adaptive_search
-from fhirsvc.fhir.record import CLINICAL_TYPES, PatientRecord, bundle_resources, subject_reference
+from fhirsvc.fhir.record import CLINICAL_TYPES, PatientRecord, subject_reference
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,11 @@ async def gather(
             continue  # queried by the client, no data: do not query again
         if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
             raise ValueError(f"prefetch.{key} must be a FHIR resource, a Bundle or null")
-        resources = [r for _, r in bundle_resources(value)] if value.get("resourceType") == "Bundle" else [value]
+        if value.get("resourceType") == "Bundle":
+            entries = value.get("entry") or ()
+            resources = [e["resource"] for e in entries if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+        else:
+            resources = [value]
         failure = _failed_outcome(resources)
         if failure is not None:
             to_fetch[key] = f"client fetch failed ({failure})"
