@@ -48,11 +48,16 @@ def free_port() -> int:
         return port
 
 
+# One worker per core: evaluation is CPU-bound Python (BENCH_WORKERS overrides, e.g. 1 to compare).
+WORKERS = int(os.environ.get("BENCH_WORKERS", os.cpu_count() or 1))
+
+
 def _command(port: int) -> list[str]:
     script = Path(sys.executable).with_name("fhirsvc")
+    args = ["serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(WORKERS)]
     if script.exists():
-        return [str(script), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    return [sys.executable, "-m", "fhirsvc.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        return [str(script), *args]
+    return [sys.executable, "-m", "fhirsvc.cli", *args]
 
 
 @dataclass(frozen=True)

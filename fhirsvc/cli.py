@@ -58,6 +58,12 @@ def _serve(host: str, port: int, settings: Settings, workers: int = 1) -> None:
     configure_logging()
     common: dict[str, Any] = {"host": host, "port": port, "log_level": "info", "log_config": None, "access_log": False}
     if workers > 1:
+        from fhirsvc.store.db import Store
+
+        # Migrate once here: workers starting together would otherwise race to create the same tables.
+        store = Store(settings.store_url)
+        store.upgrade()
+        store.close()
         # Several processes need an import string; each worker builds its app from the same environment.
         uvicorn.run("fhirsvc.app:create_app", factory=True, workers=workers, **common)
     else:
