@@ -170,7 +170,9 @@ class ObservationFilter:
         if not isinstance(code, dict):
             return False
         keys = self.keys
-        for coding in code.get("coding") or ():
+        found = code.get("coding")
+        # Outside the per-resource guard of extract_facts: a malformed `coding` (a number) must not raise here.
+        for coding in found if isinstance(found, list) else ():
             if isinstance(coding, dict) and f"{coding.get('system', '')}|{coding.get('code')}" in keys:
                 return True
         return self._text is not None and self._text.search(_concept_text(code)) is not None
@@ -411,7 +413,8 @@ def goal_from(resource: Resource) -> list[GoalTarget]:
     return targets
 
 
-_BAD_SHAPE = (MalformedResource, TypeError, AttributeError, KeyError, ValueError)
+# OverflowError: dates or durations past datetime's range (a daysSupply of 10**9, year 9999 plus a duration).
+_BAD_SHAPE = (MalformedResource, TypeError, AttributeError, KeyError, ValueError, OverflowError)
 T = TypeVar("T")
 
 

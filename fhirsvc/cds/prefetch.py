@@ -16,6 +16,7 @@ from fhirsvc.fhir.client import FhirClientPool, SearchResult, next_link
 from fhirsvc.fhir.errors import FhirError, FhirInvalidResponse, FhirServerError, FhirTransportError
 from fhirsvc.fhir.quirks import adaptive_search
 from fhirsvc.fhir.record import CLINICAL_TYPES, PatientRecord, subject_reference
+from fhirsvc.fhir.resource_types import FHIR_RESOURCE_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,10 @@ async def gather(
         if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
             raise ValueError(f"prefetch.{key} must be a FHIR resource, a Bundle or null")
         if value.get("resourceType") == "Bundle":
-            entries = value.get("entry") or ()
+            entries = value.get("entry")
+            entries = entries if isinstance(entries, list) else []  # `"entry": 5` must not raise
             resources = [e["resource"] for e in entries if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+            record.skipped += len(entries) - len(resources)  # entries without a resource object are malformed
         else:
             resources = [value]
         failure = _failed_outcome(resources)
@@ -186,6 +189,9 @@ def _add(record: PatientRecord, resource: dict[str, Any], expected: str) -> None
     """Keep the resources about this patient (`expected` = "Patient/<id>"); `_include`d or stray ones are ignored,
     malformed ones counted."""
     rtype = resource.get("resourceType")
+    if not isinstance(rtype, str):  # e.g. a list from a hostile server: unhashable, and not a resource
+        record.skipped += 1
+        return
     subject = resource.get("subject") or resource.get("patient")
     if rtype in CLINICAL_TYPES and isinstance(subject, dict) and subject.get("reference") == expected:
         record.add(resource)  # the common case, without normalising the reference
@@ -195,7 +201,7 @@ def _add(record: PatientRecord, resource: dict[str, Any], expected: str) -> None
         return
     if rtype == "OperationOutcome":
         return
-    if not isinstance(rtype, str):
+    if rtype not in FHIR_RESOURCE_TYPES:  # not FHIR at all: malformed, counted
         record.skipped += 1
         return
     # A server that ignores an unsupported `patient` parameter returns everyone's data: keep only this patient's.

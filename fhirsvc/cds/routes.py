@@ -161,6 +161,8 @@ async def call_service(
     if service.plans_from_draft_orders:
         gathered.record.planned.extend(_draft_medication_orders(cds_request.context.get("draftOrders")))
     result = evaluate_record(gathered.record, knowledge, as_of)
+    if result.skipped:  # malformed resources left out of the evaluation: counted on the request's log line
+        annotate(request, skipped_resources=result.skipped)
     findings = cards_with_findings(result)
     patient, faults = result.patient, gathered.upstream_faults
     # The parsed request and record are not needed past this point: release them before waiting on the store,

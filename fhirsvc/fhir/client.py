@@ -48,10 +48,11 @@ class SearchResult:
         Cerner can return the same resource on two pages (fhir-servers.md §3): the first copy wins.
         """
         key = (resource.get("resourceType"), resource.get("id"))
-        if key[1] is not None and key in self.seen:
-            self.duplicates += 1
-            return
-        self.seen.add(key)
+        if isinstance(key[0], str) and isinstance(key[1], str):  # a list id (hostile server) is unhashable
+            if key in self.seen:
+                self.duplicates += 1
+                return
+            self.seen.add(key)
         self.resources.append(resource)
 
     def extend(self, other: SearchResult) -> None:
@@ -184,7 +185,8 @@ class FhirClient:
         if bundle.get("resourceType") != "Bundle":
             raise FhirInvalidResponse(f"expected a Bundle, got {bundle.get('resourceType')!r}")
         result.pages += 1
-        for entry in bundle.get("entry") or ():
+        entries = bundle.get("entry")
+        for entry in entries if isinstance(entries, list) else ():
             resource = entry.get("resource") if isinstance(entry, dict) else None
             if not isinstance(resource, dict):
                 continue
@@ -209,7 +211,8 @@ class FhirClient:
 
 
 def next_link(bundle: dict[str, Any]) -> str | None:
-    for link in bundle.get("link") or ():
+    links = bundle.get("link")
+    for link in links if isinstance(links, list) else ():
         if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
             return str(link["url"])
     return None

@@ -20,6 +20,7 @@ from typing import BinaryIO
 import orjson
 
 from fhirsvc.fhir.record import CLINICAL_TYPES, PatientRecord, RecordBuilder, Resource, subject_reference
+from fhirsvc.fhir.resource_types import FHIR_RESOURCE_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,8 @@ class RecordIndex:
             self._add_group(builder, None)
             return
         if rtype not in CLINICAL_TYPES:
+            if rtype not in FHIR_RESOURCE_TYPES:  # not FHIR (other FHIR types are simply not read)
+                self.skipped += 1
             return
         ref = subject_reference(resource)
         if ref is None or not ref.startswith("Patient/"):

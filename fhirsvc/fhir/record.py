@@ -8,6 +8,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from fhirsvc.fhir.resource_types import FHIR_RESOURCE_TYPES
+
 log = logging.getLogger(__name__)
 
 Resource = dict[str, Any]
@@ -122,6 +124,8 @@ class RecordBuilder:
                 self.medications[f"Medication/{resource['id']}"] = resource
             return
         if rtype not in CLINICAL_TYPES:
+            if rtype not in FHIR_RESOURCE_TYPES:  # not FHIR (other FHIR types are simply not read)
+                self.skipped += 1
             return
         ref = subject_reference(resource)
         if ref is not None and aliases:
@@ -135,6 +139,9 @@ class RecordBuilder:
     def add_bundle(self, bundle: Resource) -> None:
         resources: list[Resource] = []
         aliases: dict[str, str] = {}
+        entries = bundle.get("entry")
+        if isinstance(entries, list):  # entries that hold no resource object are malformed: counted, not read
+            self.skipped += sum(not (isinstance(e, dict) and _is_resource(e.get("resource"))) for e in entries)
         for full_url, resource in bundle_resources(bundle):
             if resource.get("resourceType") == "Patient":
                 if not isinstance(resource.get("id"), str) and full_url:

@@ -75,7 +75,8 @@ def drug_eras(exposures: Iterable[MedicationExposure], drugs_in_program: set[str
         items.sort(key=_exposure_order)
         current: DrugEra | None = None
         for exposure in items:
-            if current is not None and (current.end is None or exposure.start <= current.end + gap):
+            # Compared as a difference: an end date of 9999-12-31 ("no end" in some EHRs) plus a gap overflows.
+            if current is not None and (current.end is None or exposure.start - current.end <= gap):
                 if current.end is not None:
                     current.end = None if exposure.end is None else max(current.end, exposure.end)
                 current.refs.append(exposure.ref)
@@ -189,7 +190,7 @@ def build_lines(
             elif added or (dropped and settings.new_line_on_drop):
                 still_on = any(e.active_on(day - _DAY) for e in _eras_of(current, eras))
                 current.end = day if still_on or gap_start is None else gap_start - _DAY
-                leaving = [e for e in _eras_of(current, eras) if e.end is not None and e.end < day + window]
+                leaving = [e for e in _eras_of(current, eras) if e.end is not None and e.end - day < window]
                 current.end_reason = _end_reason(leaving) or "new-line"
                 current = _open_line(lines, day, active, signature)
             else:

@@ -123,9 +123,7 @@ def guidance_entries(finding: Finding) -> list[dict[str, Any]]:
         "for": subject,
         "focus": {"reference": gr_entry["fullUrl"]},
         "authoredOn": finding.as_of,
-        "input": [
-            {"type": {"text": "evidence"}, "valueReference": {"reference": ref}} for ref in a.evidence
-        ],
+        "input": [{"type": {"text": "evidence"}, "valueReference": {"reference": ref}} for ref in a.evidence],
     }
     if not task["input"]:
         del task["input"]
