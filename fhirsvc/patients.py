@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
+from fhirsvc.cds.security import CdsClientIdentity, cds_client
 from fhirsvc.http import OrjsonResponse, operation_outcome, outcome
 from fhirsvc.store.db import Store
 from fhirsvc.store.repository import therapy_history
 
+TherapyClientDep = Annotated[CdsClientIdentity | None, Depends(cds_client)]
 router = APIRouter(tags=["patients"])
 
 
@@ -60,10 +62,16 @@ class Therapy(BaseModel):
 @router.get(
     "/patients/{patient_id}/therapy",
     response_model=Therapy,
-    responses={404: outcome("No stored therapy state for this patient")},
+    responses={
+        401: {"description": "No valid client JWT (empty body)"},
+        404: outcome("No stored therapy state for this patient"),
+    },
 )
-async def therapy(patient_id: str, request: Request) -> Response:
-    """Same shape as one `fhirsvc evaluate` item's programs, plus every recorded change."""
+async def therapy(patient_id: str, request: Request, _client: TherapyClientDep) -> Response:
+    """Same shape as one `fhirsvc evaluate` item's programs, plus every recorded change.
+
+    Protected health information: the same client JWTs as the CDS services (allowlisted issuers) are required.
+    """
     body = await run_in_threadpool(_therapy, request.app.state.store, f"Patient/{patient_id}")
     if body is None:
         return operation_outcome(404, f"no stored therapy state for Patient/{patient_id}", code="not-found")
