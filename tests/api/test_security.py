@@ -486,7 +486,8 @@ def test_one_json_line_per_request_with_hashed_patient_and_no_secrets(
             headers={"Authorization": f"Bearer {jwt_token}", "X-Request-ID": "req-42"},
         )
         refused = call(client, "not.a.jwt")
-        therapy = client.get("/patients/secret-patient-7/therapy")
+        therapy_jwt = ES384.token("/patients/secret-patient-7/therapy")  # the therapy API needs a client JWT too
+        therapy = client.get("/patients/secret-patient-7/therapy", headers={"Authorization": f"Bearer {therapy_jwt}"})
     assert response.status_code == 200 and response.headers["X-Request-ID"] == "req-42"
     assert refused.status_code == 401 and refused.headers["X-Request-ID"]  # generated when not given
     output = log_lines.getvalue()
@@ -503,7 +504,16 @@ def test_one_json_line_per_request_with_hashed_patient_and_no_secrets(
     assert access[1]["status"] == 401 and access[1]["auth"] == "refused"
     assert access[2]["route"] == "/patients/{patient_id}/therapy"
     assert access[2]["patient"] == hash_patient("pepper", "secret-patient-7")
-    secrets = (jwt_token, jwt_token.split(".")[1], TOKEN, "Bearer", "hiv-fail-basic", "not.a.jwt", "secret-patient-7")
+    secrets = (
+        jwt_token,
+        jwt_token.split(".")[1],
+        therapy_jwt,
+        TOKEN,
+        "Bearer",
+        "hiv-fail-basic",
+        "not.a.jwt",
+        "secret-patient-7",
+    )
     for secret in secrets:
         assert secret not in output, secret
     assert '"resourceType"' not in output  # no FHIR payloads
