@@ -23,8 +23,8 @@ hapi:
 	tests/hapi/run --build-only
 
 lint: setup
-	$(BIN)/ruff check fhirsvc tests fixtures
-	$(BIN)/ruff format --check fhirsvc tests
+	$(BIN)/ruff check fhirsvc tests fixtures bench
+	$(BIN)/ruff format --check fhirsvc tests bench
 	$(BIN)/mypy
 	$(BIN)/fhirsvc mappings check
 
