@@ -15,7 +15,6 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from fhirsvc.cds.services import PREFETCH
 from fhirsvc.fhir.record import bundle_resources
 
 FHIR_BASE = "https://fhir.example.test/r4"
@@ -131,10 +130,6 @@ class FakeFhirServer:
 
 def _json(body: dict[str, Any], status: int = 200) -> httpx.Response:
     return httpx.Response(status, content=orjson.dumps(body), headers={"Content-Type": "application/fhir+json"})
-
-
-def prefetch_keys() -> list[str]:
-    return list(PREFETCH)
 
 
 # CDS client JWTs (CDS Hooks 2.0 #trusting-cds-clients) ------------------------------------------------------------

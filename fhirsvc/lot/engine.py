@@ -244,7 +244,3 @@ def _open_line(lines: list[Line], day: date, active: list[DrugEra], signature: f
     line.planned = all(e.planned for e in active if e.start == day)
     lines.append(line)
     return line
-
-
-def active_drugs(eras: list[DrugEra], day: date) -> list[str]:
-    return sorted({e.drug for e in eras if e.active_on(day)})

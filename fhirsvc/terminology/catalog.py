@@ -68,10 +68,6 @@ class DrugCatalog:
                 haystack = haystack.replace(needle, " ")
         return frozenset(found)
 
-    def drug_class(self, name: str, condition: str) -> str | None:
-        drug = self.drugs.get(name)
-        return drug.classes.get(condition) if drug else None
-
     def with_aliases(self, aliases: dict[str, list[str]]) -> DrugCatalog:
         merged = dict(self.aliases)
         for alias, names in aliases.items():
