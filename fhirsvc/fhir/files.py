@@ -19,8 +19,7 @@ from typing import BinaryIO
 
 import orjson
 
-from fhirsvc.fhir.record import CLINICAL_TYPES, PatientRecord, RecordBuilder, Resource, subject_reference
-from fhirsvc.fhir.resource_types import FHIR_RESOURCE_TYPES
+from fhirsvc.fhir.record import PatientRecord, RecordBuilder, Resource, filing_patient
 
 log = logging.getLogger(__name__)
 
@@ -166,14 +165,9 @@ class RecordIndex:
             builder.add_resource(resource)
             self._add_group(builder, None)
             return
-        if rtype not in CLINICAL_TYPES:
-            if rtype not in FHIR_RESOURCE_TYPES:  # not FHIR (other FHIR types are simply not read)
-                self.skipped += 1
-            return
-        ref = subject_reference(resource)
-        if ref is None or not ref.startswith("Patient/"):
-            self.skipped += 1
-            log.debug("skipped a %s that names no patient", rtype)
+        ref, malformed = filing_patient(resource)
+        if ref is None:
+            self.skipped += malformed
             return
         self._note(ref.partition("/")[2], location, length)
 

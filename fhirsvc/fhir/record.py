@@ -94,6 +94,25 @@ def bundle_resources(bundle: Resource) -> Iterator[tuple[str | None, Resource]]:
             yield (full_url if isinstance(full_url, str) else None), entry["resource"]
 
 
+def filing_patient(resource: Resource, aliases: dict[str, str] | None = None) -> tuple[str | None, bool]:
+    """The `Patient/<id>` a resource is filed under, and whether a resource filed nowhere counts as malformed.
+
+    (ref, False) for a clinical resource about a patient; (None, True) for one that names no patient, or a
+    resourceType that is not FHIR; (None, False) for FHIR the pipeline simply does not read. `aliases` maps a
+    bundle's `urn:uuid:` fullUrls to `Patient/<id>`.
+    """
+    rtype = resource.get("resourceType")
+    if rtype not in CLINICAL_TYPES:
+        return None, rtype not in FHIR_RESOURCE_TYPES
+    ref = subject_reference(resource)
+    if ref is not None and aliases:
+        ref = aliases.get(ref, ref)
+    if ref is None or not ref.startswith("Patient/"):
+        log.debug("skipped a %s that names no patient", rtype)
+        return None, True
+    return ref, False
+
+
 class RecordBuilder:
     """Groups resources from bundles and NDJSON lines into PatientRecords by their patient reference.
 
@@ -123,16 +142,9 @@ class RecordBuilder:
             if isinstance(resource.get("id"), str):
                 self.medications[f"Medication/{resource['id']}"] = resource
             return
-        if rtype not in CLINICAL_TYPES:
-            if rtype not in FHIR_RESOURCE_TYPES:  # not FHIR (other FHIR types are simply not read)
-                self.skipped += 1
-            return
-        ref = subject_reference(resource)
-        if ref is not None and aliases:
-            ref = aliases.get(ref, ref)
-        if ref is None or not ref.startswith("Patient/"):
-            self.skipped += 1
-            log.debug("skipped a %s that names no patient", rtype)
+        ref, malformed = filing_patient(resource, aliases)
+        if ref is None:
+            self.skipped += malformed
             return
         self._record(ref).add(resource)
 
