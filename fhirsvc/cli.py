@@ -7,15 +7,16 @@ import sys
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import orjson
 import typer
 
-from fhirsvc.config import Settings, get_settings
+from fhirsvc.config import get_settings
 from fhirsvc.fhir.files import load_records
 from fhirsvc.report import patient_report, patient_text
 from fhirsvc.rules.evaluate import evaluate_record
+from fhirsvc.serving import serve as run_service
 from fhirsvc.terminology.knowledge import load_knowledge
 from fhirsvc.terminology.paths import data_dir
 
@@ -45,29 +46,7 @@ def serve(
     workers: Annotated[int, typer.Option(help="Worker processes (evaluation is CPU-bound: one per core).")] = 1,
 ) -> None:
     """Run the CDS Hooks service."""
-    _serve(host, port, get_settings(), workers)
-
-
-def _serve(host: str, port: int, settings: Settings, workers: int = 1) -> None:
-    """uvicorn with JSON logs (fhirsvc.logs: one line per request, httpx quiet, no uvicorn access log)."""
-    import uvicorn
-
-    from fhirsvc.app import create_app
-    from fhirsvc.logs import configure_logging
-
-    configure_logging()
-    common: dict[str, Any] = {"host": host, "port": port, "log_level": "info", "log_config": None, "access_log": False}
-    if workers > 1:
-        from fhirsvc.store.db import Store
-
-        # Migrate once here: workers starting together would otherwise race to create the same tables.
-        store = Store(settings.store_url)
-        store.upgrade()
-        store.close()
-        # Several processes need an import string; each worker builds its app from the same environment.
-        uvicorn.run("fhirsvc.app:create_app", factory=True, workers=workers, **common)
-    else:
-        uvicorn.run(create_app(settings), **common)
+    run_service(host, port, get_settings(), workers)
 
 
 @app.command()
@@ -279,7 +258,7 @@ def demo(
         typer.echo(f"\nCDS Hooks discovery: http://127.0.0.1:{port}/cds-services")
         typer.echo("CDS client authentication is OFF for this local demo (FHIRSVC_CDS_AUTH=off).")
         # A local demo, e.g. for the CDS Hooks sandbox, whose signing key is public anyway (cds-hooks.md §5, 6).
-        _serve("127.0.0.1", port, get_settings().model_copy(update={"cds_auth": "off"}))
+        run_service("127.0.0.1", port, get_settings().model_copy(update={"cds_auth": "off"}))
 
 
 if __name__ == "__main__":

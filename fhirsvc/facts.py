@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import TypeVar
 
+from fhirsvc.fhir.concepts import Coding, ConceptMemo, codings, concept_keys, concept_text
 from fhirsvc.fhir.record import PatientRecord, Resource, normalise_reference
-from fhirsvc.terminology.catalog import RXNORM, DrugCatalog
+from fhirsvc.terminology.catalog import DrugCatalog
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +29,6 @@ _NOT_DETECTED_TEXT = ("not detected", "undetectable", "target not detected", "tn
 
 class MalformedResource(ValueError):
     """A resource whose fields cannot be read (wrong types, no usable date); it is skipped and counted."""
-
-
-@dataclass(frozen=True, slots=True)
-class Coding:
-    system: str
-    code: str
-    display: str = ""
-
-    @property
-    def key(self) -> str:
-        return f"{self.system}|{self.code}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,29 +119,6 @@ def parse_date(value: object) -> date | None:
         return None
 
 
-def codings(concept: object) -> Iterator[Coding]:
-    if not isinstance(concept, dict):
-        return
-    found = concept.get("coding")
-    if not isinstance(found, list):  # a malformed `coding` (a number, an object) holds no codes
-        return
-    for coding in found:
-        if isinstance(coding, dict) and isinstance(coding.get("code"), str):
-            yield Coding(str(coding.get("system", "")), coding["code"], str(coding.get("display", "")))
-
-
-def concept_keys(concept: object) -> frozenset[str]:
-    """ "system|code" of every coding (the hot path: one call per Observation and Condition)."""
-    if not isinstance(concept, dict):
-        return frozenset()
-    found = concept.get("coding")
-    if not found or not isinstance(found, list):  # runs before the per-resource guard (ObservationFilter.wants)
-        return frozenset()
-    return frozenset(
-        f"{c.get('system', '')}|{c['code']}" for c in found if isinstance(c, dict) and isinstance(c.get("code"), str)
-    )
-
-
 @dataclass(frozen=True)
 class ObservationFilter:
     """The Observation codes (and code.text phrases) some program reads; every other Observation is skipped
@@ -160,13 +127,18 @@ class ObservationFilter:
     keys: frozenset[str]
     text_patterns: tuple[str, ...] = ()
     _text: re.Pattern[str] | None = field(init=False, default=None, repr=False, compare=False)
+    _decided: ConceptMemo[bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         pattern = "|".join(re.escape(p) for p in self.text_patterns)
         object.__setattr__(self, "_text", re.compile(pattern, re.IGNORECASE) if pattern else None)
+        object.__setattr__(self, "_decided", ConceptMemo(self._wants_concept))
 
     def wants(self, resource: Resource) -> bool:
         code = resource.get("code")
+        return isinstance(code, dict) and self._decided(code)
+
+    def _wants_concept(self, code: object) -> bool:
         if not isinstance(code, dict):
             return False
         keys = self.keys
@@ -175,16 +147,7 @@ class ObservationFilter:
         for coding in found if isinstance(found, list) else ():
             if isinstance(coding, dict) and f"{coding.get('system', '')}|{coding.get('code')}" in keys:
                 return True
-        return self._text is not None and self._text.search(_concept_text(code)) is not None
-
-
-def _concept_text(concept: object) -> str:
-    if not isinstance(concept, dict):
-        return ""
-    text = concept.get("text")
-    if isinstance(text, str) and text:
-        return text
-    return " / ".join(c.display for c in codings(concept) if c.display)
+        return self._text is not None and self._text.search(concept_text(code)) is not None
 
 
 def _ref(resource: Resource) -> str:
@@ -218,16 +181,6 @@ def _medication_concept(resource: Resource, record: PatientRecord) -> object:
     return None
 
 
-def _ingredients(concept: object, catalog: DrugCatalog) -> frozenset[str]:
-    found: set[str] = set()
-    for coding in codings(concept):
-        if coding.system == RXNORM or "rxnorm" in coding.system.lower():
-            found |= catalog.ingredients_for_code(coding.code)
-    if not found:
-        found |= catalog.ingredients_for_text(_concept_text(concept))
-    return frozenset(found)
-
-
 def _supply_days(request: Resource) -> int | None:
     dispense = request.get("dispenseRequest")
     if not isinstance(dispense, dict):
@@ -257,7 +210,7 @@ def exposure_from(
     if status in _VOID_MED or (status == "draft" and not planned):
         return None
     concept = _medication_concept(resource, record)
-    drugs = _ingredients(concept, catalog)
+    drugs = catalog.ingredients_for_concept(concept)
     if not drugs:
         return None
     rtype = resource["resourceType"]
@@ -294,7 +247,7 @@ def exposure_from(
         start=start,
         end=end,
         status=status,
-        text=_concept_text(concept),
+        text=concept_text(concept),
         stop_reasons=reasons,
         planned=planned,
     )
@@ -332,7 +285,7 @@ def lab_from(resource: Resource) -> LabResult | None:
             comparator = quantity["comparator"]
     elif isinstance(resource.get("valueCodeableConcept"), dict):
         coded = concept_keys(resource["valueCodeableConcept"])
-        value_text = _concept_text(resource["valueCodeableConcept"])
+        value_text = concept_text(resource["valueCodeableConcept"])
         text = value_text.lower()
         not_detected = any(k.rpartition("|")[2] in _NOT_DETECTED_CODES for k in coded) or text.startswith(
             _NOT_DETECTED_TEXT
@@ -363,7 +316,7 @@ def lab_from(resource: Resource) -> LabResult | None:
         unit_text=unit_text,
         interpretation=interpretation,
         components=components,
-        text=_concept_text(resource.get("code")),
+        text=concept_text(resource.get("code")),
         value_text=value_text,
     )
 
@@ -388,7 +341,7 @@ def diagnosis_from(resource: Resource) -> Diagnosis | None:
 def allergy_from(resource: Resource, catalog: DrugCatalog) -> Allergy | None:
     if _clinical_status(resource) is None:
         return None
-    drugs = _ingredients(resource.get("code"), catalog)
+    drugs = catalog.ingredients_for_concept(resource.get("code"))
     if not drugs:
         return None
     when = parse_date(resource.get("recordedDate")) or parse_date(resource.get("onsetDateTime"))

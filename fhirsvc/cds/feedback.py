@@ -55,8 +55,8 @@ def filter_and_record(
     store: Store, service_id: str, patient: str, findings: list[tuple[Card, Assessment]], suppress_days: int
 ) -> list[Card]:
     """Drop cards overridden with a reason within the suppression period; remember the ones we answer with."""
-    with store.session() as session:
-        hidden = suppressed(session, (c.uuid for c, _ in findings), now() - timedelta(days=suppress_days))
+    with store.connection() as connection:
+        hidden = suppressed(connection, (c.uuid for c, _ in findings), now() - timedelta(days=suppress_days))
         shown = [(card, finding) for card, finding in findings if card.uuid not in hidden]
-        record_issued_cards(session, service_id, patient, ((c.uuid, f.program, f.rule, c.summary) for c, f in shown))
+        record_issued_cards(connection, service_id, patient, ((c.uuid, f.program, f.rule, c.summary) for c, f in shown))
     return [card for card, _ in shown]

@@ -30,27 +30,29 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["CDS Hooks"])
 
 
-def get_settings(request: Request) -> Settings:
+# Dependencies are `async def` although they never wait: FastAPI runs a plain `def` dependency in the thread pool,
+# one hand-off per dependency per call (bench/README.md).
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_knowledge(request: Request) -> Knowledge:
+async def get_knowledge(request: Request) -> Knowledge:
     knowledge: Knowledge = request.app.state.knowledge
     return knowledge
 
 
-def get_pool(request: Request) -> FhirClientPool:
+async def get_pool(request: Request) -> FhirClientPool:
     pool: FhirClientPool = request.app.state.fhir_pool
     return pool
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
 
 
-def today(request: Request) -> date:
+async def today(request: Request) -> date:
     """The evaluation date: FHIRSVC_TODAY when set (demos), else the current UTC date."""
     pinned: date | None = request.app.state.settings.today
     return pinned or datetime.now(UTC).date()

@@ -7,7 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
-from fhirsvc.facts import Coding, MedicationExposure
+from fhirsvc.facts import MedicationExposure
+from fhirsvc.fhir.concepts import Coding
 from fhirsvc.terminology.programs import LineSettings
 
 _DAY = timedelta(days=1)

@@ -9,7 +9,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -54,6 +54,12 @@ class Store:
     def session(self) -> Iterator[Session]:
         with self._sessions.begin() as session:
             yield session
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A Core transaction that commits on success: the per-call paths, without the ORM's unit of work."""
+        with self.engine.begin() as connection:
+            yield connection
 
     def ping(self) -> bool:
         try:

@@ -8,6 +8,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fhirsvc.fhir.concepts import ConceptMemo, codings, concept_text
+
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 
 _NON_WORD = re.compile(r"[^a-z0-9]+")
@@ -45,9 +47,18 @@ class DrugCatalog:
         # Drugs outside every program (statins, ACE inhibitors) fall back to text matching on every record:
         # the same few texts recur, so the answer is kept (bounded, as texts are unbounded input).
         self._text_cache: dict[str, frozenset[str]] = {}
+        self.ingredients_for_concept: ConceptMemo[frozenset[str]] = ConceptMemo(self._concept_ingredients)
 
     def ingredients_for_code(self, code: str) -> frozenset[str]:
         return self.by_code.get(code, frozenset())
+
+    def _concept_ingredients(self, concept: object) -> frozenset[str]:
+        """A CodeableConcept's ingredients: from its RxNorm codings, else from its text and displays."""
+        found: set[str] = set()
+        for coding in codings(concept):
+            if coding.system == RXNORM or "rxnorm" in coding.system.lower():
+                found |= self.ingredients_for_code(coding.code)
+        return frozenset(found) if found else self.ingredients_for_text(concept_text(concept))
 
     def ingredients_for_text(self, text: str) -> frozenset[str]:
         """Whole-word name matching for text-only medications (e.g. "Biktarvy (bictegravir/...) tablet")."""

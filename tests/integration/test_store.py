@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fhirsvc.store.db import Store
-from fhirsvc.store.models import WriteBack
+from fhirsvc.store.models import IssuedCard, WriteBack
 from fhirsvc.store.repository import (
     feedback_counts,
     get_cursor,
@@ -89,6 +89,8 @@ def test_feedback_duplicates_suppression_and_counts(store: Store) -> None:
     with store.session() as session:
         record_issued_cards(session, "svc", "Patient/1", [("c1", "hiv", "hiv-virologic-failure", "summary")])
         record_issued_cards(session, "svc", "Patient/1", [("c1", "hiv", "hiv-virologic-failure", "summary")])
+        card = session.get(IssuedCard, "c1")
+        assert card is not None and card.times_issued == 2 and card.last_issued_at >= card.first_issued_at
         assert save_feedback(session, "svc", [overridden, overridden]) == (1, 1)
         assert save_feedback(session, "svc", [{**overridden, "card": "c2", "outcomeTimestamp": old}]) == (1, 0)
     with store.session() as session:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 from datetime import date, timedelta
 
-from fhirsvc.facts import Coding, MedicationExposure
+from fhirsvc.facts import MedicationExposure
+from fhirsvc.fhir.concepts import Coding
 from fhirsvc.lot.engine import Line, build_lines, drug_eras, regimen_keys
 from fhirsvc.terminology.programs import LineSettings
 

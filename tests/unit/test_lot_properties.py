@@ -19,7 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fhirsvc.facts import Coding, MedicationExposure
+from fhirsvc.facts import MedicationExposure
+from fhirsvc.fhir.concepts import Coding
 from fhirsvc.lot.engine import STOP_REASON_LABELS, DrugEra, Line, build_lines, drug_eras, regimen_keys
 from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
 from fhirsvc.terminology.programs import Program

@@ -1,0 +1,116 @@
+"""Running the service under uvicorn: one process, or one worker process per core, each with its own listener."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import socket
+import threading
+from multiprocessing.process import BaseProcess
+from types import FrameType
+from typing import Any
+
+from fhirsvc.config import Settings
+
+log = logging.getLogger(__name__)
+
+# How long workers get to finish their requests after SIGTERM before they are killed.
+STOP_GRACE_S = 10.0
+
+
+def listening_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A bound TCP socket whose accepted connections get TCP_NODELAY.
+
+    asyncio turns TCP_NODELAY on for an accepted connection only when the socket says `proto == IPPROTO_TCP`, and an
+    accepted socket inherits `proto` from the listener; a socket made as uvicorn's `Config.bind_socket` makes it
+    leaves `proto` 0, so every keep-alive response waited for the client's delayed ACK, about 40 ms per call on
+    Linux (https://github.com/Kludex/uvicorn/issues/3149). Naming the protocol avoids that.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def serve(host: str, port: int, settings: Settings, workers: int = 1) -> None:
+    """uvicorn with JSON logs (fhirsvc.logs: one line per request, httpx quiet, no uvicorn access log)."""
+    import uvicorn
+
+    from fhirsvc.app import create_app
+    from fhirsvc.logs import configure_logging
+
+    configure_logging()
+    if workers <= 1:
+        uvicorn.run(create_app(settings), host=host, port=port, **_UVICORN)
+        return
+    from fhirsvc.store.db import Store
+
+    # Migrate once here: workers starting together would otherwise race to create the same tables.
+    store = Store(settings.store_url)
+    store.upgrade()
+    store.close()
+    listening_socket(host, port, reuse_port=True).close()  # the address is free (or ours): fail here, not N times
+    run_workers(host, port, workers)
+
+
+_UVICORN: dict[str, Any] = {"log_level": "info", "log_config": None, "access_log": False}
+
+
+def _worker(host: str, port: int) -> None:
+    """One worker process: its own SO_REUSEPORT listener, its own app built from the environment."""
+    import uvicorn
+
+    from fhirsvc.logs import configure_logging
+
+    configure_logging()
+    config = uvicorn.Config("fhirsvc.app:create_app", factory=True, **_UVICORN)
+    uvicorn.Server(config).run(sockets=[listening_socket(host, port, reuse_port=True)])
+
+
+def run_workers(host: str, port: int, workers: int) -> None:
+    """Start `workers` processes and wait; SIGINT/SIGTERM stop them all, and so does any one of them exiting.
+
+    Each worker listens on its own SO_REUSEPORT socket, so the kernel spreads new connections over the workers.
+    With one shared listener (uvicorn's `--workers`), the first worker to wake accepted every connection of a burst:
+    ten keep-alive EHR connections could all land on one process while the other core sat idle. A worker that dies
+    is not restarted here: the service stops with an error, and its supervisor (systemd, Kubernetes) restarts it.
+    """
+    spawn = multiprocessing.get_context("spawn")  # a clean interpreter per worker: no state forked from here
+    processes: list[BaseProcess] = [
+        spawn.Process(target=_worker, args=(host, port), name=f"fhirsvc-worker-{index}") for index in range(workers)
+    ]
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: stopping %d workers", signal.Signals(signum).name, workers)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for process in processes:
+            process.start()
+        log.info("started %d workers on %s:%d", workers, host, port)
+        while not stop.wait(0.5):
+            ended = [p for p in processes if not p.is_alive()]
+            if ended:
+                log.error("worker %s exited (code %s): stopping the service", ended[0].name, ended[0].exitcode)
+                raise SystemExit(1)
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()  # SIGTERM: uvicorn finishes the requests in flight
+        for process in processes:
+            process.join(STOP_GRACE_S)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
