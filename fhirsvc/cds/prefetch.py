@@ -51,14 +51,54 @@ class Gathered:
     upstream_faults: list[str] = field(default_factory=list)  # every key, required or optional, lost that way
 
 
-def _failed_outcome(resources: list[dict[str, Any]]) -> str | None:
+def _failed_outcome(outcomes: list[dict[str, Any]]) -> str | None:
     """A prefetch value that is, or contains, an error OperationOutcome means the client's fetch failed."""
-    for outcome in resources:
-        if outcome.get("resourceType") != "OperationOutcome":
-            continue
+    for outcome in outcomes:
         for issue in outcome.get("issue") or ():
             if isinstance(issue, dict) and issue.get("severity") in ("error", "fatal"):
                 return str(issue.get("diagnostics") or issue.get("code") or "OperationOutcome")
+    return None
+
+
+def _bundle_resources(bundle: dict[str, Any], record: PatientRecord) -> list[Any]:
+    """The entries' resources; entries without a resource object are malformed, counted on the record."""
+    entries = bundle.get("entry")
+    entries = entries if isinstance(entries, list) else []  # `"entry": 5` must not raise
+    resources = [e["resource"] for e in entries if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+    record.skipped += len(entries) - len(resources)
+    return resources
+
+
+def _take(record: PatientRecord, resources: list[Any], expected: str) -> str | None:
+    """Add one prefetch value's resources to the record in one pass, unless it reports a failed fetch (then nothing
+    is added and the failure is returned). This runs once per resource of every call: the common case, a clinical
+    resource whose subject is `expected` ("Patient/<id>"), is decided inline; the rest goes through `_add`."""
+    outcomes: list[dict[str, Any]] = []
+    ours: list[tuple[str, dict[str, Any]]] = []
+    others: list[dict[str, Any]] = []
+    for resource in resources:
+        rtype = resource.get("resourceType")
+        if rtype == "OperationOutcome":
+            outcomes.append(resource)
+            continue
+        subject = resource.get("subject") or resource.get("patient")
+        if (
+            isinstance(subject, dict)
+            and subject.get("reference") == expected
+            and isinstance(rtype, str)  # any JSON value may come here: a list is unhashable
+            and rtype in CLINICAL_TYPES
+        ):
+            ours.append((rtype, resource))
+        else:
+            others.append(resource)
+    failure = _failed_outcome(outcomes)
+    if failure is not None:
+        return failure
+    by_type = record.resources
+    for rtype, resource in ours:
+        by_type[rtype].append(resource)
+    for resource in others:
+        _add(record, resource, expected)
     return None
 
 
@@ -94,21 +134,12 @@ async def gather(
             continue  # queried by the client, no data: do not query again
         if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
             raise ValueError(f"prefetch.{key} must be a FHIR resource, a Bundle or null")
-        if value.get("resourceType") == "Bundle":
-            entries = value.get("entry")
-            entries = entries if isinstance(entries, list) else []  # `"entry": 5` must not raise
-            resources = [e["resource"] for e in entries if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
-            record.skipped += len(entries) - len(resources)  # entries without a resource object are malformed
-        else:
-            resources = [value]
-        failure = _failed_outcome(resources)
+        is_bundle = value.get("resourceType") == "Bundle"
+        failure = _take(record, _bundle_resources(value, record) if is_bundle else [value], f"Patient/{patient_id}")
         if failure is not None:
             to_fetch[key] = f"client fetch failed ({failure})"
             continue
-        expected = f"Patient/{patient_id}"
-        for resource in resources:
-            _add(record, resource, expected)
-        if value.get("resourceType") == "Bundle" and next_link(value) is not None:
+        if is_bundle and next_link(value) is not None:
             continuations[key] = value  # a paginated prefetch: the rest is on the server
 
     loop = asyncio.get_running_loop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
@@ -62,7 +63,9 @@ class Line:
         return self.end is None
 
 
-def drug_eras(exposures: Iterable[MedicationExposure], drugs_in_program: set[str], era_gap_days: int) -> list[DrugEra]:
+def drug_eras(
+    exposures: Iterable[MedicationExposure], drugs_in_program: AbstractSet[str], era_gap_days: int
+) -> list[DrugEra]:
     """Merge each ingredient's exposures into eras; exposures starting after `as_of` must be filtered out first."""
     by_drug: defaultdict[str, list[MedicationExposure]] = defaultdict(list)
     for exposure in exposures:

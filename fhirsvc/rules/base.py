@@ -20,7 +20,7 @@ def next_line_label(current: int) -> str:
     return _ORDINALS.get(current + 1, f"line-{current + 1}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per result: not frozen, for speed (see fhirsvc/facts.py)
 class Measurement:
     """A lab result in the measure's canonical unit; `value` None for coded or "<" results without a number."""
 

@@ -43,15 +43,14 @@ def _in_scope(program: Program, facts: PatientFacts, classes: dict[str, str], as
     if any(d.codes & codes for d in facts.diagnoses if d.onset is None or d.onset <= as_of):
         return True
     anchors = set(program.scope.treatment_classes)
-    return any(classes.get(drug) in anchors for e in facts.exposures if e.start <= as_of for drug in e.drugs)
+    return any(classes.get(drug) in anchors for e in facts.started_by(as_of) for drug in e.drugs)
 
 
 def evaluate_program(program: Program, facts: PatientFacts, knowledge: Knowledge, as_of: date) -> ProgramResult | None:
     classes = knowledge.program_drugs(program)
     if not _in_scope(program, facts, classes, as_of):
         return None
-    exposures = [e for e in facts.exposures if e.start <= as_of]
-    eras = drug_eras(exposures, set(classes), program.lines.era_gap_days)
+    eras = drug_eras(facts.started_by(as_of), classes.keys(), program.lines.era_gap_days)
     lines = build_lines(eras, regimen_keys(program.lines, classes), program.lines, as_of, classes)
     ctx = ProgramContext(program, facts, as_of, lines, eras, classes, knowledge.safety)
     result = ProgramResult(program, lines, classes)

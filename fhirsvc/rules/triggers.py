@@ -18,10 +18,12 @@ def intolerance(rule: Rule, ctx: ProgramContext) -> Assessment:
         return make_assessment(rule, ctx, "no-therapy", {})
     events: list[tuple[date, str, frozenset[str]]] = []
     for exposure in ctx.facts.exposures:
+        # Cheapest test first: this runs for every exposure of every program, and stop reasons are rare.
+        if not exposure.stop_reasons or exposure.end is None or exposure.end > ctx.as_of:
+            continue
         stopped = exposure.drugs & line.drugs
-        ended = exposure.end is not None and exposure.end <= ctx.as_of
-        if stopped and ended and any(reason.code == NOT_TOLERATED for reason in exposure.stop_reasons):
-            events.append((exposure.end or ctx.as_of, exposure.ref, frozenset(stopped)))
+        if stopped and any(reason.code == NOT_TOLERATED for reason in exposure.stop_reasons):
+            events.append((exposure.end, exposure.ref, frozenset(stopped)))
     for allergy in ctx.facts.allergies:
         named = allergy.drugs & line.drugs
         if named and (allergy.date is None or allergy.date <= ctx.as_of):
@@ -31,11 +33,8 @@ def intolerance(rule: Rule, ctx: ProgramContext) -> Assessment:
     events.sort()
     since, _, _ = events[-1]
     culprits = frozenset().union(*(drugs for _, _, drugs in events))
-    switched = any(
-        e.start >= since and (e.drugs & set(ctx.classes)) - culprits
-        for e in ctx.facts.exposures
-        if e.start <= ctx.as_of
-    )
+    program_drugs = ctx.classes.keys()
+    switched = any(e.start >= since and (e.drugs & program_drugs) - culprits for e in ctx.facts.started_by(ctx.as_of))
     values = {"drugs": ", ".join(sorted(culprits)), "date": since.isoformat()}
     outcome = "switched" if switched else "not-tolerated"
     return make_assessment(rule, ctx, outcome, values, [], line, [ref for _, ref, _ in events])
@@ -74,10 +73,11 @@ def interaction(rule: Rule, ctx: ProgramContext) -> Assessment:
     line = ctx.current_line
     if line is None:
         return make_assessment(rule, ctx, "no-therapy", {})
-    active = [e for e in ctx.facts.exposures if e.start <= ctx.as_of and (e.end is None or e.end >= ctx.as_of)]
+    active = ctx.facts.active_on(ctx.as_of)
     active_drugs = {d for e in active for d in e.drugs}
+    program_drugs = active_drugs & ctx.classes.keys()
     for table in ctx.safety.interactions:
-        victims = table.victims & active_drugs & set(ctx.classes)
+        victims = table.victims & program_drugs
         if table.perpetrator not in active_drugs or not victims:
             continue
         involved = [e for e in active if table.perpetrator in e.drugs or e.drugs & victims]
