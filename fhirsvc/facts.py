@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import TypeVar
 
-from fhirsvc.fhir.concepts import Coding, ConceptMemo, codings, concept_keys, concept_text
+from fhirsvc.fhir.concepts import Coding, ConceptMemo, codes, codings, concept_keys, concept_text
 from fhirsvc.fhir.record import PatientRecord, Resource, normalise_reference
 from fhirsvc.terminology.catalog import DrugCatalog
 
@@ -113,10 +113,11 @@ class PatientFacts:
     _active: dict[date, list[MedicationExposure]] = field(default_factory=dict, repr=False, compare=False)
 
     def started_by(self, day: date) -> list[MedicationExposure]:
-        """Exposures that had started on `day` (the record may hold later, planned or future-dated ones)."""
+        """Exposures that had started on `day` (the record may hold later, planned or future-dated ones), in
+        `exposure_order`."""
         found = self._started.get(day)
         if found is None:
-            found = self._started[day] = [e for e in self.exposures if e.start <= day]
+            found = self._started[day] = sorted((e for e in self.exposures if e.start <= day), key=exposure_order)
         return found
 
     def active_on(self, day: date) -> list[MedicationExposure]:
@@ -125,6 +126,12 @@ class PatientFacts:
         if found is None:
             found = self._active[day] = [e for e in self.started_by(day) if e.end is None or e.end >= day]
         return found
+
+
+def exposure_order(e: MedicationExposure) -> tuple[object, ...]:
+    """A total order of exposures (start first), so that results never depend on the order resources came in."""
+    reasons = tuple((c.system, c.code) for c in e.stop_reasons)
+    return (e.start, e.end or date.max, e.ref, sorted(e.drugs), e.planned, reasons, e.status, e.text)
 
 
 def parse_date(value: object) -> date | None:
@@ -264,23 +271,22 @@ def exposure_from(
         end = start  # stopped/completed with no end recorded: the only safe date we know
     if end is not None and end < start:
         end = start
-    reasons = tuple(c for concept_ in resource.get("statusReason") or () for c in codings(concept_))
-    if isinstance(resource.get("statusReason"), dict):  # MedicationRequest.statusReason is 0..1
-        reasons = tuple(codings(resource["statusReason"]))
-    return MedicationExposure(
-        ref=_ref(resource),
-        drugs=drugs,
-        start=start,
-        end=end,
-        status=status,
-        text=concept_text(concept),
-        stop_reasons=reasons,
-        planned=planned,
-    )
+    stated = resource.get("statusReason")
+    reasons: tuple[Coding, ...] = ()
+    if isinstance(stated, dict):  # MedicationRequest.statusReason is 0..1, MedicationStatement's 0..*
+        reasons = tuple(codings(stated))
+    elif stated:
+        reasons = tuple(c for concept_ in stated for c in codings(concept_))
+    return MedicationExposure(_ref(resource), drugs, start, end, status, concept_text(concept), reasons, planned)
 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_EMPTY: frozenset[str] = frozenset()
+# An Observation's or Condition's code: "system|code" keys and the text, read once per distinct concept.
+_keys_and_text: ConceptMemo[tuple[frozenset[str], str]] = ConceptMemo(lambda c: (concept_keys(c), concept_text(c)))
 
 
 def lab_from(resource: Resource) -> LabResult | None:
@@ -322,35 +328,40 @@ def lab_from(resource: Resource) -> LabResult | None:
         not_detected = text.startswith(_NOT_DETECTED_TEXT)
         if text.startswith("<"):
             comparator = "<"
-    interpretation = frozenset(c.code for concept in resource.get("interpretation") or () for c in codings(concept))
-    components = frozenset(
-        key
-        for component in resource.get("component") or ()
-        if isinstance(component, dict)
-        for key in concept_keys(component.get("valueCodeableConcept"))
-    )
+    interpretation = _EMPTY
+    if resource.get("interpretation"):
+        interpretation = frozenset(c.code for concept in resource["interpretation"] for c in codings(concept))
+    components = _EMPTY
+    if resource.get("component"):
+        components = frozenset(
+            key
+            for component in resource["component"]
+            if isinstance(component, dict)
+            for key in concept_keys(component.get("valueCodeableConcept"))
+        )
+    keys, text = _keys_and_text(resource.get("code"))
     return LabResult(
-        ref=_ref(resource),
-        codes=concept_keys(resource.get("code")),
-        date=when,
-        value=value,
-        unit=unit,
-        comparator=comparator,
-        not_detected=not_detected,
-        status=status,
-        coded_values=coded,
-        unit_text=unit_text,
-        interpretation=interpretation,
-        components=components,
-        text=concept_text(resource.get("code")),
-        value_text=value_text,
+        _ref(resource),
+        keys,
+        when,
+        value,
+        unit,
+        comparator,
+        not_detected,
+        status,
+        coded,
+        unit_text,
+        interpretation,
+        components,
+        text,
+        value_text,
     )
 
 
 def _clinical_status(resource: Resource) -> str | None:
     """The clinicalStatus code ("active" when absent), or None when inactive, resolved, refuted or in error."""
-    clinical = [k.rpartition("|")[2] for k in concept_keys(resource.get("clinicalStatus"))]
-    verification = [k.rpartition("|")[2] for k in concept_keys(resource.get("verificationStatus"))]
+    clinical = codes(resource.get("clinicalStatus"))
+    verification = codes(resource.get("verificationStatus"))
     if any(c in _INACTIVE_CONDITION for c in clinical) or any(v in _VOID_CONDITION for v in verification):
         return None
     return clinical[0] if clinical else "active"
@@ -361,7 +372,7 @@ def diagnosis_from(resource: Resource) -> Diagnosis | None:
     if status is None:
         return None
     onset = parse_date(resource.get("onsetDateTime")) or parse_date(resource.get("recordedDate"))
-    return Diagnosis(ref=_ref(resource), codes=concept_keys(resource.get("code")), onset=onset, clinical_status=status)
+    return Diagnosis(_ref(resource), _keys_and_text(resource.get("code"))[0], onset, status)
 
 
 def allergy_from(resource: Resource, catalog: DrugCatalog) -> Allergy | None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import threading
+import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
@@ -57,35 +59,69 @@ def serve(host: str, port: int, settings: Settings, workers: int = 1) -> None:
     store = Store(settings.store_url)
     store.upgrade()
     store.close()
-    listening_socket(host, port, reuse_port=True).close()  # the address is free (or ours): fail here, not N times
     run_workers(host, port, workers)
 
 
 _UVICORN: dict[str, Any] = {"log_level": "info", "log_config": None, "access_log": False}
+SERVICE_APP = "fhirsvc.app:create_app"  # a factory: each worker builds the app from the environment
 
 
-def _worker(host: str, port: int) -> None:
+def _worker(host: str, port: int, app: str, factory: bool) -> None:
     """One worker process: its own SO_REUSEPORT listener, its own app built from the environment."""
     import uvicorn
 
     from fhirsvc.logs import configure_logging
 
     configure_logging()
-    config = uvicorn.Config("fhirsvc.app:create_app", factory=True, **_UVICORN)
+    _stop_when_orphaned(os.getppid())
+    config = uvicorn.Config(app, factory=factory, **_UVICORN)
     uvicorn.Server(config).run(sockets=[listening_socket(host, port, reuse_port=True)])
 
 
-def run_workers(host: str, port: int, workers: int) -> None:
-    """Start `workers` processes and wait; SIGINT/SIGTERM stop them all, and so does any one of them exiting.
+def _stop_when_orphaned(parent: int) -> None:
+    """SIGTERM this worker once its supervisor is gone (e.g. SIGKILLed): an orphan would go on sharing the port."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse port 0 and a port another process already listens on, before any worker starts.
+
+    SO_REUSEPORT lets any process of the same user bind the same port, so a second instance (or an old one still
+    running during a deploy) would silently take a share of the connections: ask the port first.
+    """
+    if port == 0:
+        raise SystemExit("--workers needs a fixed --port: with port 0 every worker would listen on a port of its own")
+    probe = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # noqa: S104 (probed, not bound)
+    try:
+        with socket.create_connection((probe, port), timeout=1.0):
+            pass
+    except OSError:
+        listening_socket(host, port, reuse_port=True).close()  # nobody answers: the address must still be ours to bind
+        return
+    raise SystemExit(f"{host}:{port} is already in use by another process; fhirsvc does not share its port")
+
+
+def run_workers(host: str, port: int, workers: int, app: str = SERVICE_APP, factory: bool = True) -> None:
+    """Run `workers` processes serving `app` until SIGINT/SIGTERM, or until one of them exits.
+
+    `app` is an import string, of an app factory unless `factory` is false (the benchmarks serve their own app).
 
     Each worker listens on its own SO_REUSEPORT socket, so the kernel spreads new connections over the workers.
     With one shared listener (uvicorn's `--workers`), the first worker to wake accepted every connection of a burst:
     ten keep-alive EHR connections could all land on one process while the other core sat idle. A worker that dies
     is not restarted here: the service stops with an error, and its supervisor (systemd, Kubernetes) restarts it.
     """
+    _check_port(host, port)
     spawn = multiprocessing.get_context("spawn")  # a clean interpreter per worker: no state forked from here
     processes: list[BaseProcess] = [
-        spawn.Process(target=_worker, args=(host, port), name=f"fhirsvc-worker-{index}") for index in range(workers)
+        spawn.Process(target=_worker, args=(host, port, app, factory), name=f"fhirsvc-worker-{index}")
+        for index in range(workers)
     ]
     stop = threading.Event()
 
@@ -107,8 +143,9 @@ def run_workers(host: str, port: int, workers: int) -> None:
         for process in processes:
             if process.is_alive():
                 process.terminate()  # SIGTERM: uvicorn finishes the requests in flight
+        deadline = time.monotonic() + STOP_GRACE_S  # one grace period for all workers, not one each
         for process in processes:
-            process.join(STOP_GRACE_S)
+            process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 process.kill()
                 process.join()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 import orjson
 
 T = TypeVar("T")
+_UNSEEN = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,16 @@ def codings(concept: object) -> Iterator[Coding]:
     for coding in found:
         if isinstance(coding, dict) and isinstance(coding.get("code"), str):
             yield Coding(str(coding.get("system", "")), coding["code"], str(coding.get("display", "")))
+
+
+def codes(concept: object) -> list[str]:
+    """The codes of every coding, in order, whatever their system (for required bindings such as clinicalStatus)."""
+    if not isinstance(concept, dict):
+        return []
+    found = concept.get("coding")
+    if not isinstance(found, list):
+        return []
+    return [c["code"] for c in found if isinstance(c, dict) and isinstance(c.get("code"), str)]
 
 
 def concept_keys(concept: object) -> frozenset[str]:
@@ -76,8 +87,9 @@ class ConceptMemo(Generic[T]):
         except TypeError:  # not JSON-shaped (a Python caller's object): nothing to key on
             return self._compute(concept)
         answers = self._answers
-        if key in answers:
-            return answers[key]
+        answer = answers.get(key, _UNSEEN)
+        if answer is not _UNSEEN:
+            return cast(T, answer)
         answer = self._compute(concept)
         if len(answers) < self._limit:
             answers[key] = answer

@@ -8,7 +8,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
-from fhirsvc.facts import MedicationExposure
+from fhirsvc.facts import MedicationExposure, exposure_order
 from fhirsvc.fhir.concepts import Coding
 from fhirsvc.terminology.programs import LineSettings
 
@@ -64,9 +64,15 @@ class Line:
 
 
 def drug_eras(
-    exposures: Iterable[MedicationExposure], drugs_in_program: AbstractSet[str], era_gap_days: int
+    exposures: Iterable[MedicationExposure],
+    drugs_in_program: AbstractSet[str],
+    era_gap_days: int,
+    in_order: bool = False,
 ) -> list[DrugEra]:
-    """Merge each ingredient's exposures into eras; exposures starting after `as_of` must be filtered out first."""
+    """Merge each ingredient's exposures into eras; exposures starting after `as_of` must be filtered out first.
+
+    `in_order`: the exposures already come in `exposure_order` (PatientFacts.started_by), so none is sorted again.
+    """
     by_drug: defaultdict[str, list[MedicationExposure]] = defaultdict(list)
     for exposure in exposures:
         for drug in exposure.drugs & drugs_in_program:
@@ -76,7 +82,8 @@ def drug_eras(
     for drug, items in by_drug.items():
         # A total order: exposures arrive in whatever order the server paged them, and ties on dates must not
         # decide which refs (evidence) and stop reasons an era carries.
-        items.sort(key=_exposure_order)
+        if not in_order:
+            items.sort(key=exposure_order)
         current: DrugEra | None = None
         for exposure in items:
             # Compared as a difference: an end date of 9999-12-31 ("no end" in some EHRs) plus a gap overflows.
@@ -92,11 +99,6 @@ def drug_eras(
             eras.append(current)
     eras.sort(key=lambda e: (e.start, e.drug))
     return eras
-
-
-def _exposure_order(e: MedicationExposure) -> tuple[object, ...]:
-    reasons = tuple((c.system, c.code) for c in e.stop_reasons)
-    return (e.start, e.end or date.max, e.ref, sorted(e.drugs), e.planned, reasons, e.status, e.text)
 
 
 def _signature(active: list[DrugEra], classify: dict[str, str], ignore: frozenset[str]) -> frozenset[str]:
@@ -230,6 +232,7 @@ def _assign_drugs(line: Line, eras: list[DrugEra], as_of: date) -> None:
     """Final membership: drugs started during the line, or carried over from before for more than a week."""
     line.drugs = set()
     line_end = line.end or as_of
+    seen = set(line.refs)
     for era in eras:
         era_end = era.end or as_of
         if era.start >= line.start:
@@ -240,7 +243,10 @@ def _assign_drugs(line: Line, eras: list[DrugEra], as_of: date) -> None:
             )
         if belongs:
             line.drugs.add(era.drug)
-            line.refs.extend(ref for ref in era.refs if ref not in line.refs)
+            for ref in era.refs:
+                if ref not in seen:
+                    seen.add(ref)
+                    line.refs.append(ref)
 
 
 def _open_line(lines: list[Line], day: date, active: list[DrugEra], signature: frozenset[str]) -> Line:

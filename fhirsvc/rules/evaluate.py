@@ -50,7 +50,7 @@ def evaluate_program(program: Program, facts: PatientFacts, knowledge: Knowledge
     classes = knowledge.program_drugs(program)
     if not _in_scope(program, facts, classes, as_of):
         return None
-    eras = drug_eras(facts.started_by(as_of), classes.keys(), program.lines.era_gap_days)
+    eras = drug_eras(facts.started_by(as_of), classes.keys(), program.lines.era_gap_days, in_order=True)
     lines = build_lines(eras, regimen_keys(program.lines, classes), program.lines, as_of, classes)
     ctx = ProgramContext(program, facts, as_of, lines, eras, classes, knowledge.safety)
     result = ProgramResult(program, lines, classes)
