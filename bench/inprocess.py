@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -33,6 +34,10 @@ class Pipeline:
         self.as_of = as_of
         self.loop = asyncio.new_event_loop()
         self.pool = FhirClientPool(self.settings)  # never used: every prefetch key is present
+        # As the service does once it has started (fhirsvc/app.py): what lives as long as the process (mappings,
+        # modules, fhir.resources' models) is kept out of the collections that every large request triggers.
+        gc.collect()
+        gc.freeze()
 
     def __call__(self, body: bytes) -> bytes:
         request = CdsRequest.model_validate(orjson.loads(body))

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,11 @@ def _command(port: int) -> list[str]:
     return [sys.executable, "-m", "fhirsvc.cli", *args]
 
 
+def _floor_command(port: int) -> list[str]:
+    """The service floor (bench/floor_app.py): the same server and workers, an app that only parses the body."""
+    return [sys.executable, "-m", "bench.floor_app", "--port", str(port), "--workers", str(WORKERS)]
+
+
 @dataclass(frozen=True)
 class Server:
     base: str
@@ -71,8 +76,8 @@ class Server:
 
 
 @contextmanager
-def server(workdir: Path, startup_s: float = 30.0) -> Iterator[Server]:
-    """`fhirsvc serve` in a subprocess with FHIRSVC_TODAY pinned; yields its address, stops it afterwards."""
+def server(workdir: Path, command: Callable[[int], list[str]] = _command, startup_s: float = 30.0) -> Iterator[Server]:
+    """`fhirsvc serve` (or the floor) in a subprocess with FHIRSVC_TODAY pinned; yields its address, stops it after."""
     port = free_port()
     env = {
         **os.environ,
@@ -80,14 +85,16 @@ def server(workdir: Path, startup_s: float = 30.0) -> Iterator[Server]:
         "FHIRSVC_CDS_AUTH": "off",  # no JWT signing in the load generator: see README, open findings
         "FHIRSVC_STORE_URL": f"sqlite:///{workdir / 'bench-store.db'}",
     }
-    log = (workdir / "server.log").open("wb")
-    proc = subprocess.Popen(_command(port), cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+    log_path = workdir / f"{command.__name__.strip('_')}.log"
+    log = log_path.open("wb")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))  # bench.floor_app
+    proc = subprocess.Popen(command(port), cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + startup_s
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"fhirsvc serve exited ({proc.returncode}); see {workdir / 'server.log'}")
+                raise RuntimeError(f"{command.__name__} server exited ({proc.returncode}); see {log_path}")
             try:
                 with urllib.request.urlopen(f"{base}/livez", timeout=1) as response:  # noqa: S310 (loopback)
                     if response.status == 200:
@@ -95,7 +102,7 @@ def server(workdir: Path, startup_s: float = 30.0) -> Iterator[Server]:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"fhirsvc serve not ready after {startup_s:.0f} s")
+                raise RuntimeError(f"{command.__name__} server not ready after {startup_s:.0f} s; see {log_path}")
             time.sleep(0.1)
         yield Server(base, proc.pid)
     finally:
@@ -181,13 +188,19 @@ class LoadReport:
     results: list[LoadResult]
     in_process_ms: float  # the same bodies through the in-process pipeline (median): what HTTP adds is the rest
     body_bytes: int
+    floor: list[LoadResult] = field(default_factory=list)  # the floor server under the same load
+
+    def floor_at(self, concurrency: int) -> LoadResult | None:
+        return next((r for r in self.floor if r.concurrency == concurrency), None)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "resources_per_call": RESOURCES,
             "body_bytes_mean": self.body_bytes,
             "in_process_eval_ms": round(self.in_process_ms, 3),
+            "workers": WORKERS,
             **{str(r.concurrency): r.as_json() for r in self.results},
+            "floor": {str(r.concurrency): r.as_json() for r in self.floor},
         }
 
 
@@ -204,18 +217,29 @@ def run(
     finally:
         pipeline.close()
     seconds, warmup = (2.0, 0.5) if quick else (5.0, 1.0)
-    results = []
+    results: dict[str, list[LoadResult]] = {"service": [], "floor": []}
     with tempfile.TemporaryDirectory(prefix="fhirsvc-bench-") as tmp:
         workdir = Path(tmp)
         bodies_file = workdir / "bodies.ndjson"
         bodies_file.write_bytes(b"\n".join(calls) + b"\n")
-        with server(workdir) as running:
-            answer = _call(running.base, calls[0])
-            if not answer.get("cards"):
-                raise RuntimeError("the service answered the first (failing) patient without cards")
-            for clients in concurrency:
-                progress(f"  load: {clients} concurrent client(s) for {seconds:g} s")
-                result = _loadgen(running.port, bodies_file, clients, seconds, warmup)
-                results.append(replace(result, server_peak_rss_kb=vm_hwm_kb(running.pid)))
+        for name, command in (("service", _command), ("floor", _floor_command)):
+            with server(workdir, command) as running:
+                if name == "service":
+                    answer = _call(running.base, calls[0])
+                    if not answer.get("cards"):
+                        raise RuntimeError("the service answered the first (failing) patient without cards")
+                for clients in concurrency:
+                    progress(f"  load ({name}): {clients} concurrent client(s) for {seconds:g} s")
+                    result = _loadgen(running.port, bodies_file, clients, seconds, warmup)
+                    results[name].append(replace(result, server_peak_rss_kb=_peak_rss_kb(running.pid)))
     mean_bytes = sum(len(b) for b in calls) // len(calls)
-    return LoadReport(results, in_process / len(calls), mean_bytes)
+    return LoadReport(results["service"], in_process / len(calls), mean_bytes, results["floor"])
+
+
+def _peak_rss_kb(supervisor: int) -> int:
+    """The largest VmHWM among the server's processes (its workers serve; the supervisor only waits)."""
+    pids = [supervisor]
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children")
+    if children.exists():
+        pids += [int(pid) for pid in children.read_text().split()]
+    return max((vm_hwm_kb(pid) for pid in pids), default=0)

@@ -111,19 +111,30 @@ def in_process_targets(results: list[SizeResult]) -> list[Target]:
 
 
 def load_table(report: LoadReport) -> str:
-    rows = [
-        [
-            str(r.concurrency),
-            f"{r.rps:,.1f}",
-            f"{r.p50_ms:,.1f}",
-            f"{r.p99_ms:,.1f}",
-            f"{r.requests:,}",
-            str(r.errors),
-            f"{r.server_peak_rss_kb / 1024:,.0f}",
-        ]
-        for r in report.results
-    ]
-    return _table(["clients", "requests/s", "p50 ms", "p99 ms", "requests", "errors", "server peak RSS MB"], rows)
+    rows = []
+    for r in report.results:
+        floor = report.floor_at(r.concurrency)
+        rows.append(
+            [
+                str(r.concurrency),
+                f"{r.rps:,.1f}",
+                f"{r.p50_ms:,.1f}",
+                f"{r.p99_ms:,.1f}",
+                f"{r.requests:,}",
+                str(r.errors),
+                f"{r.server_peak_rss_kb / 1024:,.0f}",
+                f"{floor.rps:,.1f}" if floor else "-",
+                f"{floor.p99_ms:,.1f}" if floor else "-",
+                f"{r.rps / floor.rps:.2f}" if floor and floor.rps else "-",
+            ]
+        )
+    header = ["clients", "requests/s", "p50 ms", "p99 ms", "requests", "errors", "worker peak RSS MB"]
+    header += ["floor req/s", "floor p99 ms", "of floor"]
+    note = (
+        "\n  floor: the same server and workers (fhirsvc/serving.py) with an app that only reads and parses the body"
+        " (bench/floor_app.py)"
+    )
+    return _table(header, rows) + note
 
 
 def load_targets(report: LoadReport) -> list[Target]:

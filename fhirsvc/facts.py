@@ -111,6 +111,7 @@ class PatientFacts:
     # Every program asks the same questions of the exposures on the same days: answered once per day.
     _started: dict[date, list[MedicationExposure]] = field(default_factory=dict, repr=False, compare=False)
     _active: dict[date, list[MedicationExposure]] = field(default_factory=dict, repr=False, compare=False)
+    _drugs: dict[date, frozenset[str]] = field(default_factory=dict, repr=False, compare=False)
 
     def started_by(self, day: date) -> list[MedicationExposure]:
         """Exposures that had started on `day` (the record may hold later, planned or future-dated ones), in
@@ -118,6 +119,13 @@ class PatientFacts:
         found = self._started.get(day)
         if found is None:
             found = self._started[day] = sorted((e for e in self.exposures if e.start <= day), key=exposure_order)
+        return found
+
+    def drugs_started_by(self, day: date) -> frozenset[str]:
+        """Every ingredient the patient had started on `day`."""
+        found = self._drugs.get(day)
+        if found is None:
+            found = self._drugs[day] = frozenset(d for e in self.started_by(day) for d in e.drugs)
         return found
 
     def active_on(self, day: date) -> list[MedicationExposure]:

@@ -43,7 +43,7 @@ def _in_scope(program: Program, facts: PatientFacts, classes: dict[str, str], as
     if any(d.codes & codes for d in facts.diagnoses if d.onset is None or d.onset <= as_of):
         return True
     anchors = set(program.scope.treatment_classes)
-    return any(classes.get(drug) in anchors for e in facts.started_by(as_of) for drug in e.drugs)
+    return any(classes.get(drug) in anchors for drug in facts.drugs_started_by(as_of))
 
 
 def evaluate_program(program: Program, facts: PatientFacts, knowledge: Knowledge, as_of: date) -> ProgramResult | None:
