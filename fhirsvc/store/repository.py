@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Connection, Insert, Table, func, select
+from sqlalchemy import Connection, Insert, Table, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -64,16 +64,18 @@ def _issued_card_upsert(dialect: str) -> Insert:
     )
 
 
+# Built once: this runs on every CDS call, and building the statement cost more than running it.
+_OVERRIDES = select(
+    Feedback.card_uuid, Feedback.outcome_timestamp, Feedback.override_reason, Feedback.user_comment
+).where(Feedback.card_uuid.in_(bindparam("uuids", expanding=True)), Feedback.outcome == "overridden")
+
+
 def suppressed(session: Session | Connection, uuids: Iterable[str], since: datetime) -> set[str]:
     """Cards overridden with a reason (coded or a comment) at or after `since`: not shown again until then."""
     wanted = list(uuids)
     if not wanted:
         return set()
-    rows = session.execute(
-        select(Feedback.card_uuid, Feedback.outcome_timestamp, Feedback.override_reason, Feedback.user_comment).where(
-            Feedback.card_uuid.in_(wanted), Feedback.outcome == "overridden"
-        )
-    ).all()
+    rows = session.execute(_OVERRIDES, {"uuids": wanted}).all()
     hidden = set()
     for uuid, stamp, reason, comment in rows:
         when = _parse_instant(stamp)
