@@ -34,6 +34,9 @@ def statement(**fields: Any) -> dict[str, Any]:
         ("2025-03", date(2025, 3, 1)),
         ("2025", date(2025, 1, 1)),
         ("2025-13-01", None),
+        ("2025-02-30T00:00:00Z", None),  # the full-date fast path must refuse what the general one refuses
+        ("2025-03-04", date(2025, 3, 4)),
+        ("2025-03-4x", None),
         ("yesterday", None),
         (None, None),
         (20250101, None),
