@@ -147,7 +147,7 @@ def parse_date(value: object) -> date | None:
     if not isinstance(value, str) or len(value) < 4:
         return None
     if len(value) >= 10 and value[4] == "-" and value[7] == "-":
-        try:  # the common full date: date.fromisoformat is C, several times faster than the general path
+        try:  # the common full date: date.fromisoformat (C) is faster than the general path below
             return date.fromisoformat(value[:10])
         except ValueError:
             pass
