@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from bench.client_auth import BenchClient
 from bench.generate import AS_OF, PROGRAMS, SEED, patient_resources, request_body, seeded
 from bench.inprocess import Pipeline
 from bench.population import vm_hwm_kb
@@ -25,6 +26,7 @@ from bench.timing import measure, percentile
 SERVICE = "/cds-services/second-line-patient-view"
 RESOURCES = 300
 BODIES = 20  # distinct patients, sent in turn
+TOKENS_PER_RUN = 4_000  # signed JWTs per run with client authentication: more than 5 + 1 s at 600 calls/s
 CONCURRENCY = (1, 10, 50)
 REPO = Path(__file__).resolve().parent.parent
 
@@ -76,14 +78,23 @@ class Server:
 
 
 @contextmanager
-def server(workdir: Path, command: Callable[[int], list[str]] = _command, startup_s: float = 30.0) -> Iterator[Server]:
-    """`fhirsvc serve` (or the floor) in a subprocess with FHIRSVC_TODAY pinned; yields its address, stops it after."""
+def server(
+    workdir: Path,
+    command: Callable[[int], list[str]] = _command,
+    startup_s: float = 30.0,
+    settings: dict[str, str] | None = None,
+) -> Iterator[Server]:
+    """`fhirsvc serve` (or the floor) in a subprocess with FHIRSVC_TODAY pinned; yields its address, stops it after.
+
+    `settings`: FHIRSVC_ variables on top of the defaults here (client authentication off, a store of its own).
+    """
     port = free_port()
     env = {
         **os.environ,
         "FHIRSVC_TODAY": AS_OF.isoformat(),
-        "FHIRSVC_CDS_AUTH": "off",  # no JWT signing in the load generator: see README, open findings
-        "FHIRSVC_STORE_URL": f"sqlite:///{workdir / 'bench-store.db'}",
+        "FHIRSVC_CDS_AUTH": "off",
+        "FHIRSVC_STORE_URL": f"sqlite:///{workdir / f'{port}-store.db'}",
+        **(settings or {}),
     }
     log_path = workdir / f"{command.__name__.strip('_')}.log"
     log = log_path.open("wb")
@@ -150,7 +161,9 @@ class LoadResult:
         }
 
 
-def _loadgen(port: int, bodies_file: Path, concurrency: int, seconds: float, warmup: float) -> LoadResult:
+def _loadgen(
+    port: int, bodies_file: Path, concurrency: int, seconds: float, warmup: float, tokens_file: Path | None = None
+) -> LoadResult:
     command = [
         sys.executable,
         "-m",
@@ -167,11 +180,14 @@ def _loadgen(port: int, bodies_file: Path, concurrency: int, seconds: float, war
         str(seconds),
         "--warmup",
         str(warmup),
+        *(["--tokens", str(tokens_file)] if tokens_file else []),
     ]
     done = subprocess.run(  # noqa: S603
         command, cwd=REPO, capture_output=True, timeout=seconds + warmup + 120, check=True
     )
     out = orjson.loads(done.stdout)
+    if out.get("out_of_tokens"):
+        raise RuntimeError(f"the load generator ran out of signed JWTs at {concurrency} clients: raise TOKENS_PER_RUN")
     latencies = out["latencies_ms"]
     return LoadResult(
         concurrency,
@@ -189,9 +205,13 @@ class LoadReport:
     in_process_ms: float  # the same bodies through the in-process pipeline (median): what HTTP adds is the rest
     body_bytes: int
     floor: list[LoadResult] = field(default_factory=list)  # the floor server under the same load
+    signed: list[LoadResult] = field(default_factory=list)  # the service with client JWTs checked on every call
 
     def floor_at(self, concurrency: int) -> LoadResult | None:
         return next((r for r in self.floor if r.concurrency == concurrency), None)
+
+    def signed_at(self, concurrency: int) -> LoadResult | None:
+        return next((r for r in self.signed if r.concurrency == concurrency), None)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -201,6 +221,7 @@ class LoadReport:
             "workers": WORKERS,
             **{str(r.concurrency): r.as_json() for r in self.results},
             "floor": {str(r.concurrency): r.as_json() for r in self.floor},
+            "signed": {str(r.concurrency): r.as_json() for r in self.signed},
         }
 
 
@@ -217,23 +238,34 @@ def run(
     finally:
         pipeline.close()
     seconds, warmup = (2.0, 0.5) if quick else (5.0, 1.0)
-    results: dict[str, list[LoadResult]] = {"service": [], "floor": []}
+    client = BenchClient()
+    signed = {"FHIRSVC_CDS_AUTH": "on", "FHIRSVC_CDS_CLIENTS": orjson.dumps([client.client_config()]).decode()}
+    setups: tuple[tuple[str, Callable[[int], list[str]], dict[str, str]], ...] = (
+        ("service", _command, {}),
+        ("signed", _command, signed),
+        ("floor", _floor_command, {}),
+    )
+    results: dict[str, list[LoadResult]] = {name: [] for name, _, _ in setups}
     with tempfile.TemporaryDirectory(prefix="fhirsvc-bench-") as tmp:
         workdir = Path(tmp)
         bodies_file = workdir / "bodies.ndjson"
         bodies_file.write_bytes(b"\n".join(calls) + b"\n")
-        for name, command in (("service", _command), ("floor", _floor_command)):
-            with server(workdir, command) as running:
+        for name, command, settings in setups:
+            with server(workdir, command, settings=settings) as running:
                 if name == "service":
                     answer = _call(running.base, calls[0])
                     if not answer.get("cards"):
                         raise RuntimeError("the service answered the first (failing) patient without cards")
                 for clients in concurrency:
+                    tokens_file = None
+                    if name == "signed":  # each JWT is good once (jti): signed afresh, before the clock starts
+                        tokens_file = workdir / "tokens.txt"
+                        tokens_file.write_text("\n".join(client.tokens(TOKENS_PER_RUN, SERVICE)))
                     progress(f"  load ({name}): {clients} concurrent client(s) for {seconds:g} s")
-                    result = _loadgen(running.port, bodies_file, clients, seconds, warmup)
+                    result = _loadgen(running.port, bodies_file, clients, seconds, warmup, tokens_file)
                     results[name].append(replace(result, server_peak_rss_kb=_peak_rss_kb(running.pid)))
     mean_bytes = sum(len(b) for b in calls) // len(calls)
-    return LoadReport(results["service"], in_process / len(calls), mean_bytes, results["floor"])
+    return LoadReport(results["service"], in_process / len(calls), mean_bytes, results["floor"], results["signed"])
 
 
 def _peak_rss_kb(supervisor: int) -> int:

@@ -113,7 +113,7 @@ def in_process_targets(results: list[SizeResult]) -> list[Target]:
 def load_table(report: LoadReport) -> str:
     rows = []
     for r in report.results:
-        floor = report.floor_at(r.concurrency)
+        floor, signed = report.floor_at(r.concurrency), report.signed_at(r.concurrency)
         rows.append(
             [
                 str(r.concurrency),
@@ -123,14 +123,18 @@ def load_table(report: LoadReport) -> str:
                 f"{r.requests:,}",
                 str(r.errors),
                 f"{r.server_peak_rss_kb / 1024:,.0f}",
+                f"{signed.rps:,.1f}" if signed else "-",
+                f"{signed.p99_ms:,.1f}" if signed else "-",
+                str(signed.errors) if signed else "-",
                 f"{floor.rps:,.1f}" if floor else "-",
                 f"{floor.p99_ms:,.1f}" if floor else "-",
                 f"{r.rps / floor.rps:.2f}" if floor and floor.rps else "-",
             ]
         )
     header = ["clients", "requests/s", "p50 ms", "p99 ms", "requests", "errors", "worker peak RSS MB"]
-    header += ["floor req/s", "floor p99 ms", "of floor"]
+    header += ["signed req/s", "signed p99 ms", "signed errors", "floor req/s", "floor p99 ms", "of floor"]
     note = (
+        "\n  signed: the same service with FHIRSVC_CDS_AUTH=on, every call carrying its own ES384 client JWT"
         "\n  floor: the same server and workers (fhirsvc/serving.py) with an app that only reads and parses the body"
         " (bench/floor_app.py)"
     )

@@ -22,7 +22,7 @@ import orjson
 from fastapi import Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import delete
+from sqlalchemy import bindparam, delete, insert
 from sqlalchemy.exc import IntegrityError
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -126,16 +126,20 @@ async def _fetch_jwks(http: httpx.AsyncClient, url: str) -> Any:
         raise ValueError("JWKS is not JSON") from None
 
 
+# Built once: every authenticated call runs them (Core statements; the ORM's unit of work cost more than the SQL).
+_PURGE_JTI = delete(SeenJti).where(SeenJti.expires_at < bindparam("now"))
+# A jti reused long after its token expired is not a replay of a live token.
+_FORGET_EXPIRED_JTI = delete(SeenJti).where(SeenJti.jti == bindparam("jti"), SeenJti.expires_at < bindparam("now"))
+_REMEMBER_JTI = insert(SeenJti)
+
+
 def remember_jti(store: Store, issuer: str, jti: str, expires_at: datetime, purge: bool) -> bool:
     """Record a jti until its token expires; False when it was already there (a replay)."""
     now = datetime.now(UTC)
     try:
-        with store.session() as session:
-            if purge:
-                session.execute(delete(SeenJti).where(SeenJti.expires_at < now))
-            else:  # a jti reused long after its token expired is not a replay of a live token
-                session.execute(delete(SeenJti).where(SeenJti.jti == jti, SeenJti.expires_at < now))
-            session.add(SeenJti(jti=jti, issuer=issuer, expires_at=expires_at))
+        with store.connection() as connection:
+            connection.execute(_PURGE_JTI if purge else _FORGET_EXPIRED_JTI, {"now": now, "jti": jti})
+            connection.execute(_REMEMBER_JTI, {"jti": jti, "issuer": issuer, "expires_at": expires_at})
     except IntegrityError:
         return False
     return True
