@@ -70,34 +70,13 @@ def _bundle_resources(bundle: dict[str, Any], record: PatientRecord) -> list[Any
 
 
 def _take(record: PatientRecord, resources: list[Any], expected: str) -> str | None:
-    """Add one prefetch value's resources to the record in one pass, unless it reports a failed fetch (then nothing
-    is added and the failure is returned). This runs once per resource of every call: the common case, a clinical
-    resource whose subject is `expected` ("Patient/<id>"), is decided inline; the rest goes through `_add`."""
-    outcomes: list[dict[str, Any]] = []
-    ours: list[tuple[str, dict[str, Any]]] = []
-    others: list[dict[str, Any]] = []
-    for resource in resources:
-        rtype = resource.get("resourceType")
-        if rtype == "OperationOutcome":
-            outcomes.append(resource)
-            continue
-        subject = resource.get("subject") or resource.get("patient")
-        if (
-            isinstance(subject, dict)
-            and subject.get("reference") == expected
-            and isinstance(rtype, str)  # any JSON value may come here: a list is unhashable
-            and rtype in CLINICAL_TYPES
-        ):
-            ours.append((rtype, resource))
-        else:
-            others.append(resource)
+    """Add one prefetch value's resources to the record (`_add` decides each one), unless it reports a failed fetch:
+    then nothing is added and the failure is returned."""
+    outcomes = [r for r in resources if r.get("resourceType") == "OperationOutcome"]
     failure = _failed_outcome(outcomes)
     if failure is not None:
         return failure
-    by_type = record.resources
-    for rtype, resource in ours:
-        by_type[rtype].append(resource)
-    for resource in others:
+    for resource in resources:
         _add(record, resource, expected)
     return None
 

@@ -138,7 +138,10 @@ def remember_jti(store: Store, issuer: str, jti: str, expires_at: datetime, purg
     now = datetime.now(UTC)
     try:
         with store.connection() as connection:
-            connection.execute(_PURGE_JTI if purge else _FORGET_EXPIRED_JTI, {"now": now, "jti": jti})
+            if purge:
+                connection.execute(_PURGE_JTI, {"now": now})
+            else:
+                connection.execute(_FORGET_EXPIRED_JTI, {"now": now, "jti": jti})
             connection.execute(_REMEMBER_JTI, {"jti": jti, "issuer": issuer, "expires_at": expires_at})
     except IntegrityError:
         return False

@@ -70,7 +70,7 @@ class ConceptMemo(Generic[T]):
     """Keeps answers computed from a CodeableConcept alone, keyed by the concept's JSON.
 
     A chart repeats a few dozen concepts (routine labs, everyday drugs) hundreds of times, so reading each once per
-    process replaces per-resource Python with one `orjson.dumps` and a dict look-up (bench/README.md, finding 10).
+    process replaces per-resource Python with one `orjson.dumps` and a dict look-up (bench/README.md, "What was fixed").
     Bounded: concepts are untrusted input, so past `limit` distinct concepts new answers are computed, not kept.
     """
 
