@@ -6,6 +6,7 @@ from typing import Any
 
 from fhirsvc.cds.cards import cards_for
 from fhirsvc.cds.models import compact
+from fhirsvc.deceased import Death
 from fhirsvc.rules.base import Assessment
 from fhirsvc.rules.evaluate import PatientResult, ProgramResult
 
@@ -55,12 +56,22 @@ def patient_report(result: PatientResult) -> dict[str, Any]:
         "programs": [_program(p) for p in result.programs],
         "cards": [compact(c.model_dump(mode="json", exclude_none=True)) for c in cards_for(result)],
         "skipped_resources": result.skipped,
+        **({"deceased": _death(result.death)} if result.death else {}),
+        **({"incomplete": dict(sorted(result.incomplete.items()))} if result.incomplete else {}),
     }
+
+
+def _death(death: Death) -> str | bool:
+    return death.date.isoformat() if death.date else True
 
 
 def patient_text(result: PatientResult) -> str:
     """Per program: the line table, then each assessment with its evidence values, dates and guideline."""
     out = [f"{result.patient} (as of {result.as_of.isoformat()})"]
+    if result.death:
+        out.append(f"  deceased {_death(result.death) if result.death.date else '(date not recorded)'}: no findings")
+    for what, why in sorted(result.incomplete.items()):
+        out.append(f"  incomplete {what}: {why}")
     if not result.programs:
         out.append("  no program applies")
     for program in result.programs:

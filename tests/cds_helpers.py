@@ -15,19 +15,13 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from fhirsvc.fhir.record import bundle_resources
+from fhirsvc.fhir.record import RECORD_PARTS, bundle_resources
 
 FHIR_BASE = "https://fhir.example.test/r4"
 TOKEN = "test-access-token"
 
-_KEY_TYPES = {
-    "conditions": "Condition",
-    "medicationStatements": "MedicationStatement",
-    "medicationRequests": "MedicationRequest",
-    "observations": "Observation",
-    "allergies": "AllergyIntolerance",
-    "goals": "Goal",
-}
+# Every search of the record definition, as an EHR fills the discovery's prefetch templates.
+_KEY_TYPES = {part.key: part.resource_type for part in RECORD_PARTS if part.key != "patient"}
 
 
 def searchset(resources: list[dict[str, Any]], next_url: str | None = None) -> dict[str, Any]:

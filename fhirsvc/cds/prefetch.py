@@ -6,16 +6,16 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from fhirsvc.cds.models import Card, CdsRequest, Coding, FhirAuthorization, Link, Source
 from fhirsvc.cds.services import PREFETCH, REQUIRED, render
-from fhirsvc.fhir.client import FhirClientPool, SearchResult, next_link
+from fhirsvc.fhir.client import FhirClient, FhirClientPool, SearchResult, next_link
 from fhirsvc.fhir.errors import FhirError, FhirInvalidResponse, FhirServerError, FhirTransportError
 from fhirsvc.fhir.quirks import adaptive_search
-from fhirsvc.fhir.record import CLINICAL_TYPES, PatientRecord, subject_reference
+from fhirsvc.fhir.record import CLINICAL_TYPES, RECORD_PART_BY_KEY, PatientRecord, subject_reference
 from fhirsvc.fhir.resource_types import FHIR_RESOURCE_TYPES
 
 log = logging.getLogger(__name__)
@@ -88,11 +88,14 @@ async def gather(
     deadline: float | None = None,
     tolerate_upstream_faults: bool = False,
 ) -> Gathered:
-    """Build the patient's record from prefetch, fetching absent or failed keys from `fhirServer` in parallel.
+    """Build the patient's record from prefetch, fetching absent or failed keys from `fhirServer` in parallel,
+    then the Medication resources the record's medications reference.
 
     `deadline` (time.monotonic()) cuts every fetch still running then. With `tolerate_upstream_faults`, required
     keys lost to a slow, down or failing server land in `Gathered.missing` instead of raising DataUnavailable
-    (the CDS call answers anyway; the poller must not act on partial data, so it keeps the default).
+    (the CDS call answers anyway; the poller must not act on partial data, so it keeps the default). A search cut
+    short (page cap, a server-side limit) and an optional key lost to a fault are recorded in
+    `record.incomplete`, so the findings that depend on them are withheld.
     """
     patient_id = request.patient_id
     record = PatientRecord(patient_id)
@@ -120,6 +123,8 @@ async def gather(
             continue
         if is_bundle and next_link(value) is not None:
             continuations[key] = value  # a paginated prefetch: the rest is on the server
+        elif is_bundle and _short_of_total(value):
+            record.incomplete[RECORD_PART_BY_KEY[key].resource_type] = "the prefetch holds fewer results than its total"
 
     loop = asyncio.get_running_loop()
     cutoff = None if deadline is None else loop.time() + (deadline - time.monotonic())
@@ -145,10 +150,14 @@ async def gather(
 
     results = await asyncio.gather(*(fetch(k) for k in [*to_fetch, *continuations]))
     for key, outcome in results:
+        resource_type = RECORD_PART_BY_KEY[key].resource_type
         if isinstance(outcome, SearchResult):
             gathered.fetched.append(key)
             for resource in outcome.resources:
                 _add(record, resource, f"Patient/{patient_id}")
+            if outcome.truncated:
+                record.incomplete[resource_type] = f"the search stopped after {outcome.pages} pages"
+                log.warning("search for %s cut short after %d pages", resource_type, outcome.pages)
             continue
         reason = to_fetch.get(key, "paging failed")
         why = f"{reason}; no fhirServer to fetch from" if outcome is None else f"{reason}; fetch failed: {outcome}"
@@ -157,6 +166,8 @@ async def gather(
             gathered.upstream_faults.append(key)
         if key not in REQUIRED:
             gathered.failed[key] = why
+            if outcome is not None:  # a fetch was tried and failed: the data exists but was not read
+                record.incomplete[resource_type] = why
             log.info("optional prefetch %s unavailable: %s", key, type(outcome).__name__)
         elif upstream_fault and tolerate_upstream_faults:
             gathered.missing[key] = why
@@ -165,25 +176,77 @@ async def gather(
             unavailable[key] = why
     if unavailable:
         raise DataUnavailable(unavailable)
+    if client is not None and not gathered.missing:
+        await _fetch_medications(client, record, token, max_pages, cutoff, gathered)
     return gathered
 
 
-# Card for a FHIR server that failed us (CDS Hooks 2.0 #providing-fhir-resources-to-a-cds-service): the user learns
-# the check could not be completed instead of seeing nothing, or a finding based on data that never arrived.
-INCOMPLETE_SUMMARY = "FHIR server did not answer in time; findings may be incomplete"
+# Medications referenced by id are read in batches of this many ids (`_id=a,b,...`; URLs stay short).
+_MEDICATION_BATCH = 50
+
+
+async def _fetch_medications(
+    client: FhirClient,
+    record: PatientRecord,
+    token: str | None,
+    max_pages: int,
+    cutoff: float | None,
+    gathered: Gathered,
+) -> None:
+    """Read the Medication resources that `medicationReference`s name and the record lacks (no prefetch template
+    can ask for them: they depend on the orders' content). Without them a product coded only on the Medication
+    would be unrecognised, so a failed read marks Medication incomplete."""
+    missing = [ref.partition("/")[2] for ref in record.missing_medications()]
+    if not missing:
+        return
+    try:
+        async with asyncio.timeout_at(cutoff):
+            for start in range(0, len(missing), _MEDICATION_BATCH):
+                ids = ",".join(missing[start : start + _MEDICATION_BATCH])
+                result = await client.search(f"Medication?_id={ids}", token, max_pages)
+                for resource in result.resources:
+                    if resource.get("resourceType") == "Medication" and isinstance(resource.get("id"), str):
+                        record.medications[f"Medication/{resource['id']}"] = resource
+        gathered.fetched.append("medications")
+    except (FhirError, TimeoutError) as exc:
+        reason = str(exc) or type(exc).__name__
+        record.incomplete["Medication"] = f"referenced medications could not be read: {reason}"
+        log.info("referenced medications unavailable: %s", type(exc).__name__)
+
+
+def _short_of_total(bundle: dict[str, Any]) -> bool:
+    """A searchset whose `total` counts more matches than it carries, with no `next` link to read the rest."""
+    total = bundle.get("total")
+    if not isinstance(total, int) or isinstance(total, bool):
+        return False
+    entries = bundle.get("entry")
+    matches = sum(
+        1
+        for e in (entries if isinstance(entries, list) else ())
+        if isinstance(e, dict)
+        and not (isinstance(e.get("search"), dict) and e["search"].get("mode") in ("include", "outcome"))
+    )
+    return matches < total
+
+
+# Card for data that could not be read completely (CDS Hooks 2.0 #providing-fhir-resources-to-a-cds-service): the
+# user learns the check could not be completed instead of seeing nothing, or a finding based on data that never
+# arrived. One card whatever the cause: a slow, down or failing server, or a search cut short by a page cap.
+INCOMPLETE_SUMMARY = "Not all FHIR data could be read; findings may be incomplete"
 _FETCH_DOC = "https://cds-hooks.hl7.org/2.0/#providing-fhir-resources-to-a-cds-service"
 _NAMESPACE = uuid.UUID("0c4f8d7e-6b1a-4f0e-9a55-3f2d1c9b7e42")
 
 
-def incomplete_card(patient_id: str, keys: Iterable[str]) -> Card:
-    """One info card (status data-needed) naming the data the FHIR server did not deliver."""
-    wanted = ", ".join(sorted(keys))
+def incomplete_card(patient_id: str, unread: Mapping[str, str]) -> Card:
+    """One info card (status data-needed) naming each resource type not read completely and why."""
+    rows = "\n".join(f"- **{what}**: {why}" for what, why in sorted(unread.items()))
     return Card(
         uuid=str(uuid.uuid5(_NAMESPACE, f"Patient/{patient_id}|fhir-server-unavailable")),
         summary=INCOMPLETE_SUMMARY,
         detail=(
-            f"fhirsvc could not read **{wanted}** from the FHIR server in time (slow, unreachable or failing), "
-            "so this patient was not checked completely. Open the patient again later to repeat the check."
+            "fhirsvc could not read all of this patient's data from the FHIR server (slow, unreachable or failing, "
+            f"or a search cut short):\n\n{rows}\n\nFindings that depend on this data are not shown. "
+            "Open the patient again later to repeat the check."
         ),
         indicator="info",
         source=Source(
@@ -193,6 +256,13 @@ def incomplete_card(patient_id: str, keys: Iterable[str]) -> Card:
         ),
         links=[Link(label="CDS Hooks: how a CDS service reads FHIR data", url=_FETCH_DOC, type="absolute")],
     )
+
+
+def by_resource_type(keys: Mapping[str, str]) -> dict[str, str]:
+    """Prefetch keys with their reasons → the same reasons by resource type (what a clinician can read)."""
+    return {
+        RECORD_PART_BY_KEY[key].resource_type if key in RECORD_PART_BY_KEY else key: why for key, why in keys.items()
+    }
 
 
 def _add(record: PatientRecord, resource: dict[str, Any], expected: str) -> None:

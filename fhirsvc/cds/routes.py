@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from fhirsvc.cds.cards import cards_with_findings
 from fhirsvc.cds.feedback import FeedbackItem, FeedbackRequest, filter_and_record, parse_feedback, store_feedback
 from fhirsvc.cds.models import CdsRequest, CdsResponse, Discovery, inline_schema, response_body
-from fhirsvc.cds.prefetch import DataUnavailable, gather, incomplete_card
+from fhirsvc.cds.prefetch import DataUnavailable, by_resource_type, gather, incomplete_card
 from fhirsvc.cds.security import CdsClientIdentity, cds_client, discovery_client, fhir_server_allowed
 from fhirsvc.cds.services import PREFETCH, SERVICES
 from fhirsvc.config import Settings
@@ -159,22 +159,24 @@ async def call_service(
     if gathered.missing:
         # Evaluating without required data would turn "not fetched" into "not on file" (e.g. "no viral load"):
         # answer only that the check is incomplete.
-        return OrjsonResponse(response_body([incomplete_card(cds_request.patient_id, gathered.missing)]))
+        card = incomplete_card(cds_request.patient_id, by_resource_type(gathered.missing))
+        return OrjsonResponse(response_body([card]))
     if service.plans_from_draft_orders:
         gathered.record.planned.extend(_draft_medication_orders(cds_request.context.get("draftOrders")))
     result = evaluate_record(gathered.record, knowledge, as_of)
     if result.skipped:  # malformed resources left out of the evaluation: counted on the request's log line
         annotate(request, skipped_resources=result.skipped)
     findings = cards_with_findings(result)
-    patient, faults = result.patient, gathered.upstream_faults
+    # A dead patient gets no card at all, not even "data incomplete".
+    patient, unread = result.patient, ({} if result.death else result.incomplete)
     # The parsed request and record are not needed past this point: release them before waiting on the store,
     # so concurrent calls do not each hold a whole prefetch in memory (bench/README.md finding 6).
     del body, cds_request, gathered, result
     cards = await run_in_threadpool(
         filter_and_record, store, service.id, patient, findings, settings.feedback_suppress_days
     )
-    if faults:  # only optional data is missing: the findings stand, but may not be all
-        cards.append(incomplete_card(patient.partition("/")[2], faults))
+    if unread:  # the findings that read the missing data were withheld
+        cards.append(incomplete_card(patient.partition("/")[2], unread))
     return OrjsonResponse(response_body(cards))
 
 

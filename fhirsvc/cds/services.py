@@ -4,22 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Only {{context.patientId}}: the one token every 2.0 client fills (cds-hooks.md pitfalls 3-4). Dates are
-# filtered service-side. _count is in the 2.0 query subset and saves round trips on servers that page at 20.
-PREFETCH: dict[str, str] = {
-    "patient": "Patient/{{context.patientId}}",
-    "conditions": "Condition?patient={{context.patientId}}",
-    "medicationStatements": "MedicationStatement?patient={{context.patientId}}",
-    "medicationRequests": "MedicationRequest?patient={{context.patientId}}",
-    "observations": "Observation?patient={{context.patientId}}&_count=200",
-    "allergies": "AllergyIntolerance?patient={{context.patientId}}",
-    "goals": "Goal?patient={{context.patientId}}",
-}
+from fhirsvc.fhir.record import PATIENT_ID_TOKEN, RECORD_PARTS
 
-# Data without which no assessment can be trusted → 412 when unobtainable. The others degrade gracefully:
-# demographics are not needed by the rules, US Core / Cerner expose no MedicationStatement, and allergies
-# and goals refine findings (intolerance, a patient-specific target) without being needed for them.
-REQUIRED: frozenset[str] = frozenset({"conditions", "medicationRequests", "observations"})
+# The prefetch templates are the record definition (fhirsvc.fhir.record.RECORD_PARTS), so a CDS call, the poller
+# and file reading all see the same resource types.
+PREFETCH: dict[str, str] = {part.key: part.search for part in RECORD_PARTS}
+# Data without which no assessment can be trusted → 412 when unobtainable; the others degrade gracefully.
+REQUIRED: frozenset[str] = frozenset(part.key for part in RECORD_PARTS if part.required)
 
 
 @dataclass(frozen=True)
@@ -61,4 +52,4 @@ SERVICES: dict[str, Service] = {
 
 
 def render(template: str, patient_id: str) -> str:
-    return template.replace("{{context.patientId}}", patient_id)
+    return template.replace(PATIENT_ID_TOKEN, patient_id)

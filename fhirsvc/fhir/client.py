@@ -38,8 +38,10 @@ class SearchResult:
     resources: list[dict[str, Any]] = field(default_factory=list)
     outcomes: list[dict[str, Any]] = field(default_factory=list)
     pages: int = 0
-    truncated: bool = False
+    truncated: bool = False  # the server holds more matches than were read (page cap, or a server-side limit)
     duplicates: int = 0
+    matches: int = 0  # entries with search.mode "match" (or no mode), duplicates included
+    total: int | None = None  # Bundle.total of the first page, when the server sent one
     seen: set[tuple[Any, Any]] = field(default_factory=set, repr=False)
 
     def add(self, resource: dict[str, Any]) -> None:
@@ -60,7 +62,17 @@ class SearchResult:
             self.add(resource)
         self.outcomes += other.outcomes
         self.pages += other.pages
+        self.matches += other.matches
         self.truncated = self.truncated or other.truncated
+
+    def check_total(self) -> None:
+        """Mark the result truncated when the server said it has more matches than its pages held.
+
+        HAPI stops offering `next` after 10,000 results of one search (hapi-fhir#3599) while `total` still counts
+        them all: without this check the missing results would read as "not on file".
+        """
+        if self.total is not None and self.matches < self.total:
+            self.truncated = True
 
 
 def normalise_base(url: str) -> str:
@@ -175,7 +187,10 @@ class FhirClient:
         body = await self.get_json(query, token)
         result = SearchResult()
         self.absorb(body, result)
+        total = body.get("total")
+        result.total = total if isinstance(total, int) and not isinstance(total, bool) else None
         await self.follow_next(body, result, token, max_pages)
+        result.check_total()
         return result
 
     def absorb(self, bundle: dict[str, Any], result: SearchResult) -> None:
@@ -193,6 +208,9 @@ class FhirClient:
             if resource.get("resourceType") == "OperationOutcome":
                 result.outcomes.append(resource)
                 continue
+            search = entry.get("search")
+            if not (isinstance(search, dict) and search.get("mode") in ("include", "outcome")):
+                result.matches += 1
             result.add(resource)
 
     async def follow_next(

@@ -14,20 +14,52 @@ log = logging.getLogger(__name__)
 
 Resource = dict[str, Any]
 
-# Resource types the pipeline reads; anything else in a bundle is ignored (not an error).
-CLINICAL_TYPES = frozenset(
-    {
-        "Patient",
-        "Condition",
-        "Observation",
-        "MedicationStatement",
-        "MedicationRequest",
+PATIENT_ID_TOKEN = "{{context.patientId}}"  # noqa: S105 (a CDS Hooks prefetch token, not a secret)
+
+
+@dataclass(frozen=True)
+class RecordPart:
+    """One resource type of a patient record: how to search it, under which CDS Hooks prefetch key, and whether
+    an evaluation can be trusted without it."""
+
+    key: str
+    resource_type: str
+    search: str  # a read or search relative to the FHIR base, with PATIENT_ID_TOKEN for the patient
+    required: bool = False
+
+    def query(self, patient_id: str) -> str:
+        return self.search.replace(PATIENT_ID_TOKEN, patient_id)
+
+
+# What a patient record holds: every door (CDS prefetch templates and fetches, the poller's changed-patient
+# searches and bulk export, file reading) reads exactly these types, plus the Medication resources that
+# `medicationReference`s name. Templates use only {{context.patientId}}, the one token every CDS Hooks 2.0 client
+# fills, and parameters of the 2.0 query subset (https://cds-hooks.hl7.org/2.0/#prefetch-template); _count saves
+# round trips on servers that page at 20. Required: conditions, medication orders and results decide every finding.
+# Optional: demographics (death is read when present), MedicationStatement (US Core and Cerner have none),
+# MedicationAdministration (infusion records; many servers expose none), allergies and goals (they refine findings).
+RECORD_PARTS: tuple[RecordPart, ...] = (
+    RecordPart("patient", "Patient", f"Patient/{PATIENT_ID_TOKEN}"),
+    RecordPart("conditions", "Condition", f"Condition?patient={PATIENT_ID_TOKEN}", required=True),
+    RecordPart("medicationStatements", "MedicationStatement", f"MedicationStatement?patient={PATIENT_ID_TOKEN}"),
+    RecordPart(
+        "medicationRequests", "MedicationRequest", f"MedicationRequest?patient={PATIENT_ID_TOKEN}", required=True
+    ),
+    RecordPart(
+        "medicationAdministrations",
         "MedicationAdministration",
-        "Medication",
-        "AllergyIntolerance",
-        "Goal",
-    }
+        f"MedicationAdministration?patient={PATIENT_ID_TOKEN}&_count=200",
+    ),
+    RecordPart("observations", "Observation", f"Observation?patient={PATIENT_ID_TOKEN}&_count=200", required=True),
+    RecordPart("allergies", "AllergyIntolerance", f"AllergyIntolerance?patient={PATIENT_ID_TOKEN}"),
+    RecordPart("goals", "Goal", f"Goal?patient={PATIENT_ID_TOKEN}"),
 )
+RECORD_PART_BY_KEY = {part.key: part for part in RECORD_PARTS}
+# The types searched per patient (the poller's changed-patient searches, the bulk export's _type with Medication).
+PATIENT_TYPES: tuple[str, ...] = tuple(part.resource_type for part in RECORD_PARTS)
+MEDICATION_TYPES = frozenset({"MedicationStatement", "MedicationRequest", "MedicationAdministration"})
+# Resource types the pipeline reads; anything else in a bundle is ignored (not an error).
+CLINICAL_TYPES = frozenset({*PATIENT_TYPES, "Medication"})
 
 
 @dataclass
@@ -39,6 +71,9 @@ class PatientRecord:
     skipped: int = 0
     planned: list[Resource] = field(default_factory=list)  # draft orders (order-select / order-sign)
     medications: dict[str, Resource] = field(default_factory=dict)  # "Medication/<id>" -> resource
+    # Resource types that could not be read completely (a search cut short, a server fault), with the reason:
+    # findings that depend on them are withheld, never decided as if the data were absent.
+    incomplete: dict[str, str] = field(default_factory=dict)
 
     @property
     def reference(self) -> str:
@@ -53,6 +88,19 @@ class PatientRecord:
     def medication(self, reference: str) -> Resource | None:
         """The Medication a `medicationReference` names, when the record carries it."""
         return self.medications.get(normalise_reference(reference))
+
+    def missing_medications(self) -> list[str]:
+        """`Medication/<id>`s named by `medicationReference` (not contained) that the record does not hold."""
+        wanted: set[str] = set()
+        for rtype in sorted(MEDICATION_TYPES):
+            for resource in [*self.of_type(rtype), *(self.planned if rtype == "MedicationRequest" else ())]:
+                ref = resource.get("medicationReference")
+                target = ref.get("reference") if isinstance(ref, dict) else None
+                if isinstance(target, str) and not target.startswith("#"):
+                    key = normalise_reference(target)
+                    if key.startswith("Medication/") and key not in self.medications:
+                        wanted.add(key)
+        return sorted(wanted)
 
 
 def normalise_reference(reference: str) -> str:

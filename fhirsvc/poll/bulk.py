@@ -17,7 +17,7 @@ import orjson
 
 from fhirsvc.fhir.client import FHIR_JSON, FhirClient, is_under, retry_after_seconds
 from fhirsvc.fhir.errors import FhirError, FhirResponseError, FhirUnsafeLink, response_error
-from fhirsvc.poll.changes import POLLED_TYPES
+from fhirsvc.fhir.record import PATIENT_TYPES
 
 
 class BulkExportFailed(FhirError):
@@ -39,7 +39,7 @@ async def bulk_export(
     http: httpx.AsyncClient,
     token: str | None,
     since: str | None = None,
-    types: tuple[str, ...] = ("Patient", *POLLED_TYPES),
+    types: tuple[str, ...] = (*PATIENT_TYPES, "Medication"),
     max_wait: float = 3600.0,
     poll_floor: float = 1.0,
 ) -> tuple[list[dict[str, Any]], str | None]:

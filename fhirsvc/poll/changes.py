@@ -7,9 +7,11 @@ from datetime import datetime, timedelta
 
 from fhirsvc.fhir.client import FhirClient
 from fhirsvc.fhir.quirks import adaptive_search
-from fhirsvc.fhir.record import normalise_reference, subject_reference
+from fhirsvc.fhir.record import PATIENT_TYPES, normalise_reference, subject_reference
 
-POLLED_TYPES = ("Condition", "MedicationStatement", "MedicationRequest", "MedicationAdministration", "Observation")
+# Every type of the record definition: a new result, order, allergy or a death recorded on the Patient all change
+# what the patient's findings should be.
+POLLED_TYPES = PATIENT_TYPES
 
 
 @dataclass

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
 
+from fhirsvc.deceased import Death, death_by
 from fhirsvc.facts import PatientFacts, extract_facts
-from fhirsvc.fhir.record import PatientRecord
-from fhirsvc.lot.engine import Line, build_lines, drug_eras, regimen_keys
+from fhirsvc.fhir.record import MEDICATION_TYPES, PatientRecord
+from fhirsvc.lot.engine import DrugEra, Line, build_lines, drug_eras, regimen_keys
 from fhirsvc.rules import activity, confirmed_threshold, progression, targets, triggers  # noqa: F401 (registers kinds)
 from fhirsvc.rules.base import RULE_KINDS, Assessment, ProgramContext
 from fhirsvc.terminology.knowledge import Knowledge
@@ -32,6 +34,8 @@ class PatientResult:
     as_of: date
     programs: list[ProgramResult]
     skipped: int = 0
+    death: Death | None = None  # dead by as_of: lines end at death and no rule runs (no cards, no write-back)
+    incomplete: dict[str, str] = field(default_factory=dict)  # resource type → why it was not read completely
 
     @property
     def assessments(self) -> list[Assessment]:
@@ -46,21 +50,79 @@ def _in_scope(program: Program, facts: PatientFacts, classes: dict[str, str], as
     return any(classes.get(drug) in anchors for drug in facts.drugs_started_by(as_of))
 
 
-def evaluate_program(program: Program, facts: PatientFacts, knowledge: Knowledge, as_of: date) -> ProgramResult | None:
+def evaluate_program(
+    program: Program,
+    facts: PatientFacts,
+    knowledge: Knowledge,
+    as_of: date,
+    incomplete: Mapping[str, str] | None = None,
+    death: Death | None = None,
+) -> ProgramResult | None:
+    """Lines and rule results of one program; `incomplete` withholds the rules that read what is missing, and a
+    `death` ends the lines there and runs no rule."""
     classes = knowledge.program_drugs(program)
+    if death is not None and death.date is not None:
+        as_of = min(as_of, death.date)
     if not _in_scope(program, facts, classes, as_of):
         return None
     eras = drug_eras(facts.started_by(as_of), classes.keys(), program.lines.era_gap_days, in_order=True)
     lines = build_lines(eras, regimen_keys(program.lines, classes), program.lines, as_of, classes)
-    ctx = ProgramContext(program, facts, as_of, lines, eras, classes, knowledge.safety)
     result = ProgramResult(program, lines, classes)
+    if death is not None:
+        _end_lines_at_death(lines, eras, as_of if death.date is not None else None)
+        return result
+    ctx = ProgramContext(program, facts, as_of, lines, eras, classes, knowledge.safety)
     for rule in program.rules:
         assessment = RULE_KINDS[rule.kind](rule, ctx)
         ctx.assessments[rule.id] = assessment
+        missing = sorted(rule_inputs(rule) & (incomplete or {}).keys())
+        if missing:
+            assessment = withheld(assessment, missing)
         result.assessments.append(assessment)
         if rule.line_end_label:
             _label_line_ends(rule, ctx)
     return result
+
+
+# What every rule reads: the patient, the diagnoses that put them in the program, and the lines built from every
+# medication type. Rule kinds that also read results, allergies or goals add those (RULE_EXTRA_INPUTS).
+_LINE_INPUTS = frozenset({"Patient", "Condition", "Medication", *MEDICATION_TYPES})
+RULE_EXTRA_INPUTS: dict[str, frozenset[str]] = {
+    "intolerance": frozenset({"AllergyIntolerance"}),
+    "interaction": frozenset(),
+    "latest-above-target": frozenset({"Observation", "Goal"}),
+}
+
+
+def rule_inputs(rule: Rule) -> frozenset[str]:
+    """The resource types a rule's finding depends on (results unless its kind is known not to read them)."""
+    return _LINE_INPUTS | RULE_EXTRA_INPUTS.get(rule.kind, frozenset({"Observation"}))
+
+
+def withheld(assessment: Assessment, missing: list[str]) -> Assessment:
+    """A finding not decided because data it reads was not read completely: no card of its own (the caller shows
+    the one "findings may be incomplete" card), and never an answer built on the partial data."""
+    summary = f"Not decided: {', '.join(missing)} could not be read completely"
+    return replace(
+        assessment,
+        status="data-needed",
+        indicator="info",
+        summary=summary[:139],
+        card=False,
+        evidence=[],
+        measurements=[],
+        recommendations=[],
+        suggestions=[],
+    )
+
+
+def _end_lines_at_death(lines: list[Line], eras: list[DrugEra], death_day: date | None) -> None:
+    """No line outlives the patient: an ongoing line ends on the death date, or (date unknown) on the last day the
+    record shows one of its drugs."""
+    for line in lines:
+        if line.end is None:
+            last_seen = max([line.start, *(e.end or e.start for e in eras if e.drug in line.drugs)])
+            line.end, line.end_reason = death_day or last_seen, "death"
 
 
 def _label_line_ends(rule: Rule, ctx: ProgramContext) -> None:
@@ -84,9 +146,10 @@ def _label_line_ends(rule: Rule, ctx: ProgramContext) -> None:
 
 def evaluate_record(record: PatientRecord, knowledge: Knowledge, as_of: date) -> PatientResult:
     facts = extract_facts(record, knowledge.catalog, as_of, knowledge.observation_filter)
+    death = death_by(record, as_of)
     programs = []
     for program in knowledge.programs:
-        outcome = evaluate_program(program, facts, knowledge, as_of)
+        outcome = evaluate_program(program, facts, knowledge, as_of, record.incomplete, death)
         if outcome is not None:
             programs.append(outcome)
-    return PatientResult(record.reference, as_of, programs, facts.skipped)
+    return PatientResult(record.reference, as_of, programs, facts.skipped, death, dict(record.incomplete))

@@ -84,7 +84,7 @@ def test_slow_fhir_server_answers_within_budget_with_a_data_needed_card(knowledg
         response, elapsed = timed_call(client, hook_request("hiv-fail-basic", None, fhir_server=FHIR_BASE, token=TOKEN))
     assert elapsed < BUDGET + MARGIN, elapsed
     card = assert_only_the_incomplete_card(response)
-    assert "observations" in card["detail"] and "conditions" in card["detail"]
+    assert "**Observation**" in card["detail"] and "**Condition**" in card["detail"]
 
 
 def test_fetches_run_in_parallel_within_one_budget(knowledge: Knowledge) -> None:
@@ -113,13 +113,14 @@ def test_one_slow_required_key_gives_only_the_data_needed_card(knowledge: Knowle
         )
     assert elapsed < BUDGET + MARGIN
     card = assert_only_the_incomplete_card(response)
-    assert "observations" in card["detail"] and "conditions" not in card["detail"]
+    assert "**Observation**" in card["detail"] and "**Condition**" not in card["detail"]
 
 
-def test_slow_optional_key_keeps_the_findings_and_adds_the_card(knowledge: Knowledge) -> None:
+def test_slow_optional_key_keeps_the_findings_that_do_not_read_it(knowledge: Knowledge) -> None:
+    """Allergies are read only by the intolerance rule: the virologic-failure finding stands, with the card."""
     bundle = load_fixture("hiv/medicationrequest-only.json")
     prefetch = prefetch_from(bundle)
-    del prefetch["medicationStatements"]
+    del prefetch["allergies"]
     with make_client(knowledge, httpx.MockTransport(slow(5.0))) as client:
         response, elapsed = timed_call(
             client, hook_request("hiv-medicationrequest-only", prefetch, fhir_server=FHIR_BASE, token=TOKEN)
@@ -129,6 +130,20 @@ def test_slow_optional_key_keeps_the_findings_and_adds_the_card(knowledge: Knowl
     cards = response.json()["cards"]
     assert [c["summary"] == INCOMPLETE_SUMMARY for c in cards] == [False, True]
     assert "second-line" in cards[0]["summary"]
+    assert "**AllergyIntolerance**" in cards[1]["detail"]
+
+
+def test_slow_optional_medication_key_withholds_every_line_finding(knowledge: Knowledge) -> None:
+    """Lines are built from every medication type: without MedicationStatement no line can be trusted."""
+    prefetch = prefetch_from(load_fixture("hiv/medicationrequest-only.json"))
+    del prefetch["medicationStatements"]
+    with make_client(knowledge, httpx.MockTransport(slow(5.0))) as client:
+        response, elapsed = timed_call(
+            client, hook_request("hiv-medicationrequest-only", prefetch, fhir_server=FHIR_BASE, token=TOKEN)
+        )
+    assert elapsed < BUDGET + MARGIN
+    card = assert_only_the_incomplete_card(response)
+    assert "**MedicationStatement**" in card["detail"]
 
 
 @pytest.mark.parametrize(
