@@ -148,7 +148,7 @@ def poll(
                     typer.echo(
                         f"cycle: {report.resources_seen} changed resources, {report.patients} patients, "
                         f"{report.changed_states} new states, {report.written} findings written, "
-                        f"{report.closed} closed, {len(report.failed)} failed",
+                        f"{report.closed} closed, {len(report.failed)} failed, {len(report.incomplete)} incomplete",
                         err=True,
                     )
                     if once:

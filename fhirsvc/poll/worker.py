@@ -46,6 +46,7 @@ class CycleReport:
     closed: int = 0
     failed: list[str] = field(default_factory=list)
     resources_seen: int = 0
+    incomplete: list[str] = field(default_factory=list)  # patients evaluated on a search cut short
 
 
 class Progress:
@@ -154,8 +155,13 @@ class Poller:
         record: PatientRecord | None = None,
     ) -> None:
         if record is None:
-            record = (await fetch_patient(self.pool, server, patient_id, token, self.settings.fhir_max_pages)).record
+            gathered = await fetch_patient(self.pool, server, patient_id, token, self.settings.fhir_max_pages)
+            if gathered.failed:  # an optional search failed: the data exists but was not read; retry next cycle
+                raise DataUnavailable(gathered.failed)
+            record = gathered.record
         result = evaluate_record(record, self.knowledge, day)
+        if result.incomplete:
+            report.incomplete.append(patient_id)
         findings = [Finding(result.patient, a, c, day.isoformat()) for c, a in cards_with_findings(result)]
         target = self.settings.writeback_target
         with self.store.session() as session:
@@ -182,7 +188,9 @@ class Poller:
             report.written += len(new)
             report.writeback_batches += 1
             failpoint(self.settings, "after-writeback", report.writeback_batches)
-        await self._close_resolved(client, server, result, {f.id for f in findings}, token, report)
+        if not result.incomplete or result.death:
+            # On partial data a finding that no longer shows may still hold: nothing is closed until it is read whole.
+            await self._close_resolved(client, server, result, {f.id for f in findings}, token, report)
         self._save_states(server, result, day, report)
 
     async def _close_resolved(
@@ -198,14 +206,17 @@ class Poller:
             stale = [w for w in open_writebacks(session, server, result.patient) if w.identifier not in current]
             lines = {p.program.id: p.current_line.number if p.current_line else None for p in result.programs}
             previous = {w.identifier: latest_state(session, server, result.patient, w.program) for w in stale}
+        death = result.death
         for writeback in stale:
             before = previous[writeback.identifier]
             switched = before is not None and lines.get(writeback.program) not in (None, before.current_line)
-            reason = (
-                f"Switched to line {lines.get(writeback.program)}"
-                if switched
-                else "Finding no longer holds on re-evaluation (e.g. results back in range)"
-            )
+            if death is not None:
+                switched = False
+                reason = f"Patient deceased{f' on {death.date.isoformat()}' if death.date else ''}"
+            elif switched:
+                reason = f"Switched to line {lines.get(writeback.program)}"
+            else:
+                reason = "Finding no longer holds on re-evaluation (e.g. results back in range)"
             task_ref = writeback.resources.get("Task")
             if task_ref:
                 task = await client.get_json(task_ref, token)

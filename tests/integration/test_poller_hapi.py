@@ -129,6 +129,27 @@ async def test_poll_writes_each_finding_once_and_closes_resolved_ones(
         )
 
 
+async def test_a_death_recorded_on_the_patient_closes_its_open_tasks(
+    hapi_base_url: str, knowledge: Knowledge, store: Store
+) -> None:
+    """Only the Patient changes (deceasedDateTime): the poller sees it, writes nothing new and closes the Task."""
+    # A patient of its own: the other tests count on theirs staying alive and failing.
+    patient = load(hapi_base_url, [FIXTURES / "hiv" / "line2-failing.json"]).patients["hiv-line2-failing"]
+    first = await run_cycle(hapi_base_url, knowledge, store)
+    assert not first.failed
+    (task,) = search_all(hapi_base_url, f"Task?patient=Patient/{patient}&status=requested")
+    with httpx.Client(timeout=30, headers={"Cache-Control": "no-cache"}) as http:
+        record = http.get(f"{hapi_base_url}/Patient/{patient}").raise_for_status().json()
+        record["deceasedDateTime"] = "2026-05-01"
+        http.put(f"{hapi_base_url}/Patient/{patient}", json=record).raise_for_status()
+    second = await run_cycle(hapi_base_url, knowledge, store)
+    assert second.written == 0 and second.closed >= 1 and not second.failed
+    with httpx.Client(timeout=30, headers={"Cache-Control": "no-cache"}) as http:
+        closed = http.get(f"{hapi_base_url}/Task/{task['id']}").raise_for_status().json()
+    assert closed["status"] == "cancelled"
+    assert closed["statusReason"]["text"] == "Patient deceased on 2026-05-01"
+
+
 def test_a_crash_between_write_back_and_cursor_loses_nothing_and_duplicates_nothing(
     hapi_base_url: str, loaded: dict[str, str], tmp_path: Path
 ) -> None:
