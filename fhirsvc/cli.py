@@ -257,7 +257,7 @@ def demo(
     if serve_too:
         typer.echo(f"\nCDS Hooks discovery: http://127.0.0.1:{port}/cds-services")
         typer.echo("CDS client authentication is OFF for this local demo (FHIRSVC_CDS_AUTH=off).")
-        # A local demo, e.g. for the CDS Hooks sandbox, whose signing key is public anyway (cds-hooks.md §5, 6).
+        # A local demo, e.g. for the CDS Hooks sandbox, whose signing key is published with its source code anyway.
         run_service("127.0.0.1", port, get_settings().model_copy(update={"cds_auth": "off"}))
 
 

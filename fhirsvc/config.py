@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class ServerProfile(BaseModel):
-    """What one FHIR server needs (fhir-servers.md §3); unknown servers start from the defaults and adapt."""
+    """What one FHIR server needs (fhirsvc/fhir/quirks.py); unknown servers start from the defaults and adapt."""
 
     medication_statement: bool = Field(default=True, description="False for servers without it (Cerner).")
     observation_categories: list[str] = Field(

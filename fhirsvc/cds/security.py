@@ -193,7 +193,7 @@ class CdsAuthenticator:
                 jwt.PyJWK(jwk, algorithm=alg),
                 algorithms=[alg],
                 # `aud` is the URL of the endpoint invoked; health systems type it in, often with a trailing slash
-                # (cds-hooks.md §5 pitfall 6): the same endpoint either way.
+                # (the CDS Hooks sandbox sends `jku`; Epic types `aud` by hand): the same endpoint either way.
                 audience=[audience, audience + "/"],
                 issuer=iss,
                 leeway=self.leeway,

@@ -47,7 +47,7 @@ class SearchResult:
     def add(self, resource: dict[str, Any]) -> None:
         """Keep a resource unless one with the same type and id is already here.
 
-        Cerner can return the same resource on two pages (fhir-servers.md §3): the first copy wins.
+        Cerner can return the same resource on two pages (its published R4 conventions): the first copy wins.
         """
         key = (resource.get("resourceType"), resource.get("id"))
         if isinstance(key[0], str) and isinstance(key[1], str):  # a list id (hostile server) is unhashable
@@ -126,7 +126,7 @@ class FhirClient:
     async def get_json(self, path_or_url: str, token: str | None = None) -> dict[str, Any]:
         """GET one FHIR JSON body, retrying temporary faults; raises a FhirError subclass otherwise."""
         url = self.url(path_or_url)
-        # no-cache: HAPI reuses identical search results for 60 s unless told not to (fhir-servers.md §1.4);
+        # no-cache: HAPI reuses identical search results for 60 s unless told not to (its 60 s search-result cache);
         # a poller or a CDS call must see what was just written.
         headers = {"Accept": FHIR_JSON, "Cache-Control": "no-cache"}
         if token:

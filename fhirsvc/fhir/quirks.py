@@ -1,9 +1,10 @@
 """Searches that adapt to servers they have never seen: server profiles plus automatic fallbacks.
 
-Vendor servers break naive clients (fhir-servers.md §3): Cerner has no MedicationStatement and repeats ids across
-pages; Epic answers 400 to an Observation search without a category; HAPI pages 20 at a time and stops offering
-`next` after 10,000 results. A profile in the settings says what a known server needs; for an unknown one the first
-400/404 teaches the client, which remembers it for the life of the process.
+Vendor servers break naive clients. Cerner (the CapabilityStatement and conventions of its open R4 endpoint) has
+no MedicationStatement and repeats ids across pages; Epic (open.epic.com, Observation search) answers 400 to an
+Observation search without a category; HAPI pages 20 at a time and stops offering `next` after 10,000 results
+(hapi-fhir#3599). A profile in the settings says what a known server needs; for an unknown one the first 400/404
+teaches the client, which remembers it for the life of the process.
 """
 
 from __future__ import annotations
