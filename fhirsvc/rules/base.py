@@ -124,7 +124,8 @@ class ProgramContext:
             if lab.value is not None
             else ""
         )
-        return Measurement(lab.ref, lab.date, lab.value, lab.unit, lab.comparator, lab.not_detected, shown.strip())
+        shown = shown.strip() or "reported without a value"
+        return Measurement(lab.ref, lab.date, lab.value, lab.unit, lab.comparator, lab.not_detected, shown)
 
     def program_drugs_active(self, day: date | None = None) -> list[str]:
         return [d for d in self.active_drugs(day) if d in self.classes]
@@ -298,7 +299,7 @@ def _measure(lab: LabResult, unit: str, log_scale: bool, convert: Any, decimals:
         shown = f"{prefix}{format_number(lab.value, decimals)} {shown_unit}"
         return Measurement(lab.ref, lab.date, value, unit, lab.comparator, lab.not_detected, shown)
     shown = f"{prefix}{format_number(lab.value)} {shown_unit}"
-    converted = f"{prefix}{format_number(value, decimals)} {unit}" if decimals is not None else ""
+    converted = f"{prefix}{format_number(value, decimals)} {unit}"
     return Measurement(lab.ref, lab.date, value, unit, lab.comparator, lab.not_detected, shown, converted)
 
 

@@ -25,7 +25,7 @@ def progression(rule: Rule, ctx: ProgramContext) -> Assessment:
     if not found:
         return make_assessment(rule, ctx, "no-progression", {}, [], line)
     latest = ctx.as_measurement(found[-1])
-    values = {"date": latest.date.isoformat(), "value": latest.shown or "progression"}
+    values = {"date": latest.date.isoformat(), "value": latest.shown}
     return make_assessment(rule, ctx, "progression", values, [latest], line)
 
 

@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 import yaml
 
-from fhirsvc.cds.cards import cards_for
+from fhirsvc.cds.cards import cards_for, cards_with_findings
 from fhirsvc.fhir.record import RecordBuilder
+from fhirsvc.poll.writeback import Finding, guidance_entries
 from fhirsvc.rules.evaluate import PatientResult, evaluate_record
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.conftest import FIXTURES, load_fixture
@@ -56,3 +57,21 @@ def test_one_card_carries_the_class_advice(knowledge: Knowledge) -> None:
     assert "SGLT2 inhibitor" in organ.summary
     assert not any("SGLT2" in r for r in a1c.recommendations)
     assert any("organ-protection card" in r for r in a1c.recommendations)
+
+
+@pytest.mark.parametrize(
+    ("name", "rule", "task_code"),
+    [
+        ("hf-at-target", "t2d-organ-protection", "evaluate-add-on"),
+        ("a1c-above", "t2d-a1c-above-target", "evaluate-second-line"),
+    ],
+)
+def test_written_back_task_says_add_on_not_second_line(
+    name: str, rule: str, task_code: str, knowledge: Knowledge
+) -> None:
+    (entry,) = [e for e in SCENARIOS if e["name"] == name]
+    result = _result(entry, knowledge)
+    (card, assessment) = next((c, a) for c, a in cards_with_findings(result) if a.rule == rule)
+    entries = guidance_entries(Finding(result.patient, assessment, card, entry["as_of"].isoformat()))
+    (task,) = [e["resource"] for e in entries if e["resource"]["resourceType"] == "Task"]
+    assert [c["code"] for c in task["code"]["coding"]] == [task_code]
