@@ -26,9 +26,7 @@ def detail_markdown(assessment: Assessment, classes: dict[str, str]) -> str:
     parts: list[str] = []
     if assessment.measurements:
         rows = "\n".join(
-            f"| {m.date.isoformat()} | {m.shown}"
-            + (f" (= {m.value:.0f} {m.unit})" if m.value is not None and "log" in m.shown else "")
-            + f" | {m.ref} |"
+            f"| {m.date.isoformat()} | {m.shown}" + (f" (= {m.converted})" if m.converted else "") + f" | {m.ref} |"
             for m in assessment.measurements
         )
         parts.append(f"**Evidence**\n\n| Date | Result | Record |\n|---|---|---|\n{rows}")

@@ -25,6 +25,11 @@ TASK_CODE = {
     ],
     "text": "Evaluate for second-line treatment",
 }
+# An agent added for another reason than failure of the line (organ protection in diabetes) is not a second line.
+ADD_ON_TASK_CODE = {
+    "coding": [{"system": "urn:fhirsvc:task", "code": "evaluate-add-on", "display": "Evaluate adding an agent"}],
+    "text": "Evaluate adding an agent (the current line has not failed)",
+}
 Target = Literal["guidance", "detectedissue"]
 _SEVERITY = {"critical": "high", "warning": "moderate", "info": "low"}
 _REASON_TARGETS = frozenset({"Condition", "Observation", "DiagnosticReport", "DocumentReference"})
@@ -118,7 +123,7 @@ def guidance_entries(finding: Finding) -> list[dict[str, Any]]:
         "status": "requested",
         "intent": "proposal",
         "priority": "urgent" if card.indicator == "critical" else "routine",
-        "code": TASK_CODE,
+        "code": ADD_ON_TASK_CODE if a.status == "add-on-evaluation" else TASK_CODE,
         "description": a.summary,
         "for": subject,
         "focus": {"reference": gr_entry["fullUrl"]},

@@ -31,6 +31,22 @@ class Measurement:
     comparator: str | None
     not_detected: bool
     shown: str  # as reported, e.g. "2.5 log10 copies/mL" or "<20 copies/mL"
+    converted: str = ""  # in the canonical unit when reported in another one, e.g. "8.0 %" for "64 mmol/mol"
+
+    @property
+    def reading(self) -> str:
+        """The result as a clinician writes it: "8.4 %", or "64 mmol/mol (8.0 %)" when converted."""
+        return f"{self.shown} ({self.converted})" if self.converted else self.shown
+
+
+@dataclass(slots=True)
+class FlagHit:
+    """Why a flag holds: the records behind it, the trigger worded for a card, and since when it holds."""
+
+    refs: list[str]
+    cite: str
+    since: date | None
+    measurements: list[Measurement] = field(default_factory=list)
 
 
 @dataclass
@@ -65,7 +81,7 @@ class ProgramContext:
     classes: dict[str, str] = field(default_factory=dict)
     safety: SafetyTables = field(default_factory=lambda: SafetyTables({}, ()))
     assessments: dict[str, Assessment] = field(default_factory=dict)  # earlier rules' findings, by rule id
-    _flags: dict[str, list[str]] | None = None
+    _flags: dict[str, FlagHit] | None = None
     _results: dict[str, list[LabResult]] = field(default_factory=dict)  # per observation name, for this as_of
     _measurements: dict[str, list[Measurement]] = field(default_factory=dict)
 
@@ -104,9 +120,12 @@ class ProgramContext:
     def as_measurement(self, lab: LabResult) -> Measurement:
         """Any result as evidence, including coded ones ("Patient's condition worsened")."""
         shown = lab.value_text or (
-            f"{lab.comparator or ''}{lab.value:g} {lab.unit_text or lab.unit}" if lab.value is not None else ""
+            f"{lab.comparator or ''}{format_number(lab.value)} {lab.unit_text or lab.unit}"
+            if lab.value is not None
+            else ""
         )
-        return Measurement(lab.ref, lab.date, lab.value, lab.unit, lab.comparator, lab.not_detected, shown.strip())
+        shown = shown.strip() or "reported without a value"
+        return Measurement(lab.ref, lab.date, lab.value, lab.unit, lab.comparator, lab.not_detected, shown)
 
     def program_drugs_active(self, day: date | None = None) -> list[str]:
         return [d for d in self.active_drugs(day) if d in self.classes]
@@ -126,34 +145,72 @@ class ProgramContext:
 
     def flags(self) -> dict[str, list[str]]:
         """Program flags that hold (e.g. heart_failure, ckd), each with the references that make it hold."""
+        return {name: hit.refs for name, hit in self.flag_hits().items()}
+
+    def flag_hits(self) -> dict[str, FlagHit]:
+        """Program flags that hold, each with its evidence and the first criterion's wording of the trigger."""
         if self._flags is None:
             self._flags = {}
             for name, flag in self.program.flags.items():
-                refs: list[str] = []
-                for criterion in flag.any_of:
-                    refs += self._criterion_refs(criterion)
-                if refs:
-                    self._flags[name] = refs
+                hits = [hit for criterion in flag.any_of if (hit := self._criterion_hit(criterion)) is not None]
+                if hits:
+                    refs = list(dict.fromkeys(ref for hit in hits for ref in hit.refs))
+                    used = [m for hit in hits for m in hit.measurements]
+                    self._flags[name] = FlagHit(refs, hits[0].cite, hits[0].since, used)
         return self._flags
 
-    def _criterion_refs(self, criterion: FlagCriterion) -> list[str]:
+    def _criterion_hit(self, criterion: FlagCriterion) -> FlagHit | None:
         if criterion.condition:
-            return [d.ref for d in self.diagnoses(criterion.condition) if d.clinical_status == "active"]
+            return self._condition_hit(criterion, criterion.condition)
         if criterion.observation:
-            measured = self.measurements(criterion.observation)
-            if not measured:
-                return []
-            latest = measured[-1]
-            if criterion.within_days and (self.as_of - latest.date).days > criterion.within_days:
-                return []
-            value = latest.value
-            if value is None:
-                return []
-            if criterion.below is not None and value < criterion.below:
-                return [latest.ref]
-            if criterion.at_least is not None and value >= criterion.at_least:
-                return [latest.ref]
-        return []
+            return self._observation_hit(criterion, criterion.observation)
+        return None
+
+    def _condition_hit(self, criterion: FlagCriterion, condition_set: str) -> FlagHit | None:
+        found = [d for d in self.diagnoses(condition_set) if d.clinical_status == "active"]
+        if not found:
+            return None
+        backing = [hit for c in criterion.backed_by if (hit := self._criterion_hit(c)) is not None]
+        if criterion.backed_by and not backing:
+            return None
+        if any(self._criterion_hit(c) is not None for c in criterion.contradicted_by):
+            return None
+        found.sort(key=lambda d: (d.onset or date.max, d.ref))
+        first = found[0]
+        template = criterion.cite or ("{ref}, since {since}" if first.onset else "{ref}")
+        cite = template.format(ref=first.ref, since=first.onset.isoformat() if first.onset else "")
+        refs = [d.ref for d in found] + [ref for hit in backing for ref in hit.refs]
+        return FlagHit(refs, cite, first.onset, [m for hit in backing for m in hit.measurements])
+
+    def _observation_hit(self, criterion: FlagCriterion, observation: str) -> FlagHit | None:
+        measured = [m for m in self.measurements(observation) if m.value is not None]
+        if not measured:
+            return None
+        latest = measured[-1]
+        if criterion.within_days and (self.as_of - latest.date).days > criterion.within_days:
+            return None
+        if not _out_of_bounds(latest, criterion):
+            return None
+        used = [latest]
+        if criterion.persisting_days:
+            # Chronic, not acute: every result back to the first of the run is out of bounds (none normal between).
+            first = latest
+            for earlier in reversed(measured[:-1]):
+                if not _out_of_bounds(earlier, criterion):
+                    break
+                first = earlier
+            if (latest.date - first.date).days < criterion.persisting_days:
+                return None
+            used = [first, latest]
+        spec = self.program.observations[observation]
+        template = criterion.cite or "{display} {value} on {date}"
+        cite = template.format(
+            display=spec.display,
+            value=format_number(latest.value, spec.decimals) if latest.value is not None else latest.shown,
+            date=latest.date.isoformat(),
+            since=used[0].date.isoformat(),
+        )
+        return FlagHit([m.ref for m in used], cite, used[0].date, used)
 
     def holds(self, when: When | None, line: Line | None) -> bool:
         """Whether a recommendation's `when` applies to this patient and line."""
@@ -168,12 +225,19 @@ class ProgramContext:
             not when.line_drugs_any or bool(drugs & set(when.line_drugs_any)),
             not (drugs & set(when.line_drugs_none)),
             not when.flags_any or any(f in flags for f in when.flags_any),
+            all(f in flags for f in when.flags_all),
             not any(f in flags for f in when.flags_none),
             when.observation_present is None or bool(self.results(when.observation_present)),
             when.observation_absent is None or not self.results(when.observation_absent),
+            not when.cards_any or any(self._card_shown(r) for r in when.cards_any),
+            not any(self._card_shown(r) for r in when.cards_none),
             not when.genes_wild_type or self._wild_type(when.genes_wild_type),
         ]
         return all(checks)
+
+    def _card_shown(self, rule_id: str) -> bool:
+        found = self.assessments.get(rule_id)
+        return found is not None and found.card
 
     def _wild_type(self, genes: list[str]) -> bool:
         """Every gene has a variant assessment answered "absent" (program observation `genetic_variant`)."""
@@ -201,7 +265,7 @@ class ProgramContext:
         log_keys = spec.log10_keys
         by_day: dict[date, Measurement] = {}
         for lab in self.results(observation):
-            measurement = _measure(lab, spec.unit, bool(lab.codes & log_keys), convert)
+            measurement = _measure(lab, spec.unit, bool(lab.codes & log_keys), convert, spec.decimals)
             if measurement is None:
                 continue
             kept = by_day.get(lab.date)
@@ -212,7 +276,16 @@ class ProgramContext:
         return measured
 
 
-def _measure(lab: LabResult, unit: str, log_scale: bool, convert: Any) -> Measurement | None:
+def _out_of_bounds(m: Measurement, criterion: FlagCriterion) -> bool:
+    """Below `below` or at least `at_least`; a ">90" eGFR is not below 60, a "<3" albumin ratio not above 30."""
+    if m.value is None:
+        return False
+    if criterion.below is not None and m.value < criterion.below and m.comparator not in (">", ">="):
+        return True
+    return criterion.at_least is not None and m.value >= criterion.at_least and m.comparator not in ("<", "<=")
+
+
+def _measure(lab: LabResult, unit: str, log_scale: bool, convert: Any, decimals: int | None) -> Measurement | None:
     shown_unit = lab.unit_text or lab.unit or unit
     prefix = lab.comparator or ""
     if lab.value is None:
@@ -222,8 +295,12 @@ def _measure(lab: LabResult, unit: str, log_scale: bool, convert: Any) -> Measur
     value = convert(lab.value, lab.unit, log_scale)
     if value is None:
         return None  # a unit we cannot convert (e.g. IU/mL): not evidence either way
-    shown = f"{prefix}{lab.value:g} {shown_unit}"
-    return Measurement(lab.ref, lab.date, value, unit, lab.comparator, lab.not_detected, shown)
+    if value == lab.value:  # reported in the canonical unit: written with the measure's decimals
+        shown = f"{prefix}{format_number(lab.value, decimals)} {shown_unit}"
+        return Measurement(lab.ref, lab.date, value, unit, lab.comparator, lab.not_detected, shown)
+    shown = f"{prefix}{format_number(lab.value)} {shown_unit}"
+    converted = f"{prefix}{format_number(value, decimals)} {unit}"
+    return Measurement(lab.ref, lab.date, value, unit, lab.comparator, lab.not_detected, shown, converted)
 
 
 RuleKind = Callable[[Rule, ProgramContext], Assessment]
@@ -259,16 +336,14 @@ def make_assessment(
             "start": line.start.isoformat(),
             **values,
         }
-    summary = spec.summary.format(**values)
-    if len(summary) >= 140:
-        summary = summary[:138] + "…"
+    summary = shorten(spec.summary.format(**values))
     used = measurements or []
     evidence = list(dict.fromkeys([m.ref for m in used] + list(extra_evidence) + (line.refs if line else [])))
     shown = [ctx.assessments[r] for r in rule.suppressed_by if r in ctx.assessments and ctx.assessments[r].card]
     if shown and status != "no-action":
         # Another rule's card already says this (e.g. the HbA1c card names the preferred class).
         status = "no-action"
-        summary = f"Covered by {shown[0].rule}: {summary}"[:139]
+        summary = shorten(f"Covered by {shown[0].rule}: {summary}")
     regimen = sorted({e.drug for e in ctx.eras if e.active_on(min(ctx.as_of, line.end or ctx.as_of))}) if line else []
     return Assessment(
         program=ctx.program.id,
@@ -293,3 +368,23 @@ def number(value: float | None) -> str:
     if value is None:
         return "?"
     return f"{value:.0f}" if value >= 100 or value == int(value) else f"{value:.1f}"
+
+
+def format_number(value: float, decimals: int | None = None) -> str:
+    """A value as a clinician writes it: the measure's fixed decimals (HbA1c 8.0, eGFR 45), else at most two
+    (2.54 log10 copies/mL), trailing zeros dropped; never an exponent (1500000, not 1.5e+06)."""
+    text = f"{value:.{decimals}f}" if decimals is not None else f"{value:.2f}".rstrip("0").rstrip(".")
+    return text[1:] if text.startswith("-") and text.strip("-0.") == "" else text
+
+
+SUMMARY_LIMIT = 140  # CDS Hooks: a card summary SHALL be under 140 characters
+
+
+def shorten(text: str, limit: int = SUMMARY_LIMIT) -> str:
+    """Text under `limit` characters, cut at a word boundary with an ellipsis, never mid-word."""
+    if len(text) < limit:
+        return text
+    cut = text[: limit - 2]  # room for the ellipsis
+    if not text[limit - 2].isspace():
+        cut = cut.rpartition(" ")[0] or cut  # a single over-long word is the only thing cut
+    return cut.rstrip(" ,;:-(") + "…"

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from fhirsvc.rules.base import Assessment, Measurement, ProgramContext, make_assessment, number, rule_kind
+from fhirsvc.rules.base import (
+    Assessment,
+    Measurement,
+    ProgramContext,
+    format_number,
+    make_assessment,
+    number,
+    rule_kind,
+)
 from fhirsvc.terminology.programs import Rule
 
 
@@ -22,7 +30,8 @@ def confirmed_threshold(rule: Rule, ctx: ProgramContext) -> Assessment:
     line = ctx.current_line
     if line is None:
         return make_assessment(rule, ctx, "no-therapy", {})
-    results = [m for m in ctx.measurements(str(program.param(rule, "observation"))) if m.date >= line.start]
+    observation = str(program.param(rule, "observation"))
+    results = [m for m in ctx.measurements(observation) if m.date >= line.start]
     base = {"threshold": number(threshold)}
     if not results:
         waited = (ctx.as_of - line.start).days
@@ -42,7 +51,9 @@ def confirmed_threshold(rule: Rule, ctx: ProgramContext) -> Assessment:
     previous = results[-2] if len(results) >= 2 else None
     values = {
         **base,
-        "value": number(latest.value),
+        "value": format_number(latest.value, program.observations[observation].decimals)
+        if latest.value is not None
+        else latest.shown,
         "date": latest.date.isoformat(),
         "weeks": (latest.date - line.start).days // 7,
     }

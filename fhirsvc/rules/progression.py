@@ -31,7 +31,10 @@ def progression(rule: Rule, ctx: ProgramContext) -> Assessment:
 
 @rule_kind("monitoring-overdue")
 def monitoring_overdue(rule: Rule, ctx: ProgramContext) -> Assessment:
-    """No result of a monitored measure for more than `max_days` while a line has run longer than that."""
+    """No result of a monitored measure for more than `max_days` while a line has run longer than that.
+
+    With no result at all the outcome is `never-recorded` (its own sentence: there is no date to give).
+    """
     program = ctx.program
     observation = str(program.param(rule, "observation"))
     max_days = int(program.param(rule, "max_days"))
@@ -44,5 +47,7 @@ def monitoring_overdue(rule: Rule, ctx: ProgramContext) -> Assessment:
     latest = ctx.as_measurement(results[-1]) if results else None
     if latest is not None and (ctx.as_of - latest.date).days <= max_days:
         return make_assessment(rule, ctx, "on-track", {"date": latest.date.isoformat()}, [latest], line)
-    values = {"date": latest.date.isoformat() if latest else "never", "days": max_days}
-    return make_assessment(rule, ctx, "overdue", values, [latest] if latest else [], line)
+    if latest is None:
+        return make_assessment(rule, ctx, "never-recorded", {"days": max_days}, [], line)
+    values = {"date": latest.date.isoformat(), "days": max_days}
+    return make_assessment(rule, ctx, "overdue", values, [latest], line)

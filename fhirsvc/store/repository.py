@@ -160,7 +160,14 @@ def save_state(
     return True
 
 
-_URGENCY = ["next-line-evaluation", "second-line-evaluation", "monitor", "data-needed", "no-action"]
+_URGENCY = [
+    "next-line-evaluation",
+    "second-line-evaluation",
+    "add-on-evaluation",
+    "monitor",
+    "data-needed",
+    "no-action",
+]
 
 
 def most_urgent(statuses: Iterable[str]) -> str:

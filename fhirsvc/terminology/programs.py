@@ -11,7 +11,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
-Status = Literal["second-line-evaluation", "next-line-evaluation", "monitor", "data-needed", "no-action"]
+# add-on-evaluation: add an agent for a reason other than failure of the line (organ protection in diabetes).
+Status = Literal[
+    "second-line-evaluation", "next-line-evaluation", "add-on-evaluation", "monitor", "data-needed", "no-action"
+]
 Indicator = Literal["info", "warning", "critical"]
 
 
@@ -94,6 +97,9 @@ class ObservationSpec(_Strict):
     log10_codes: list[CodeRef] = Field(default_factory=list)
     text_patterns: list[str] = Field(default_factory=list, description="Lower-case phrases in code.text.")
     values: dict[str, CodeSet] = Field(default_factory=dict, description="Named coded answers.")
+    decimals: int | None = Field(
+        default=None, ge=0, le=3, description="Decimals a clinician writes in the canonical unit (HbA1c 1, eGFR 0)."
+    )
 
     @cached_property
     def keys(self) -> frozenset[str]:
@@ -120,18 +126,33 @@ class Suggestion(_Strict):
 
 
 class FlagCriterion(_Strict):
-    """One way a flag holds: an active condition from a named code set, or the latest result vs a bound."""
+    """One way a flag holds: an active condition from a named code set, or the latest result vs a bound.
+
+    `persisting_days`: the latest result and every result back to one at least that many days older are all out of
+    bounds (chronicity, e.g. KDIGO CKD "> 3 months"). A condition counts only when one of `backed_by` holds and
+    none of `contradicted_by` does (a CKD stage 1-2 code needs albuminuria). `cite` words the trigger for a card:
+    {ref}, {since}, {value}, {date} (the latest result) are filled in.
+    """
 
     condition: str | None = None
     observation: str | None = None
     below: float | None = None
     at_least: float | None = None
     within_days: int | None = Field(default=None, ge=1)
+    persisting_days: int | None = Field(default=None, ge=1)
+    backed_by: list[FlagCriterion] = Field(default_factory=list)
+    contradicted_by: list[FlagCriterion] = Field(default_factory=list)
+    cite: str | None = None
+    source: str | None = None
+
+    def nested(self) -> list[FlagCriterion]:
+        return [self, *(c for inner in [*self.backed_by, *self.contradicted_by] for c in inner.nested())]
 
 
 class Flag(_Strict):
     label: str
     any_of: list[FlagCriterion]
+    source: str | None = None
 
 
 class When(_Strict):
@@ -142,9 +163,12 @@ class When(_Strict):
     line_drugs_any: list[str] = Field(default_factory=list)
     line_drugs_none: list[str] = Field(default_factory=list)
     flags_any: list[str] = Field(default_factory=list)
+    flags_all: list[str] = Field(default_factory=list)
     flags_none: list[str] = Field(default_factory=list)
     observation_present: str | None = None
     observation_absent: str | None = None
+    cards_any: list[str] = Field(default_factory=list, description="Earlier rules of which one shows a card.")
+    cards_none: list[str] = Field(default_factory=list, description="Earlier rules none of which shows a card.")
     genes_wild_type: list[str] = Field(default_factory=list, description="Gene codes all recorded as absent.")
 
 
@@ -215,7 +239,7 @@ class Program(_Strict):
         if len(set(rule_ids)) != len(rule_ids):
             raise ValueError(f"duplicate rule ids in {self.id}")
         for flag_name, flag in self.flags.items():
-            for criterion in flag.any_of:
+            for criterion in (c for top in flag.any_of for c in top.nested()):
                 if criterion.condition and criterion.condition not in self.conditions:
                     raise ValueError(f"flag {flag_name}: unknown condition set {criterion.condition!r}")
                 if criterion.observation and criterion.observation not in self.observations:
@@ -224,7 +248,16 @@ class Program(_Strict):
             unknown = [r for r in rule.suppressed_by if r not in rule_ids]
             if unknown:
                 raise ValueError(f"rule {rule.id}: suppressed_by names unknown rules {unknown}")
+            earlier = rule_ids[: rule_ids.index(rule.id)]
             for outcome in rule.outcomes.values():
+                for recommendation in outcome.recommendations:
+                    when = recommendation.when
+                    named = [f for f in (when.flags_any + when.flags_all + when.flags_none if when else [])]
+                    if any(f not in self.flags for f in named):
+                        raise ValueError(f"rule {rule.id}: a recommendation names unknown flags {named}")
+                    later = [r for r in (when.cards_any + when.cards_none if when else []) if r not in earlier]
+                    if later:
+                        raise ValueError(f"rule {rule.id}: a recommendation depends on {later}, not earlier rules")
                 missing = [s for s in outcome.suggestions if s not in self.suggestions]
                 if missing:
                     raise ValueError(f"rule {rule.id}: unknown suggestions {missing}")

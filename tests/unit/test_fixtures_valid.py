@@ -33,7 +33,14 @@ BUILD_SCRIPTS = sorted(FIXTURES.glob("build_*.py"))
 ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 URN_UUID_RE = re.compile(r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 RELATIVE_REF_RE = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9-]{1,64})$")
-STATUSES = {"second-line-evaluation", "next-line-evaluation", "monitor", "no-action", "data-needed"}
+STATUSES = {
+    "second-line-evaluation",
+    "next-line-evaluation",
+    "add-on-evaluation",
+    "monitor",
+    "no-action",
+    "data-needed",
+}
 # fixtures/triggers/ holds the general-trigger scenarios (any program): there expect.program names the
 # patient's program and patient ids start with "trig-"; everywhere else the folder is the program.
 TRIGGER_FOLDER = "triggers"
