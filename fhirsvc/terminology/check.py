@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
+from fhirsvc.terminology.paths import data_dir
 from fhirsvc.terminology.programs import CodeRef
 
 LOINC = "http://loinc.org"
@@ -178,4 +180,19 @@ def check_mappings(mappings: Path | None = None) -> CheckReport:
                 report.unverified.append(f"{program.id}: drug {drug} ingredient code {entry.rxnorm or '-'} unverified")
             if entry.rxnorm and not _RXNORM.match(entry.rxnorm):
                 report.errors.append(f"{program.id}: drug {drug} ingredient code {entry.rxnorm!r} is not an RXCUI")
+    _check_brands((mappings or data_dir("mappings")) / "drugs", knowledge, report)
     return report
+
+
+def _check_brands(folder: Path, knowledge: Knowledge, report: CheckReport) -> None:
+    """Brand rows must name catalog drugs (else they are silently unused); unchecked brands are listed."""
+    path = folder / "brand-names.csv"
+    if not path.exists():
+        return
+    with path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            unknown = [n for n in row["ingredients"].split(";") if n not in knowledge.catalog.drugs]
+            if unknown:
+                report.errors.append(f"brand-names.csv: {row['brand']} names drugs not in the catalog: {unknown}")
+            if row.get("verified", "").strip().lower() != "true":
+                report.unverified.append(f"brand {row['brand']} -> {row['ingredients']} ({row['source']})")

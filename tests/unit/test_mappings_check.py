@@ -110,3 +110,18 @@ def test_code_problem_distinguishes_heading_from_leaf() -> None:
     assert problem("G35", heading=True) is None
     assert problem("G35.A") is None
     assert problem("G35.E") == "not in the installed ICD-10-CM code table"
+
+
+def test_a_brand_naming_a_drug_outside_the_catalog_is_an_error(tmp_path: Path) -> None:
+    copy = tmp_path / "mappings"
+    shutil.copytree(data_dir("mappings"), copy)
+    with (copy / "drugs" / "brand-names.csv").open("a", encoding="utf-8") as handle:
+        handle.write("Notadrug,nosuchinib,,test,true\n")
+    report = check_mappings(copy)
+    assert any("Notadrug names drugs not in the catalog" in e for e in report.errors), report.errors
+
+
+def test_unchecked_brands_are_listed_as_unverified() -> None:
+    unverified = check_mappings().unverified
+    assert any(line.startswith("brand Xeloda -> capecitabine") for line in unverified)
+    assert not any(line.startswith("brand Lantus ") for line in unverified)  # from RxNorm SBD names in VSAC
