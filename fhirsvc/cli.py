@@ -177,6 +177,7 @@ def mappings_check(
     from fhirsvc.terminology.check import check_mappings
 
     report = check_mappings(folder)
+    typer.echo(f"ICD-10-CM table: {report.icd10cm_release}")
     for error in report.errors:
         typer.echo(f"error: {error}", err=True)
     if show_unverified:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from fhirsvc.facts import Diagnosis
 from fhirsvc.rules.base import Assessment, Measurement, ProgramContext, make_assessment, number, rule_kind
 from fhirsvc.terminology.programs import Rule
 
@@ -13,6 +14,20 @@ def _edss_step(baseline: float) -> float:
     if baseline < 1.0:
         return 1.5
     return 1.0 if baseline <= 5.5 else 0.5
+
+
+def _relapses(rule: Rule, ctx: ProgramContext) -> list[Diagnosis]:
+    """Relapses on record: the disease coded with clinicalStatus "relapse", or an exacerbation diagnosis.
+
+    An exacerbation is an episode, so its own clinicalStatus (often resolved once it is over, or absent on an
+    encounter diagnosis) does not matter: its onset (or recordedDate) dates the relapse. Refuted and
+    entered-in-error records never reach the facts.
+    """
+    found = {d.ref: d for d in ctx.diagnoses(str(ctx.program.param(rule, "relapse_conditions")), status="relapse")}
+    if "exacerbation_conditions" in rule.params:
+        for d in ctx.diagnoses(str(ctx.program.param(rule, "exacerbation_conditions"))):
+            found.setdefault(d.ref, d)
+    return list(found.values())
 
 
 @rule_kind("disease-activity")
@@ -34,11 +49,7 @@ def disease_activity(rule: Rule, ctx: ProgramContext) -> Assessment:
     reasons: list[str] = []
     evidence: list[str] = []
     used: list[Measurement] = []
-    relapses = [
-        d
-        for d in ctx.diagnoses(str(program.param(rule, "relapse_conditions")), status="relapse")
-        if d.onset is not None and since <= d.onset <= ctx.as_of
-    ]
+    relapses = [d for d in _relapses(rule, ctx) if d.onset is not None and since <= d.onset <= ctx.as_of]
     if len(relapses) >= int(program.param(rule, "min_relapses")):
         reasons.append(f"{len(relapses)} relapse(s) (latest {max(d.onset for d in relapses if d.onset)})")
         evidence += [d.ref for d in relapses]

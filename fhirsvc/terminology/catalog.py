@@ -11,6 +11,9 @@ from pathlib import Path
 from fhirsvc.fhir.concepts import ConceptMemo, codings, concept_text
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+# Product code → ingredient tables: fixed-dose combinations, and every product of the shipped VSAC drug value sets
+# (mappings/tools/derive_drug_tables.py writes the second).
+PRODUCT_TABLES = ("combination-products.csv", "vsac-products.csv")
 
 _NON_WORD = re.compile(r"[^a-z0-9]+")
 
@@ -90,7 +93,7 @@ class DrugCatalog:
 
 
 def load_catalog(folder: Path) -> DrugCatalog:
-    """Read drug-catalog.csv and combination-products.csv (both carry their sources per row)."""
+    """Read drug-catalog.csv, the product tables, synonyms and brand names (each row carries its source)."""
     drugs: dict[str, Drug] = {}
     by_code: defaultdict[str, set[str]] = defaultdict(set)
     with (folder / "drug-catalog.csv").open(newline="", encoding="utf-8") as handle:
@@ -111,9 +114,36 @@ def load_catalog(folder: Path) -> DrugCatalog:
                 by_code[code].add(name)
             for product in filter(None, (p.strip() for p in row["product_rxcuis"].split(";"))):
                 by_code[product].add(name)
-    with (folder / "combination-products.csv").open(newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
+    for table in PRODUCT_TABLES:
+        for row in _rows(folder / table):
+            if row.get("unmatched"):
+                continue  # part of the product is unknown here: reading the rest alone would hide part of a regimen
             members = {n.strip() for n in row["ingredients"].split(";") if n.strip() in drugs}
             if members:
                 by_code[row["rxcui"].strip()].update(members)
-    return DrugCatalog(drugs, {code: frozenset(names) for code, names in by_code.items()})
+    return DrugCatalog(drugs, {code: frozenset(names) for code, names in by_code.items()}, _aliases(folder, drugs))
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _aliases(folder: Path, drugs: dict[str, Drug]) -> dict[str, frozenset[str]]:
+    """Other spellings (ingredient-synonyms.csv) and brand names (brand-names.csv) → ingredient names.
+
+    Matched like ingredient names: whole words, case-insensitive. A brand naming a drug this catalog lacks is left
+    out rather than read as part of its regimen.
+    """
+    aliases: dict[str, frozenset[str]] = {}
+    for table, name, members in (
+        ("ingredient-synonyms.csv", "synonym", "drugs"),
+        ("brand-names.csv", "brand", "ingredients"),
+    ):
+        for row in _rows(folder / table):
+            names = frozenset(n.strip() for n in row[members].split(";") if n.strip())
+            if names and all(n in drugs for n in names):
+                aliases[normalise_name(row[name])] = names
+    return aliases

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
+from fhirsvc.terminology.paths import data_dir
 from fhirsvc.terminology.programs import CodeRef
 
 LOINC = "http://loinc.org"
@@ -73,14 +76,15 @@ class CheckReport:
     errors: list[str] = field(default_factory=list)
     unverified: list[str] = field(default_factory=list)
     checked_codes: int = 0
+    icd10cm_release: str = ""
 
     @property
     def ok(self) -> bool:
         return not self.errors
 
 
-def code_problem(code: CodeRef, icd10cm_valid: Any) -> str | None:
-    """Why a code is malformed for its system, or None."""
+def code_problem(code: CodeRef, icd10cm_valid: Any, icd10cm_leaf: Any = None) -> str | None:
+    """Why a code is malformed for its system (or an ICD-10-CM heading not marked as one), or None."""
     system, value = code.system, code.code
     if system == LOINC:
         match = _LOINC.match(value)
@@ -98,6 +102,10 @@ def code_problem(code: CodeRef, icd10cm_valid: Any) -> str | None:
             return "not ICD-10-CM format"
         if not icd10cm_valid(value):
             return "not in the installed ICD-10-CM code table"
+        # Claims and problem lists carry billable leaf codes; a category (G35 since FY2026) only matches older
+        # records, so keeping one must be a decision (`heading: true`), not an oversight.
+        if icd10cm_leaf is not None and not code.heading and not icd10cm_leaf(value):
+            return "an ICD-10-CM heading, not a billable code (mark it `heading: true` to keep it)"
     elif system == RXNORM:
         if not _RXNORM.match(value):
             return "not an RxNorm RXCUI"
@@ -131,12 +139,21 @@ def _codes(node: Any, path: str) -> Iterator[tuple[str, CodeRef]]:
             yield from _codes(value, f"{path}[{index}]")
 
 
+def icd10cm_release() -> str:
+    """Which ICD-10-CM table `simple-icd-10-cm` installed (its data file names the CMS release)."""
+    from simple_icd_10_cm import simple_icd_10_cm as table_module
+
+    package = f"simple-icd-10-cm {metadata.version('simple-icd-10-cm')}"
+    table = str(getattr(table_module, "_classification_data_package_file_name", ""))
+    return f"{package} ({table})" if table else package
+
+
 def check_mappings(mappings: Path | None = None) -> CheckReport:
     import simple_icd_10_cm  # imported here: it loads the whole code table
 
     from fhirsvc.fhir.resources import InvalidResource, validate
 
-    report = CheckReport()
+    report = CheckReport(icd10cm_release=icd10cm_release())
     try:
         knowledge: Knowledge = load_knowledge(mappings)
     except (ValidationError, ValueError, yaml.YAMLError) as exc:
@@ -145,7 +162,7 @@ def check_mappings(mappings: Path | None = None) -> CheckReport:
     for program in knowledge.programs:
         for path, code in _codes(program, program.id):
             report.checked_codes += 1
-            problem = code_problem(code, simple_icd_10_cm.is_valid_item)
+            problem = code_problem(code, simple_icd_10_cm.is_valid_item, simple_icd_10_cm.is_leaf)
             if problem:
                 report.errors.append(f"{path}: {code.system}|{code.code}: {problem}")
             if not code.verified:
@@ -163,4 +180,19 @@ def check_mappings(mappings: Path | None = None) -> CheckReport:
                 report.unverified.append(f"{program.id}: drug {drug} ingredient code {entry.rxnorm or '-'} unverified")
             if entry.rxnorm and not _RXNORM.match(entry.rxnorm):
                 report.errors.append(f"{program.id}: drug {drug} ingredient code {entry.rxnorm!r} is not an RXCUI")
+    _check_brands((mappings or data_dir("mappings")) / "drugs", knowledge, report)
     return report
+
+
+def _check_brands(folder: Path, knowledge: Knowledge, report: CheckReport) -> None:
+    """Brand rows must name catalog drugs (else they are silently unused); unchecked brands are listed."""
+    path = folder / "brand-names.csv"
+    if not path.exists():
+        return
+    with path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            unknown = [n for n in row["ingredients"].split(";") if n not in knowledge.catalog.drugs]
+            if unknown:
+                report.errors.append(f"brand-names.csv: {row['brand']} names drugs not in the catalog: {unknown}")
+            if row.get("verified", "").strip().lower() != "true":
+                report.unverified.append(f"brand {row['brand']} -> {row['ingredients']} ({row['source']})")

@@ -104,5 +104,5 @@ def load_knowledge(
             for code in [inline.rxnorm, *inline.products]:
                 if code:
                     by_code.setdefault(code, set()).add(inline.name)
-    merged = DrugCatalog(drugs, {code: frozenset(names) for code, names in by_code.items()})
+    merged = DrugCatalog(drugs, {code: frozenset(names) for code, names in by_code.items()}, dict(catalog.aliases))
     return Knowledge(merged.with_aliases(aliases), tuple(programs), safety)

@@ -30,6 +30,10 @@ class CodeRef(_Strict):
     display: str = ""
     source: str | None = None
     verified: bool = True
+    heading: bool = Field(
+        default=False,
+        description="An ICD-10-CM category kept on purpose although it is not a billable leaf (older records).",
+    )
 
     @property
     def key(self) -> str:

@@ -30,11 +30,29 @@ def hba1c_percent(value: float, unit: str, log_scale: bool) -> float | None:
     return None
 
 
+# Spellings of "per 1.73 m²" after _egfr_unit_key: UCUM's annotation {1.73_m2}, m^2, m², sq m, "per".
+_PER_MINUTE = frozenset({"", "ml/min", "ml/min/1.73m2", "ml/min/1.73", "ml/mn/1.73m2", "ml/min/bsa"})
+# SI reporting (mL/s per 1.73 m², e.g. some Nordic and Canadian labs): 1 mL/s = 60 mL/min.
+_PER_SECOND = frozenset({"ml/s/1.73m2", "ml/sec/1.73m2", "ml/s", "ml/sec"})
+
+
+def _egfr_unit_key(unit: str) -> str:
+    key = unit.strip().lower().replace(" per ", "/").replace("²", "2").replace("^2", "2").replace("**2", "2")
+    for noise in (" ", "{", "}", "(", ")", "_"):
+        key = key.replace(noise, "")
+    key = key.replace(",", ".")  # European decimal comma: 1,73 m2
+    for square in ("sq.m.", "sq.m", "sqm", "m.sq", "msq", "m*2"):
+        key = key.replace(square, "m2")
+    return key
+
+
 def egfr(value: float, unit: str, log_scale: bool) -> float | None:
-    """eGFR in mL/min/1.73 m²; labs write the unit many ways, all the same quantity."""
-    unit_key = unit.strip().lower().replace(" ", "")
-    if unit_key in {"", "ml/min/{1.73_m2}", "ml/min/1.73m2", "ml/min/1.73m^2", "ml/min", "ml/min/{1.73m2}"}:
+    """eGFR in mL/min/1.73 m²; labs write the unit many ways, all the same quantity (mL/s converts x 60)."""
+    key = _egfr_unit_key(unit)
+    if key in _PER_MINUTE:
         return value
+    if key in _PER_SECOND:
+        return round(value * 60.0, 1)
     return None
 
 
