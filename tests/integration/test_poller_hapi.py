@@ -23,6 +23,7 @@ from fhirsvc.store.db import Store
 from fhirsvc.store.models import WriteBack
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.conftest import FIXTURES
+from tests.integration.hapi import post_transaction
 
 pytestmark = [pytest.mark.hapi, pytest.mark.anyio]
 AS_OF = date(2026, 6, 1)
@@ -148,6 +149,41 @@ async def test_a_death_recorded_on_the_patient_closes_its_open_tasks(
         closed = http.get(f"{hapi_base_url}/Task/{task['id']}").raise_for_status().json()
     assert closed["status"] == "cancelled"
     assert closed["statusReason"]["text"] == "Patient deceased on 2026-05-01"
+
+
+async def test_a_search_cut_short_writes_and_closes_nothing(
+    hapi_base_url: str, knowledge: Knowledge, store: Store
+) -> None:
+    """Orders beyond the page cap could hold the regimen change: the open Task stays open, nothing new is written."""
+    patient = load(hapi_base_url, [FIXTURES / "hiv" / "log10-above.json"]).patients["hiv-log10-above"]
+    assert not (await run_cycle(hapi_base_url, knowledge, store)).failed
+    (task,) = search_all(hapi_base_url, f"Task?patient=Patient/{patient}&status=requested")
+    other_drug = {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "29046"}]}
+    orders = [
+        {
+            "resource": {
+                "resourceType": "MedicationRequest",
+                "status": "completed",
+                "intent": "order",
+                "subject": {"reference": f"Patient/{patient}"},
+                "authoredOn": f"2025-{month:02d}-01",
+                "medicationCodeableConcept": other_drug,  # lisinopril: no program reads it
+            },
+            "request": {"method": "POST", "url": "MedicationRequest"},
+        }
+        for month in range(1, 13)
+        for _ in range(2)
+    ]
+    post_transaction(hapi_base_url, {"resourceType": "Bundle", "type": "transaction", "entry": orders})
+    pool = FhirClientPool(Settings())
+    try:  # HAPI pages 20 at a time: one page holds fewer than the patient's 25 orders
+        capped = await Poller(Settings(fhir_max_pages=1), knowledge, store, pool).cycle(hapi_base_url, as_of=AS_OF)
+    finally:
+        await pool.aclose()
+    assert patient in capped.incomplete and not capped.failed
+    assert capped.written == 0 and capped.closed == 0
+    with httpx.Client(timeout=30, headers={"Cache-Control": "no-cache"}) as http:
+        assert http.get(f"{hapi_base_url}/Task/{task['id']}").raise_for_status().json()["status"] == "requested"
 
 
 def test_a_crash_between_write_back_and_cursor_loses_nothing_and_duplicates_nothing(
