@@ -8,6 +8,7 @@ from datetime import date
 from fhirsvc.facts import PatientFacts, extract_facts
 from fhirsvc.fhir.record import PatientRecord
 from fhirsvc.lot.engine import Line, build_lines, drug_eras, regimen_keys
+from fhirsvc.lot.exposures import CoverageTable, program_diagnoses, program_exposures
 from fhirsvc.rules import activity, confirmed_threshold, progression, targets, triggers  # noqa: F401 (registers kinds)
 from fhirsvc.rules.base import RULE_KINDS, Assessment, ProgramContext
 from fhirsvc.terminology.knowledge import Knowledge
@@ -46,11 +47,29 @@ def _in_scope(program: Program, facts: PatientFacts, classes: dict[str, str], as
     return any(classes.get(drug) in anchors for drug in facts.drugs_started_by(as_of))
 
 
+# Per program (kept alive here, so an id is never reused): its coverage resolved over its drug classes.
+_COVERAGE: dict[int, tuple[Program, dict[str, str], CoverageTable | None]] = {}
+
+
+def _coverage(program: Program, classes: dict[str, str]) -> CoverageTable | None:
+    cached = _COVERAGE.get(id(program))
+    if cached is not None and cached[0] is program and cached[1] is classes:
+        return cached[2]
+    coverage = program.lines.coverage
+    table = CoverageTable(coverage, classes) if coverage is not None else None
+    _COVERAGE[id(program)] = (program, classes, table)
+    return table
+
+
 def evaluate_program(program: Program, facts: PatientFacts, knowledge: Knowledge, as_of: date) -> ProgramResult | None:
     classes = knowledge.program_drugs(program)
     if not _in_scope(program, facts, classes, as_of):
         return None
-    eras = drug_eras(facts.started_by(as_of), classes.keys(), program.lines.era_gap_days, in_order=True)
+    diagnoses = program_diagnoses(program, facts.diagnoses, facts.ended_diagnoses)
+    counted = program_exposures(
+        facts.started_by(as_of), program, classes, diagnoses, as_of, _coverage(program, classes)
+    )
+    eras = drug_eras(counted, classes.keys(), program.lines.era_gap_days, in_order=True)
     lines = build_lines(eras, regimen_keys(program.lines, classes), program.lines, as_of, classes)
     ctx = ProgramContext(program, facts, as_of, lines, eras, classes, knowledge.safety)
     result = ProgramResult(program, lines, classes)
