@@ -7,6 +7,7 @@ from dataclasses import replace
 from datetime import date, timedelta
 
 from fhirsvc.facts import Diagnosis, MedicationExposure, exposure_order
+from fhirsvc.lot.engine import DrugEra
 from fhirsvc.terminology.programs import Coverage, Program
 
 _DAY = timedelta(days=1)
@@ -56,11 +57,12 @@ class CoverageTable:
             start = exposure.start
         else:
             return exposure.end
+        # The next fill or dose is due `days` after the record; until `grace` days past that it is on time.
         # Compared as differences: a start near date.max plus a duration overflows.
-        if (as_of - start).days < days:
+        late = (as_of - start).days - days
+        if late < 0:
             return start + timedelta(days=days - 1)
-        last = start + timedelta(days=days - 1)
-        return None if (as_of - last).days <= grace else last
+        return None if late <= grace else start + timedelta(days=days - 1)
 
     def _interval(self, drugs: frozenset[str]) -> tuple[int, int] | None:
         found = [self.intervals[d] for d in drugs if d in self.intervals]
@@ -87,56 +89,68 @@ def program_exposures(
     exposures: Sequence[MedicationExposure],
     program: Program,
     classes: dict[str, str],
-    diagnoses: Sequence[Diagnosis],
     as_of: date,
     coverage: CoverageTable | None,
-) -> list[MedicationExposure]:
-    """The exposures of program drugs that count for the program, ends set by coverage, in `exposure_order`.
-
-    A coded reason decides alone: naming the program's diagnosis it counts, naming anything else it does not.
-    Otherwise a drug counts when a diagnosis of the program is active around it (onset to abatement, widened by
-    the program's margin), anchor classes included (post-exposure prophylaxis years before an HIV diagnosis is no
-    line); with no diagnosis on record (the anchor classes put the patient in scope), a drug of an anchor class
-    counts, and the other drugs only beside one (emtricitabine/tenofovir alone is PrEP).
-    """
+) -> tuple[list[MedicationExposure], frozenset[str]]:
+    """The exposures of program drugs, ends set by coverage, in `exposure_order`, without those whose coded reason
+    names another condition; and the refs of those whose reason names the program's diagnosis."""
     codes = program.scope.diagnosis.keys
-    windows = _windows(diagnoses, program.indication.margin_days)
-    always = _ALWAYS in windows
-    anchors = frozenset(program.scope.treatment_classes)
     kept: list[MedicationExposure] = []
-    waiting: list[MedicationExposure] = []  # no diagnosis on record: non-anchor drugs wait for an anchor beside them
+    named: set[str] = set()
     changed = False
     for exposure in exposures:
         if exposure.drugs.isdisjoint(classes):
             continue
+        if exposure.reasons:
+            if exposure.reasons.isdisjoint(codes):
+                continue
+            named.add(exposure.ref)
         if coverage is not None:
             end = coverage.covered_end(exposure, as_of)
             if end != exposure.end:
                 exposure = replace(exposure, end=end)
                 changed = True
-        if exposure.reasons:
-            if exposure.reasons & codes:
-                kept.append(exposure)
-            continue
-        if always:
-            kept.append(exposure)
-            continue
-        last = exposure.end or as_of
-        if any(low <= last and exposure.start <= high for low, high in windows):
-            kept.append(exposure)
-        elif anchors and not windows:
-            if any(classes.get(d) in anchors for d in exposure.drugs):
-                kept.append(exposure)
-            else:
-                waiting.append(exposure)
-    if waiting:
-        anchored = [e for e in kept if any(classes.get(d) in anchors for d in e.drugs)]
-        kept += [e for e in waiting if any(_overlap(e, a, as_of) for a in anchored)]
-        changed = True
+        kept.append(exposure)
     if changed:  # a new end can move an exposure among those starting the same day
         kept.sort(key=exposure_order)
+    return kept, frozenset(named)
+
+
+def indicated_eras(
+    eras: list[DrugEra],
+    program: Program,
+    classes: dict[str, str],
+    diagnoses: Sequence[Diagnosis],
+    named: frozenset[str],
+    as_of: date,
+) -> list[DrugEra]:
+    """The eras that count for the program: continuous use of a drug is judged as a whole (a course whose last
+    cycles fall in the margin counts from its first).
+
+    An era counts when a record of it names the program's diagnosis as its reason, or when a diagnosis of the
+    program is active around it (onset to abatement, widened by the program's margin), anchor classes included
+    (post-exposure prophylaxis years before an HIV diagnosis is no line). With no diagnosis on record (the anchor
+    classes put the patient in scope) an era of an anchor class counts, and other drugs only beside one
+    (emtricitabine/tenofovir alone is PrEP).
+    """
+    windows = _windows(diagnoses, program.indication.margin_days)
+    if _ALWAYS in windows and not named:
+        return eras
+    anchors = frozenset(program.scope.treatment_classes)
+    kept: list[DrugEra] = []
+    waiting: list[DrugEra] = []
+    for era in eras:
+        last = era.end or as_of
+        if (named and not named.isdisjoint(era.refs)) or any(lo <= last and era.start <= hi for lo, hi in windows):
+            kept.append(era)
+        elif anchors and not windows:
+            (kept if classes.get(era.drug) in anchors else waiting).append(era)
+    if waiting:
+        anchored = [e for e in kept if classes.get(e.drug) in anchors]
+        chosen = {id(e) for e in kept} | {id(e) for e in waiting if any(_overlap(e, a, as_of) for a in anchored)}
+        kept = [e for e in eras if id(e) in chosen]
     return kept
 
 
-def _overlap(one: MedicationExposure, other: MedicationExposure, as_of: date) -> bool:
+def _overlap(one: DrugEra, other: DrugEra, as_of: date) -> bool:
     return one.start <= (other.end or as_of) and other.start <= (one.end or as_of)

@@ -8,7 +8,7 @@ from datetime import date
 from fhirsvc.facts import PatientFacts, extract_facts
 from fhirsvc.fhir.record import PatientRecord
 from fhirsvc.lot.engine import Line, build_lines, drug_eras, regimen_keys
-from fhirsvc.lot.exposures import CoverageTable, program_diagnoses, program_exposures
+from fhirsvc.lot.exposures import CoverageTable, indicated_eras, program_diagnoses, program_exposures
 from fhirsvc.rules import activity, confirmed_threshold, progression, targets, triggers  # noqa: F401 (registers kinds)
 from fhirsvc.rules.base import RULE_KINDS, Assessment, ProgramContext
 from fhirsvc.terminology.knowledge import Knowledge
@@ -65,11 +65,11 @@ def evaluate_program(program: Program, facts: PatientFacts, knowledge: Knowledge
     classes = knowledge.program_drugs(program)
     if not _in_scope(program, facts, classes, as_of):
         return None
-    diagnoses = program_diagnoses(program, facts.diagnoses, facts.ended_diagnoses)
-    counted = program_exposures(
-        facts.started_by(as_of), program, classes, diagnoses, as_of, _coverage(program, classes)
-    )
+    coverage = _coverage(program, classes)
+    counted, named = program_exposures(facts.started_by(as_of), program, classes, as_of, coverage)
     eras = drug_eras(counted, classes.keys(), program.lines.era_gap_days, in_order=True)
+    diagnoses = program_diagnoses(program, facts.diagnoses, facts.ended_diagnoses)
+    eras = indicated_eras(eras, program, classes, diagnoses, named, as_of)
     lines = build_lines(eras, regimen_keys(program.lines, classes), program.lines, as_of, classes)
     ctx = ProgramContext(program, facts, as_of, lines, eras, classes, knowledge.safety)
     result = ProgramResult(program, lines, classes)
