@@ -234,23 +234,24 @@ def _medication_concept(resource: Resource, record: PatientRecord) -> object:
     return None
 
 
-def _fills(request: Resource) -> int:
-    dispense = request.get("dispenseRequest")
-    repeats = dispense.get("numberOfRepeatsAllowed") if isinstance(dispense, dict) else None
-    return 1 + (repeats if isinstance(repeats, int) and not isinstance(repeats, bool) and repeats > 0 else 0)
+_NUMBER = (int, float)
+_DAYS_PER_UNIT = {"wk": 7, "week": 7, "weeks": 7, "mo": 30, "month": 30, "months": 30}
 
 
-def _supply_days(request: Resource) -> int | None:
+def _dispensed(request: Resource) -> tuple[int | None, int]:
+    """An order's supply in days over every fill (None when not stated) and its fills (1 + repeats)."""
     dispense = request.get("dispenseRequest")
     if not isinstance(dispense, dict):
-        return None
+        return None, 1
+    repeats = dispense.get("numberOfRepeatsAllowed")
+    fills = 1 + repeats if type(repeats) is int and repeats > 0 else 1
     duration = dispense.get("expectedSupplyDuration")
-    if isinstance(duration, dict) and isinstance(duration.get("value"), int | float):
+    if isinstance(duration, dict) and isinstance(duration.get("value"), _NUMBER):
         days = float(duration["value"])
         unit = str(duration.get("code") or duration.get("unit") or "d").lower()
-        days *= {"wk": 7, "week": 7, "weeks": 7, "mo": 30, "month": 30, "months": 30}.get(unit, 1)
-        return max(1, round(days * _fills(request)))
-    return None
+        days *= _DAYS_PER_UNIT.get(unit, 1)
+        return max(1, round(days * fills)), fills
+    return None, fills
 
 
 def _reasons(resource: Resource) -> tuple[frozenset[str], tuple[str, ...]]:
@@ -299,10 +300,10 @@ def exposure_from(
         start, end = _period((resource.get("dispenseRequest") or {}).get("validityPeriod"))
         authored = parse_date(resource.get("authoredOn"))
         start = authored or start
-        supply = _supply_days(resource)
-        fills = _fills(resource)
-        if end is None and status not in _OPEN_MED and start is not None:
-            end = start + timedelta(days=supply) if supply else start
+        if end is None:  # with a validity end the order's period is known: no supply needed
+            supply, fills = _dispensed(resource)
+            if status not in _OPEN_MED and start is not None:
+                end = start + timedelta(days=supply) if supply else start
     else:  # MedicationAdministration
         start, end = _period(resource.get("effectivePeriod"))
         start = start or parse_date(resource.get("effectiveDateTime"))
@@ -326,7 +327,8 @@ def exposure_from(
         exposure.asserted = asserted
     if supply is not None:
         exposure.supply_days = supply
-    exposure.fills = fills
+    if fills != 1:
+        exposure.fills = fills
     if "reasonCode" in resource or "reasonReference" in resource:
         exposure.reasons, exposure.reason_refs = _reasons(resource)
     return exposure

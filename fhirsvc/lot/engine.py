@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -68,10 +68,12 @@ def drug_eras(
     drugs_in_program: AbstractSet[str],
     era_gap_days: int,
     in_order: bool = False,
+    ends: Mapping[str, date | None] | None = None,
 ) -> list[DrugEra]:
     """Merge each ingredient's exposures into eras; exposures starting after `as_of` must be filtered out first.
 
     `in_order`: the exposures already come in `exposure_order` (PatientFacts.started_by), so none is sorted again.
+    `ends`: by exposure ref, the end to use instead of the recorded one (a record's expected duration).
     """
     by_drug: defaultdict[str, list[MedicationExposure]] = defaultdict(list)
     for exposure in exposures:
@@ -86,15 +88,16 @@ def drug_eras(
             items.sort(key=exposure_order)
         current: DrugEra | None = None
         for exposure in items:
+            end = ends.get(exposure.ref, exposure.end) if ends else exposure.end
             # Compared as a difference: an end date of 9999-12-31 ("no end" in some EHRs) plus a gap overflows.
             if current is not None and (current.end is None or exposure.start - current.end <= gap):
                 if current.end is not None:
-                    current.end = None if exposure.end is None else max(current.end, exposure.end)
+                    current.end = None if end is None else max(current.end, end)
                 current.refs.append(exposure.ref)
                 current.stop_reasons = list(exposure.stop_reasons) or current.stop_reasons
                 current.planned = current.planned and exposure.planned
                 continue
-            current = DrugEra(drug, exposure.start, exposure.end, [exposure.ref], list(exposure.stop_reasons))
+            current = DrugEra(drug, exposure.start, end, [exposure.ref], list(exposure.stop_reasons))
             current.planned = exposure.planned
             eras.append(current)
     eras.sort(key=lambda e: (e.start, e.drug))

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from datetime import date, timedelta
 
-from fhirsvc.facts import Diagnosis, MedicationExposure, exposure_order
+from fhirsvc.facts import Diagnosis, MedicationExposure
 from fhirsvc.lot.engine import DrugEra
 from fhirsvc.terminology.programs import Coverage, Program
 
@@ -32,12 +31,12 @@ class CoverageTable:
         order of another drug (completed, no supply stated) one default fill per fill. Past its cover plus the
         grace period the record ends on its last covered day. Stopped records and planned therapy keep their dates.
         """
-        if exposure.planned or exposure.status == "stopped":
-            return exposure.end
-        interval = self._interval(exposure.drugs)
+        end = exposure.end
+        if (end is not None and end != exposure.start) or exposure.planned or exposure.status == "stopped":
+            return end  # a recorded period, planned therapy, or a stop: their own dates
+        interval = self._interval(exposure.drugs) if self.intervals else None
         coverage = self.coverage
-        grace = interval[1] if interval else coverage.grace_days
-        if exposure.end is None:
+        if end is None:
             if exposure.ref.startswith("MedicationStatement/"):
                 if coverage.statement_days is None:
                     return None
@@ -47,24 +46,26 @@ class CoverageTable:
             else:
                 days = coverage.order_days * exposure.fills
             start = exposure.last_evidence
-        elif exposure.end == exposure.start:
-            if interval is not None:
-                days = interval[0]
-            elif exposure.ref.startswith("MedicationRequest/") and exposure.supply_days is None:
-                days = coverage.order_days * exposure.fills  # a completed order that states no supply
-            else:
-                return exposure.end
-            start = exposure.start
+        elif interval is not None:
+            days, start = interval[0], end
+        elif exposure.ref.startswith("MedicationRequest/") and exposure.supply_days is None:
+            days, start = coverage.order_days * exposure.fills, end  # a completed order that states no supply
         else:
-            return exposure.end
+            return end
+        if (date.max - start).days < days:
+            return end  # a date near 9999-12-31 ("no end" in some EHRs): nothing to add
         # The next fill or dose is due `days` after the record; until `grace` days past that it is on time.
-        # Compared as differences: a start near date.max plus a duration overflows.
-        late = (as_of - start).days - days
+        last = start + timedelta(days=days - 1)
+        late = (as_of - last).days - 1
         if late < 0:
-            return start + timedelta(days=days - 1)
-        return None if late <= grace else start + timedelta(days=days - 1)
+            return last
+        grace = interval[1] if interval else coverage.grace_days
+        return None if late <= grace else last
 
     def _interval(self, drugs: frozenset[str]) -> tuple[int, int] | None:
+        if len(drugs) == 1:
+            for drug in drugs:
+                return self.intervals.get(drug)
         found = [self.intervals[d] for d in drugs if d in self.intervals]
         return max(found) if found else None
 
@@ -91,13 +92,15 @@ def program_exposures(
     classes: dict[str, str],
     as_of: date,
     coverage: CoverageTable | None,
-) -> tuple[list[MedicationExposure], frozenset[str]]:
-    """The exposures of program drugs, ends set by coverage, in `exposure_order`, without those whose coded reason
-    names another condition; and the refs of those whose reason names the program's diagnosis."""
+) -> tuple[list[MedicationExposure], dict[str, date | None], frozenset[str]]:
+    """The exposures of program drugs, in the order given, without those whose coded reason names another
+    condition; the ends coverage gives them, by ref, where they differ from the recorded ones (for `drug_eras`:
+    no copy of an exposure is made); and the refs of the exposures whose reason names the program's diagnosis.
+    """
     codes = program.scope.diagnosis.keys
     kept: list[MedicationExposure] = []
+    ends: dict[str, date | None] = {}
     named: set[str] = set()
-    changed = False
     for exposure in exposures:
         if exposure.drugs.isdisjoint(classes):
             continue
@@ -105,15 +108,13 @@ def program_exposures(
             if exposure.reasons.isdisjoint(codes):
                 continue
             named.add(exposure.ref)
-        if coverage is not None:
-            end = coverage.covered_end(exposure, as_of)
-            if end != exposure.end:
-                exposure = replace(exposure, end=end)
-                changed = True
+        recorded = exposure.end
+        if coverage is not None and (recorded is None or recorded == exposure.start):
+            end = coverage.covered_end(exposure, as_of)  # only open or single-day records can change
+            if end != recorded:
+                ends[exposure.ref] = end
         kept.append(exposure)
-    if changed:  # a new end can move an exposure among those starting the same day
-        kept.sort(key=exposure_order)
-    return kept, frozenset(named)
+    return kept, ends, frozenset(named)
 
 
 def indicated_eras(

@@ -66,8 +66,8 @@ def evaluate_program(program: Program, facts: PatientFacts, knowledge: Knowledge
     if not _in_scope(program, facts, classes, as_of):
         return None
     coverage = _coverage(program, classes)
-    counted, named = program_exposures(facts.started_by(as_of), program, classes, as_of, coverage)
-    eras = drug_eras(counted, classes.keys(), program.lines.era_gap_days, in_order=True)
+    counted, ends, named = program_exposures(facts.started_by(as_of), program, classes, as_of, coverage)
+    eras = drug_eras(counted, classes.keys(), program.lines.era_gap_days, in_order=True, ends=ends)
     diagnoses = program_diagnoses(program, facts.diagnoses, facts.ended_diagnoses)
     eras = indicated_eras(eras, program, classes, diagnoses, named, as_of)
     lines = build_lines(eras, regimen_keys(program.lines, classes), program.lines, as_of, classes)

@@ -21,15 +21,18 @@ def intolerance(rule: Rule, ctx: ProgramContext) -> Assessment:
     line = ctx.current_line or ctx.last_line
     if line is None:
         return make_assessment(rule, ctx, "no-therapy", {})
-    counted = {ref for era in ctx.eras for ref in era.refs}  # the program's exposures (indication applied)
+    counted: set[str] | None = None  # the program's exposures (indication applied), read only when needed
     events: list[tuple[date, str, frozenset[str]]] = []
     for exposure in ctx.facts.exposures:
         # Cheapest test first: this runs for every exposure of every program, and stop reasons are rare.
         if not exposure.stop_reasons or exposure.end is None or exposure.end > ctx.as_of:
             continue
         stopped = exposure.drugs & line.drugs
-        if stopped and exposure.ref in counted and any(r.code == NOT_TOLERATED for r in exposure.stop_reasons):
-            events.append((exposure.end, exposure.ref, frozenset(stopped)))
+        if stopped and any(r.code == NOT_TOLERATED for r in exposure.stop_reasons):
+            if counted is None:
+                counted = {ref for era in ctx.eras for ref in era.refs}
+            if exposure.ref in counted:
+                events.append((exposure.end, exposure.ref, frozenset(stopped)))
     for allergy in ctx.facts.allergies:
         named = allergy.drugs & line.drugs
         if named and (allergy.date is None or allergy.date <= ctx.as_of):
