@@ -49,7 +49,7 @@ class MedicationExposure:
     planned: bool = False
     asserted: date | None = None  # the latest date the record vouches for use (dateAsserted), when after `start`
     supply_days: int | None = None  # an order's stated supply over every fill (supply x (1 + repeats))
-    fills: int = 1  # an order's fills (1 + numberOfRepeatsAllowed), for an order that states no supply
+    fills: int | None = None  # an order's fills (1 + numberOfRepeatsAllowed) when it states them
     reasons: frozenset[str] = frozenset()  # "system|code" of reasonCode and of the Conditions reasonReference names
     reason_refs: tuple[str, ...] = ()  # reasonReference targets, resolved into `reasons` once Conditions are read
 
@@ -238,19 +238,19 @@ _NUMBER = (int, float)
 _DAYS_PER_UNIT = {"wk": 7, "week": 7, "weeks": 7, "mo": 30, "month": 30, "months": 30}
 
 
-def _dispensed(request: Resource) -> tuple[int | None, int]:
-    """An order's supply in days over every fill (None when not stated) and its fills (1 + repeats)."""
+def _dispensed(request: Resource) -> tuple[int | None, int | None]:
+    """An order's supply in days over every fill, and its fills (1 + repeats); None when not stated."""
     dispense = request.get("dispenseRequest")
     if not isinstance(dispense, dict):
-        return None, 1
+        return None, None
     repeats = dispense.get("numberOfRepeatsAllowed")
-    fills = 1 + repeats if type(repeats) is int and repeats > 0 else 1
+    fills = 1 + repeats if type(repeats) is int and repeats >= 0 else None
     duration = dispense.get("expectedSupplyDuration")
     if isinstance(duration, dict) and isinstance(duration.get("value"), _NUMBER):
         days = float(duration["value"])
         unit = str(duration.get("code") or duration.get("unit") or "d").lower()
         days *= _DAYS_PER_UNIT.get(unit, 1)
-        return max(1, round(days * fills)), fills
+        return max(1, round(days * (fills or 1))), fills
     return None, fills
 
 
@@ -291,7 +291,7 @@ def exposure_from(
     end: date | None
     asserted: date | None = None
     supply: int | None = None
-    fills = 1
+    fills: int | None = None
     if rtype == "MedicationStatement":
         start, end = _period(resource.get("effectivePeriod"))
         asserted = parse_date(resource.get("dateAsserted"))
@@ -327,7 +327,7 @@ def exposure_from(
         exposure.asserted = asserted
     if supply is not None:
         exposure.supply_days = supply
-    if fills != 1:
+    if fills is not None:
         exposure.fills = fills
     if "reasonCode" in resource or "reasonReference" in resource:
         exposure.reasons, exposure.reason_refs = _reasons(resource)

@@ -25,11 +25,12 @@ class CoverageTable:
     def covered_end(self, exposure: MedicationExposure, as_of: date) -> date | None:
         """The exposure's end for line building: None while it (or its grace period) still covers `as_of`.
 
-        An open order covers its stated supply, else the program's `order_days` per fill; an open statement
-        covers `statement_days` after its last assertion (None: until ended); a single-day record of an interval
-        drug (an infusion, a chemotherapy day, a course) covers the interval to the next dose, and a single-day
-        order of another drug (completed, no supply stated) one default fill per fill. Past its cover plus the
-        grace period the record ends on its last covered day. Stopped records and planned therapy keep their dates.
+        An open order covers its stated supply, else `fill_days` per fill it states, else `order_days`; an open
+        statement covers `statement_days` after its last assertion (None: until ended); a single-day record of an
+        interval drug (an infusion, a chemotherapy day, a course) covers the interval to the next dose, and a
+        single-day order of another drug (completed, no supply stated) covers what an open order would. Past its
+        cover plus the grace period the record ends on its last covered day. Stopped records and planned therapy
+        keep their own dates.
         """
         end = exposure.end
         if (end is not None and end != exposure.start) or exposure.planned or exposure.status == "stopped":
@@ -41,15 +42,13 @@ class CoverageTable:
                 if coverage.statement_days is None:
                     return None
                 days = coverage.statement_days
-            elif exposure.supply_days is not None:
-                days = exposure.supply_days
             else:
-                days = coverage.order_days * exposure.fills
+                days = self._order_days(exposure)
             start = exposure.last_evidence
         elif interval is not None:
             days, start = interval[0], end
         elif exposure.ref.startswith("MedicationRequest/") and exposure.supply_days is None:
-            days, start = coverage.order_days * exposure.fills, end  # a completed order that states no supply
+            days, start = self._order_days(exposure), end  # a completed order that states no supply
         else:
             return end
         if (date.max - start).days < days:
@@ -61,6 +60,14 @@ class CoverageTable:
             return last
         grace = interval[1] if interval else coverage.grace_days
         return None if late <= grace else last
+
+    def _order_days(self, order: MedicationExposure) -> int:
+        """Its stated supply; else one default fill per fill it states; else the default for an order."""
+        if order.supply_days is not None:
+            return order.supply_days
+        if order.fills is not None:
+            return self.coverage.fill_days * order.fills
+        return self.coverage.order_days
 
     def _interval(self, drugs: frozenset[str]) -> tuple[int, int] | None:
         if len(drugs) == 1:

@@ -85,7 +85,8 @@ class Coverage(_Strict):
     """How long a record with no recorded end keeps a drug current when nothing newer is on file."""
 
     source: str
-    order_days: int = Field(default=90, ge=1, description="One fill of an open order that states no supply.")
+    fill_days: int = Field(default=90, ge=1, description="One fill of an order that states repeats, not supply.")
+    order_days: int = Field(default=90, ge=1, description="An order that states neither supply nor repeats.")
     statement_days: int | None = Field(
         default=None, ge=1, description="An open statement after its last assertion; None: until it is ended."
     )

@@ -17,6 +17,7 @@ AS_OF = date(2026, 6, 1)
 CLASSES = {"metformin": "biguanide", "natalizumab": "anti-integrin", "ocrelizumab": "anti-CD20", "x": "other"}
 COVERAGE = Coverage(
     source="test",
+    fill_days=90,
     order_days=90,
     statement_days=200,
     grace_days=30,
@@ -38,7 +39,7 @@ def exposure(
     *,
     status: str = "active",
     supply: int | None = None,
-    fills: int = 1,
+    fills: int | None = None,
     asserted: date | None = None,
 ) -> MedicationExposure:
     found = MedicationExposure(f"{kind}/{drug}-{start}", frozenset({drug}), start, end, status, drug)
@@ -77,6 +78,11 @@ def test_an_open_order_covers_its_supply_or_one_default_per_fill() -> None:
     assert TABLE.covered_end(late, AS_OF) == authored + timedelta(days=368)
     refills = exposure("MedicationRequest", "metformin", authored, fills=4)  # no supply: 4 x 90 days
     assert TABLE.covered_end(refills, AS_OF) == authored + timedelta(days=359)
+    one_year = CoverageTable(COVERAGE.model_copy(update={"order_days": 365}), CLASSES)
+    unstated = exposure("MedicationRequest", "metformin", authored)  # neither supply nor refills: one year
+    assert one_year.covered_end(unstated, AS_OF) == authored + timedelta(days=364)  # 35 days late
+    assert one_year.covered_end(unstated, AS_OF + timedelta(days=-5)) is None  # 30 days late: on time
+    assert one_year.covered_end(refills, AS_OF) == authored + timedelta(days=359)  # stated fills win
 
 
 def test_an_open_statement_counts_from_its_last_assertion() -> None:
