@@ -68,9 +68,12 @@ def _line_goes_on(ctx: ProgramContext, line: Line, culprits: frozenset[str]) -> 
     if any(d in culprits for d in active):
         return []  # still taking it: the intolerance is unresolved
     continuing = [d for d in active if d in line.drugs]
-    core = set(ctx.program.lines.core_classes)
+    settings = ctx.program.lines
+    core = set(settings.core_classes)
     if core and not any(ctx.classes.get(d) in core for d in continuing):
         return []  # e.g. two NRTIs left without their anchor: an incomplete regimen needs a replacement
+    if len(continuing) < settings.min_regimen_drugs:
+        return []  # e.g. dolutegravir alone: monotherapy is no regimen
     return continuing
 
 

@@ -126,6 +126,7 @@ class LineSettings(_Strict):
     core_classes: list[str] = Field(
         default_factory=list, description="A regimen left without one of these classes is incomplete (HIV anchors)."
     )
+    min_regimen_drugs: int = Field(default=1, ge=1, description="Fewer drugs left is an incomplete regimen.")
     coverage: Coverage | None = Field(default=None, description="None: a record without an end stays current.")
 
 

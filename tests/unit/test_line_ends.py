@@ -8,12 +8,16 @@ import pytest
 
 from fhirsvc.facts import Diagnosis, MedicationExposure
 from fhirsvc.fhir.concepts import Coding
+from fhirsvc.fhir.record import PatientRecord
 from fhirsvc.lot.engine import DrugEra, build_lines, drug_eras, regimen_keys
 from fhirsvc.lot.exposures import CoverageTable, indicated_eras, program_exposures
+from fhirsvc.rules.evaluate import evaluate_record
 from fhirsvc.terminology.knowledge import Knowledge
 from fhirsvc.terminology.programs import Coverage, DosingInterval, LineSettings, Program
 
 AS_OF = date(2026, 6, 1)
+SCT = "http://snomed.info/sct"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 CLASSES = {"metformin": "biguanide", "natalizumab": "anti-integrin", "ocrelizumab": "anti-CD20", "x": "other"}
 COVERAGE = Coverage(
     source="test",
@@ -237,3 +241,41 @@ def test_a_drug_dropped_long_before_the_line_ends_does_not_name_its_end(knowledg
     eras = drug_eras([cisplatin, gefitinib], classes.keys(), nsclc.lines.era_gap_days)
     (line,) = build_lines(eras, regimen_keys(nsclc.lines, classes), nsclc.lines, AS_OF, classes)
     assert line.end_reason == "not-tolerated"
+
+
+def _hiv_record(stopped: str, continuing: tuple[str, ...]) -> PatientRecord:
+    """HIV since 2024; every product since 2024-01-08; ``stopped`` ended 2026-04-01 as not tolerated."""
+    record = PatientRecord("p1")
+    record.add({"resourceType": "Condition", "id": "hiv", "code": {"coding": [{"system": SCT, "code": "86406008"}]}})
+    goes_on = [(f"goes-on-{n}", code, None) for n, code in enumerate(continuing)]
+    for rid, code, end in [("stopped", stopped, "2026-04-01"), *goes_on]:
+        period = {"start": "2024-01-08", **({"end": end} if end else {})}
+        resource = {
+            "resourceType": "MedicationStatement",
+            "id": rid,
+            "status": "stopped" if end else "active",
+            "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": code}]},
+            "subject": {"reference": "Patient/p1"},
+            "effectivePeriod": period,
+        }
+        if end:
+            resource["statusReason"] = [{"coding": [{"system": SCT, "code": "407563006"}]}]
+        record.add(resource)
+    return record
+
+
+@pytest.mark.parametrize(
+    ("stopped", "continuing", "outcome"),
+    [
+        ("1433873", ("1747691",), "not-tolerated"),  # dolutegravir stopped, FTC/TAF left: no anchor
+        ("1747691", ("1433873",), "not-tolerated"),  # FTC/TAF stopped, dolutegravir alone: monotherapy
+        ("476556", ("1433873", "68244"), "continues"),  # FTC/TDF stopped, dolutegravir + lamivudine go on
+    ],
+)
+def test_a_drop_inside_an_hiv_line_needs_a_whole_regimen_left(
+    knowledge: Knowledge, stopped: str, continuing: tuple[str, ...], outcome: str
+) -> None:
+    result = evaluate_record(_hiv_record(stopped, continuing), knowledge, AS_OF)
+    (hiv,) = result.programs
+    (finding,) = [a for a in hiv.assessments if a.rule == "intolerance"]
+    assert finding.outcome == outcome and hiv.current_line is not None
