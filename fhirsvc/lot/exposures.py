@@ -25,12 +25,11 @@ class CoverageTable:
     def covered_end(self, exposure: MedicationExposure, as_of: date) -> date | None:
         """The exposure's end for line building: None while it (or its grace period) still covers `as_of`.
 
-        An open order covers its stated supply, else `fill_days` per fill it states, else `order_days`; an open
-        statement covers `statement_days` after its last assertion (None: until ended); a single-day record of an
-        interval drug (an infusion, a chemotherapy day, a course) covers the interval to the next dose, and a
-        single-day order of another drug (completed, no supply stated) covers what an open order would. Past its
-        cover plus the grace period the record ends on its last covered day. Stopped records and planned therapy
-        keep their own dates.
+        An open order covers its stated supply, else `fill_days` per fill it states, else `order_days` (None:
+        until ended); an open statement covers `statement_days` after its last assertion (None: until ended); a
+        single-day record of an interval drug (an infusion, a chemotherapy day, a course) covers the interval to
+        the next dose, and a completed single-day order of another drug at least one fill. Past its cover plus the
+        grace period the record ends on its last covered day. Stopped records and planned therapy keep their dates.
         """
         end = exposure.end
         if (end is not None and end != exposure.start) or exposure.planned or exposure.status == "stopped":
@@ -43,12 +42,16 @@ class CoverageTable:
                     return None
                 days = coverage.statement_days
             else:
-                days = self._order_days(exposure)
+                order_days = self._order_days(exposure)
+                if order_days is None:
+                    return None
+                days = order_days
             start = exposure.last_evidence
         elif interval is not None:
             days, start = interval[0], end
         elif exposure.ref.startswith("MedicationRequest/") and exposure.supply_days is None:
-            days, start = self._order_days(exposure), end  # a completed order that states no supply
+            # A completed order that states no supply: dispensed, so at least one fill.
+            days, start = self._order_days(exposure) or self.coverage.fill_days, end
         else:
             return end
         if (date.max - start).days < days:
@@ -61,7 +64,7 @@ class CoverageTable:
         grace = interval[1] if interval else coverage.grace_days
         return None if late <= grace else last
 
-    def _order_days(self, order: MedicationExposure) -> int:
+    def _order_days(self, order: MedicationExposure) -> int | None:
         """Its stated supply; else one default fill per fill it states; else the default for an order."""
         if order.supply_days is not None:
             return order.supply_days

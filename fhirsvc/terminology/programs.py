@@ -86,7 +86,9 @@ class Coverage(_Strict):
 
     source: str
     fill_days: int = Field(default=90, ge=1, description="One fill of an order that states repeats, not supply.")
-    order_days: int = Field(default=90, ge=1, description="An order that states neither supply nor repeats.")
+    order_days: int | None = Field(
+        default=90, ge=1, description="An open order that states neither supply nor refills; None: until ended."
+    )
     statement_days: int | None = Field(
         default=None, ge=1, description="An open statement after its last assertion; None: until it is ended."
     )

@@ -87,6 +87,11 @@ def test_an_open_order_covers_its_supply_or_one_default_per_fill() -> None:
     assert one_year.covered_end(unstated, AS_OF) == authored + timedelta(days=364)  # 35 days late
     assert one_year.covered_end(unstated, AS_OF + timedelta(days=-5)) is None  # 30 days late: on time
     assert one_year.covered_end(refills, AS_OF) == authored + timedelta(days=359)  # stated fills win
+    until_ended = CoverageTable(COVERAGE.model_copy(update={"order_days": None}), CLASSES)
+    assert until_ended.covered_end(unstated, AS_OF) is None
+    assert until_ended.covered_end(refills, AS_OF) == authored + timedelta(days=359)
+    dispensed = exposure("MedicationRequest", "metformin", authored, authored, status="completed")
+    assert until_ended.covered_end(dispensed, AS_OF) == authored + timedelta(days=89)  # completed: one fill
 
 
 def test_an_open_statement_counts_from_its_last_assertion() -> None:
