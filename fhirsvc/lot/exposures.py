@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import date, timedelta
 
 from fhirsvc.facts import Diagnosis, MedicationExposure
 from fhirsvc.lot.engine import DrugEra
 from fhirsvc.terminology.programs import Coverage, Program
 
-_DAY = timedelta(days=1)
 _ALWAYS = (date.min, date.max)
+_LAST_DAY = date.max.toordinal()
 
 
 class CoverageTable:
     """One program's expected durations, resolved per drug once (the program's drug classes are fixed at load)."""
 
-    __slots__ = ("coverage", "intervals")
+    __slots__ = ("_fill", "_grace", "_order", "_statement", "coverage", "intervals")
 
     def __init__(self, coverage: Coverage, classes: dict[str, str]) -> None:
         self.coverage = coverage
         self.intervals = coverage.interval_days(classes)
+        # Read on the hot path (every single-day or open record of every program): plain attributes.
+        self._fill, self._order = coverage.fill_days, coverage.order_days
+        self._statement, self._grace = coverage.statement_days, coverage.grace_days
 
     def covered_end(self, exposure: MedicationExposure, as_of: date) -> date | None:
         """The exposure's end for line building: None while it (or its grace period) still covers `as_of`.
@@ -35,42 +38,39 @@ class CoverageTable:
         if (end is not None and end != exposure.start) or exposure.planned or exposure.status == "stopped":
             return end  # a recorded period, planned therapy, or a stop: their own dates
         interval = self._interval(exposure.drugs) if self.intervals else None
-        coverage = self.coverage
+        days: int | None
         if end is None:
-            if exposure.ref.startswith("MedicationStatement/"):
-                if coverage.statement_days is None:
-                    return None
-                days = coverage.statement_days
-            else:
-                order_days = self._order_days(exposure)
-                if order_days is None:
-                    return None
-                days = order_days
+            statement = exposure.ref.startswith("MedicationStatement/")
+            days = self._statement if statement else self._order_days(exposure)
+            if days is None:
+                return None  # current until the record is ended
             start = exposure.last_evidence
         elif interval is not None:
             days, start = interval[0], end
-        elif exposure.ref.startswith("MedicationRequest/") and exposure.supply_days is None:
+        elif exposure.supply_days is None and exposure.ref.startswith("MedicationRequest/"):
             # A completed order that states no supply: dispensed, so at least one fill.
-            days, start = self._order_days(exposure) or self.coverage.fill_days, end
+            days, start = self._order_days(exposure) or self._fill, end
         else:
             return end
-        if (date.max - start).days < days:
-            return end  # a date near 9999-12-31 ("no end" in some EHRs): nothing to add
-        # The next fill or dose is due `days` after the record; until `grace` days past that it is on time.
-        last = start + timedelta(days=days - 1)
-        late = (as_of - last).days - 1
+        # Day numbers rather than timedelta sums: cheaper, and a date near 9999-12-31 ("no end" in some EHRs)
+        # cannot overflow.
+        last = start.toordinal() + days - 1
+        if last > _LAST_DAY:
+            return end
+        # The next fill or dose is due the day after `last`; until `grace` days past that it is on time.
+        late = as_of.toordinal() - last - 1
         if late < 0:
-            return last
-        grace = interval[1] if interval else coverage.grace_days
-        return None if late <= grace else last
+            return date.fromordinal(last)
+        grace = interval[1] if interval else self._grace
+        return None if late <= grace else date.fromordinal(last)
 
     def _order_days(self, order: MedicationExposure) -> int | None:
         """Its stated supply; else one default fill per fill it states; else the default for an order."""
         if order.supply_days is not None:
             return order.supply_days
         if order.fills is not None:
-            return self.coverage.fill_days * order.fills
-        return self.coverage.order_days
+            return self._fill * order.fills
+        return self._order
 
     def _interval(self, drugs: frozenset[str]) -> tuple[int, int] | None:
         if len(drugs) == 1:
@@ -80,9 +80,10 @@ class CoverageTable:
         return max(found) if found else None
 
 
-def program_diagnoses(program: Program, active: Iterable[Diagnosis], ended: Iterable[Diagnosis]) -> list[Diagnosis]:
+def program_diagnoses(program: Program, active: list[Diagnosis], ended: list[Diagnosis]) -> list[Diagnosis]:
     codes = program.scope.diagnosis.keys
-    return [d for d in (*active, *ended) if d.codes & codes]
+    found = [d for d in active if not d.codes.isdisjoint(codes)]
+    return found + [d for d in ended if not d.codes.isdisjoint(codes)] if ended else found
 
 
 def _windows(diagnoses: Sequence[Diagnosis], margin_days: int) -> list[tuple[date, date]]:
@@ -109,8 +110,10 @@ def program_exposures(
     """
     codes = program.scope.diagnosis.keys
     kept: list[MedicationExposure] = []
+    keep = kept.append
     ends: dict[str, date | None] = {}
     named: set[str] = set()
+    covered_end = coverage.covered_end if coverage is not None else None
     for exposure in exposures:
         if exposure.drugs.isdisjoint(classes):
             continue
@@ -119,11 +122,11 @@ def program_exposures(
                 continue
             named.add(exposure.ref)
         recorded = exposure.end
-        if coverage is not None and (recorded is None or recorded == exposure.start):
-            end = coverage.covered_end(exposure, as_of)  # only open or single-day records can change
+        if covered_end is not None and (recorded is None or recorded == exposure.start):
+            end = covered_end(exposure, as_of)  # only open or single-day records can change
             if end != recorded:
                 ends[exposure.ref] = end
-        kept.append(exposure)
+        keep(exposure)
     return kept, ends, frozenset(named)
 
 
@@ -144,6 +147,8 @@ def indicated_eras(
     classes put the patient in scope) an era of an anchor class counts, and other drugs only beside one
     (emtricitabine/tenofovir alone is PrEP).
     """
+    if not eras:
+        return eras
     windows = _windows(diagnoses, program.indication.margin_days)
     if _ALWAYS in windows and not named:
         return eras
