@@ -57,6 +57,8 @@ def _coverage(program: Program, classes: dict[str, str]) -> CoverageTable | None
         return cached[2]
     coverage = program.lines.coverage
     table = CoverageTable(coverage, classes) if coverage is not None else None
+    if len(_COVERAGE) >= 64:  # knowledge reloaded many times (tests): forget the programs of earlier loads
+        _COVERAGE.clear()
     _COVERAGE[id(program)] = (program, classes, table)
     return table
 
