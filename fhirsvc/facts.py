@@ -47,6 +47,15 @@ class MedicationExposure:
     text: str
     stop_reasons: tuple[Coding, ...] = ()
     planned: bool = False
+    asserted: date | None = None  # the latest date the record vouches for use (dateAsserted), when after `start`
+    supply_days: int | None = None  # an order's stated supply over every fill (supply x (1 + repeats))
+    fills: int | None = None  # an order's fills (1 + numberOfRepeatsAllowed) when it states them
+    reasons: frozenset[str] = frozenset()  # "system|code" of reasonCode and of the Conditions reasonReference names
+    reason_refs: tuple[str, ...] = ()  # reasonReference targets, resolved into `reasons` once Conditions are read
+
+    @property
+    def last_evidence(self) -> date:
+        return self.asserted if self.asserted is not None and self.asserted > self.start else self.start
 
 
 @dataclass(slots=True)
@@ -75,6 +84,7 @@ class Diagnosis:
     codes: frozenset[str]
     onset: date | None
     clinical_status: str = "active"  # "relapse" marks a recorded relapse episode (condition-clinical)
+    abatement: date | None = None  # inactive/resolved/remission: when it ended (None: not recorded)
 
 
 @dataclass(slots=True)
@@ -104,6 +114,8 @@ class PatientFacts:
     exposures: list[MedicationExposure] = field(default_factory=list)
     labs: list[LabResult] = field(default_factory=list)
     diagnoses: list[Diagnosis] = field(default_factory=list)
+    # Inactive, resolved or in remission: no rule reads them, only the indication of past drugs.
+    ended_diagnoses: list[Diagnosis] = field(default_factory=list)
     allergies: list[Allergy] = field(default_factory=list)
     goals: list[GoalTarget] = field(default_factory=list)
     skipped: int = 0
@@ -222,19 +234,39 @@ def _medication_concept(resource: Resource, record: PatientRecord) -> object:
     return None
 
 
-def _supply_days(request: Resource) -> int | None:
+_NUMBER = (int, float)
+_DAYS_PER_UNIT = {"wk": 7, "week": 7, "weeks": 7, "mo": 30, "month": 30, "months": 30}
+
+
+def _dispensed(request: Resource) -> tuple[int | None, int | None]:
+    """An order's supply in days over every fill, and its fills (1 + repeats); None when not stated."""
     dispense = request.get("dispenseRequest")
     if not isinstance(dispense, dict):
-        return None
+        return None, None
+    repeats = dispense.get("numberOfRepeatsAllowed")
+    fills = 1 + repeats if type(repeats) is int and repeats >= 0 else None
     duration = dispense.get("expectedSupplyDuration")
-    if isinstance(duration, dict) and isinstance(duration.get("value"), int | float):
+    if isinstance(duration, dict) and isinstance(duration.get("value"), _NUMBER):
         days = float(duration["value"])
         unit = str(duration.get("code") or duration.get("unit") or "d").lower()
-        days *= {"wk": 7, "week": 7, "weeks": 7, "mo": 30, "month": 30, "months": 30}.get(unit, 1)
-        repeats = dispense.get("numberOfRepeatsAllowed")
-        fills = 1 + (repeats if isinstance(repeats, int) and repeats > 0 else 0)
-        return max(1, round(days * fills))
-    return None
+        days *= _DAYS_PER_UNIT.get(unit, 1)
+        return max(1, round(days * (fills or 1))), fills
+    return None, fills
+
+
+def _reasons(resource: Resource) -> tuple[frozenset[str], tuple[str, ...]]:
+    """reasonCode keys, and the references of reasonReference (a Condition, Observation, ...)."""
+    coded = resource.get("reasonCode")
+    keys = frozenset(k for concept in coded for k in concept_keys(concept)) if isinstance(coded, list) else _EMPTY
+    named = resource.get("reasonReference")
+    refs: tuple[str, ...] = ()
+    if isinstance(named, list):
+        refs = tuple(
+            normalise_reference(r["reference"])
+            for r in named
+            if isinstance(r, dict) and isinstance(r.get("reference"), str)
+        )
+    return keys, refs
 
 
 def exposure_from(
@@ -257,16 +289,21 @@ def exposure_from(
     rtype = resource["resourceType"]
     start: date | None
     end: date | None
+    asserted: date | None = None
+    supply: int | None = None
+    fills: int | None = None
     if rtype == "MedicationStatement":
         start, end = _period(resource.get("effectivePeriod"))
-        start = start or parse_date(resource.get("effectiveDateTime")) or parse_date(resource.get("dateAsserted"))
+        asserted = parse_date(resource.get("dateAsserted"))
+        start = start or parse_date(resource.get("effectiveDateTime")) or asserted
     elif rtype == "MedicationRequest":
         start, end = _period((resource.get("dispenseRequest") or {}).get("validityPeriod"))
         authored = parse_date(resource.get("authoredOn"))
         start = authored or start
-        if end is None and status not in _OPEN_MED and start is not None:
-            supply = _supply_days(resource)
-            end = start + timedelta(days=supply) if supply else start
+        if end is None:  # with a validity end the order's period is known: no supply needed
+            supply, fills = _dispensed(resource)
+            if status not in _OPEN_MED and start is not None:
+                end = start + timedelta(days=supply) if supply else start
     else:  # MedicationAdministration
         start, end = _period(resource.get("effectivePeriod"))
         start = start or parse_date(resource.get("effectiveDateTime"))
@@ -285,7 +322,16 @@ def exposure_from(
         reasons = tuple(codings(stated))
     elif stated:
         reasons = tuple(c for concept_ in stated for c in codings(concept_))
-    return MedicationExposure(_ref(resource), drugs, start, end, status, concept_text(concept), reasons, planned)
+    exposure = MedicationExposure(_ref(resource), drugs, start, end, status, concept_text(concept), reasons, planned)
+    if asserted is not None:
+        exposure.asserted = asserted
+    if supply is not None:
+        exposure.supply_days = supply
+    if fills is not None:
+        exposure.fills = fills
+    if "reasonCode" in resource or "reasonReference" in resource:
+        exposure.reasons, exposure.reason_refs = _reasons(resource)
+    return exposure
 
 
 def _is_number(value: object) -> bool:
@@ -366,6 +412,13 @@ def lab_from(resource: Resource) -> LabResult | None:
     )
 
 
+def _ended_status(resource: Resource) -> str | None:
+    """ "inactive", "resolved" or "remission" for a condition that was real and has ended; else None."""
+    if any(v in _VOID_CONDITION for v in codes(resource.get("verificationStatus"))):
+        return None
+    return next((c for c in codes(resource.get("clinicalStatus")) if c in _INACTIVE_CONDITION), None)
+
+
 def _clinical_status(resource: Resource) -> str | None:
     """The clinicalStatus code ("active" when absent), or None when inactive, resolved, refuted or in error."""
     clinical = codes(resource.get("clinicalStatus"))
@@ -375,12 +428,29 @@ def _clinical_status(resource: Resource) -> str | None:
     return clinical[0] if clinical else "active"
 
 
+def _onset(resource: Resource) -> date | None:
+    return (
+        parse_date(resource.get("onsetDateTime"))
+        or _period(resource.get("onsetPeriod"))[0]
+        or parse_date(resource.get("recordedDate"))
+    )
+
+
 def diagnosis_from(resource: Resource) -> Diagnosis | None:
     status = _clinical_status(resource)
     if status is None:
         return None
-    onset = parse_date(resource.get("onsetDateTime")) or parse_date(resource.get("recordedDate"))
-    return Diagnosis(_ref(resource), _keys_and_text(resource.get("code"))[0], onset, status)
+    return Diagnosis(_ref(resource), _keys_and_text(resource.get("code"))[0], _onset(resource), status)
+
+
+def ended_diagnosis_from(resource: Resource) -> Diagnosis | None:
+    """An inactive, resolved or remitted Condition with its abatement date (None when not recorded)."""
+    status = _ended_status(resource)
+    if status is None:
+        return None
+    abatement = parse_date(resource.get("abatementDateTime")) or _period(resource.get("abatementPeriod"))[0]
+    keys = _keys_and_text(resource.get("code"))[0]
+    return Diagnosis(_ref(resource), keys, _onset(resource), status, abatement)
 
 
 def allergy_from(resource: Resource, catalog: DrugCatalog) -> Allergy | None:
@@ -409,6 +479,18 @@ def goal_from(resource: Resource) -> list[GoalTarget]:
             unit = str(quantity.get("code") or quantity.get("unit") or "")
             targets.append(GoalTarget(_ref(resource), measure, float(quantity["value"]), unit))
     return targets
+
+
+def _resolve_reasons(facts: PatientFacts) -> None:
+    """Add the codes of the Conditions an exposure's reasonReference names (unresolved references add nothing)."""
+    pending = [e for e in facts.exposures if e.reason_refs]
+    if not pending:
+        return
+    by_ref = {d.ref: d.codes for d in (*facts.diagnoses, *facts.ended_diagnoses)}
+    for exposure in pending:
+        named = [by_ref[r] for r in exposure.reason_refs if r in by_ref]
+        if named:
+            exposure.reasons = exposure.reasons.union(*named)
 
 
 # OverflowError: dates or durations past datetime's range (a daysSupply of 10**9, year 9999 plus a duration).
@@ -457,7 +539,17 @@ def extract_facts(
     for lab in facts.labs:
         for key in lab.codes:
             facts.labs_by_code.setdefault(key, []).append(lab)
-    _read_all(record.of_type("Condition"), diagnosis_from, facts, facts.diagnoses)
+
+    def condition(resource: Resource) -> Diagnosis | None:
+        found = diagnosis_from(resource)
+        if found is None:
+            ended = ended_diagnosis_from(resource)
+            if ended is not None:
+                facts.ended_diagnoses.append(ended)
+        return found
+
+    _read_all(record.of_type("Condition"), condition, facts, facts.diagnoses)
+    _resolve_reasons(facts)
 
     def allergy(resource: Resource) -> Allergy | None:
         return allergy_from(resource, catalog)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -68,10 +68,12 @@ def drug_eras(
     drugs_in_program: AbstractSet[str],
     era_gap_days: int,
     in_order: bool = False,
+    ends: Mapping[str, date | None] | None = None,
 ) -> list[DrugEra]:
     """Merge each ingredient's exposures into eras; exposures starting after `as_of` must be filtered out first.
 
     `in_order`: the exposures already come in `exposure_order` (PatientFacts.started_by), so none is sorted again.
+    `ends`: by exposure ref, the end to use instead of the recorded one (a record's expected duration).
     """
     by_drug: defaultdict[str, list[MedicationExposure]] = defaultdict(list)
     for exposure in exposures:
@@ -86,15 +88,16 @@ def drug_eras(
             items.sort(key=exposure_order)
         current: DrugEra | None = None
         for exposure in items:
+            end = ends.get(exposure.ref, exposure.end) if ends else exposure.end
             # Compared as a difference: an end date of 9999-12-31 ("no end" in some EHRs) plus a gap overflows.
             if current is not None and (current.end is None or exposure.start - current.end <= gap):
                 if current.end is not None:
-                    current.end = None if exposure.end is None else max(current.end, exposure.end)
+                    current.end = None if end is None else max(current.end, end)
                 current.refs.append(exposure.ref)
                 current.stop_reasons = list(exposure.stop_reasons) or current.stop_reasons
                 current.planned = current.planned and exposure.planned
                 continue
-            current = DrugEra(drug, exposure.start, exposure.end, [exposure.ref], list(exposure.stop_reasons))
+            current = DrugEra(drug, exposure.start, end, [exposure.ref], list(exposure.stop_reasons))
             current.planned = exposure.planned
             eras.append(current)
     eras.sort(key=lambda e: (e.start, e.drug))
@@ -105,9 +108,14 @@ def _signature(active: list[DrugEra], classify: dict[str, str], ignore: frozense
     return frozenset(c for c in (classify.get(e.drug, e.drug) for e in active) if c not in ignore)
 
 
-def _end_reason(line_eras: list[DrugEra]) -> str | None:
-    """The stop reason recorded on the eras that closed the line, mapped to a label."""
+def _end_reason(line_eras: list[DrugEra], line_end: date, window: timedelta) -> str | None:
+    """The stop reason recorded on the eras that closed the line (ended within `window` around its end), as a label.
+
+    A drug dropped long before (cisplatin stopped as not tolerated while gefitinib went on) did not end the line.
+    """
     for era in line_eras:
+        if era.end is None or not -window <= era.end - line_end < window:
+            continue
         for reason in era.stop_reasons:
             label = STOP_REASON_LABELS.get(reason.code)
             if label:
@@ -181,7 +189,7 @@ def build_lines(
             limit = settings.discontinuation_gap_days
             if limit is not None and gap_days > limit and not gap_exempt:
                 current.end = gap_start - _DAY
-                current.end_reason = _end_reason(_eras_of(current, eras)) or "discontinued"
+                current.end_reason = _end_reason(_eras_of(current, eras), current.end, window) or "discontinued"
                 current = None
         if current is None:
             current = _open_line(lines, day, active, signature)
@@ -196,8 +204,7 @@ def build_lines(
             elif added or (dropped and settings.new_line_on_drop):
                 still_on = any(e.active_on(day - _DAY) for e in _eras_of(current, eras))
                 current.end = day if still_on or gap_start is None else gap_start - _DAY
-                leaving = [e for e in _eras_of(current, eras) if e.end is not None and e.end - day < window]
-                current.end_reason = _end_reason(leaving) or "new-line"
+                current.end_reason = _end_reason(_eras_of(current, eras), current.end, window) or "new-line"
                 current = _open_line(lines, day, active, signature)
             else:
                 # A drop that does not end the line (maintenance, an incomplete regimen) keeps the dropped drug
@@ -213,7 +220,7 @@ def build_lines(
         # until the gap has passed; without one, stopping every drug ends it.
         if limit is None or (as_of - last_day).days > limit:
             current.end = last_day
-            current.end_reason = _end_reason(ended) or "discontinued"
+            current.end_reason = _end_reason(ended, last_day, window) or "discontinued"
     for line in lines:
         _assign_drugs(line, eras, as_of)
     return lines

@@ -10,6 +10,7 @@ from fhirsvc.deceased import Death, death_by
 from fhirsvc.facts import PatientFacts, extract_facts
 from fhirsvc.fhir.record import MEDICATION_TYPES, PatientRecord
 from fhirsvc.lot.engine import DrugEra, Line, build_lines, drug_eras, regimen_keys
+from fhirsvc.lot.exposures import indicated_eras, program_diagnoses, program_exposures
 from fhirsvc.rules import activity, confirmed_threshold, progression, targets, triggers  # noqa: F401 (registers kinds)
 from fhirsvc.rules.base import RULE_KINDS, Assessment, ProgramContext
 from fhirsvc.terminology.knowledge import Knowledge
@@ -65,7 +66,11 @@ def evaluate_program(
         as_of = min(as_of, death.date)
     if not _in_scope(program, facts, classes, as_of):
         return None
-    eras = drug_eras(facts.started_by(as_of), classes.keys(), program.lines.era_gap_days, in_order=True)
+    coverage = knowledge.coverage(program)
+    counted, ends, named = program_exposures(facts.started_by(as_of), program, classes, as_of, coverage)
+    eras = drug_eras(counted, classes.keys(), program.lines.era_gap_days, in_order=True, ends=ends)
+    diagnoses = program_diagnoses(program, facts.diagnoses, facts.ended_diagnoses)
+    eras = indicated_eras(eras, program, classes, diagnoses, named, as_of)
     lines = build_lines(eras, regimen_keys(program.lines, classes), program.lines, as_of, classes)
     result = ProgramResult(program, lines, classes)
     if death is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 
+from fhirsvc.lot.engine import Line
 from fhirsvc.rules.base import Assessment, Measurement, ProgramContext, make_assessment, rule_kind
 from fhirsvc.terminology.programs import Rule
 
@@ -12,18 +13,26 @@ NOT_TOLERATED = "407563006"  # SNOMED "Treatment not tolerated" (mCODE Treatment
 
 @rule_kind("intolerance")
 def intolerance(rule: Rule, ctx: ProgramContext) -> Assessment:
-    """A drug of the line stopped as not tolerated, or an allergy/intolerance recorded to it, with no switch yet."""
+    """A drug of the line stopped as not tolerated, or an allergy/intolerance recorded to it, with no switch yet.
+
+    When the line goes on without it (the other drugs still active, a complete regimen), the finding stays inside
+    the line: a monitoring note, with the program's interchangeable drug (cisplatin -> carboplatin) when one exists.
+    """
     line = ctx.current_line or ctx.last_line
     if line is None:
         return make_assessment(rule, ctx, "no-therapy", {})
+    counted: set[str] | None = None  # the program's exposures (indication applied), read only when needed
     events: list[tuple[date, str, frozenset[str]]] = []
     for exposure in ctx.facts.exposures:
         # Cheapest test first: this runs for every exposure of every program, and stop reasons are rare.
         if not exposure.stop_reasons or exposure.end is None or exposure.end > ctx.as_of:
             continue
         stopped = exposure.drugs & line.drugs
-        if stopped and any(reason.code == NOT_TOLERATED for reason in exposure.stop_reasons):
-            events.append((exposure.end, exposure.ref, frozenset(stopped)))
+        if stopped and any(r.code == NOT_TOLERATED for r in exposure.stop_reasons):
+            if counted is None:
+                counted = {ref for era in ctx.eras for ref in era.refs}
+            if exposure.ref in counted:
+                events.append((exposure.end, exposure.ref, frozenset(stopped)))
     for allergy in ctx.facts.allergies:
         named = allergy.drugs & line.drugs
         if named and (allergy.date is None or allergy.date <= ctx.as_of):
@@ -33,11 +42,49 @@ def intolerance(rule: Rule, ctx: ProgramContext) -> Assessment:
     events.sort()
     since, _, _ = events[-1]
     culprits = frozenset().union(*(drugs for _, _, drugs in events))
-    program_drugs = ctx.classes.keys()
-    switched = any(e.start >= since and (e.drugs & program_drugs) - culprits for e in ctx.facts.started_by(ctx.as_of))
+    switched = any(era.start >= since and era.drug not in culprits for era in ctx.eras)
     values = {"drugs": ", ".join(sorted(culprits)), "date": since.isoformat()}
-    outcome = "switched" if switched else "not-tolerated"
-    return make_assessment(rule, ctx, outcome, values, [], line, [ref for _, ref, _ in events])
+    refs = [ref for _, ref, _ in events]
+    if switched:
+        return make_assessment(rule, ctx, "switched", values, [], line, refs)
+    continuing = _line_goes_on(ctx, line, culprits)
+    if not continuing:
+        return make_assessment(rule, ctx, "not-tolerated", values, [], line, refs)
+    values["continuing"] = ", ".join(continuing)
+    substitutes = _substitutes(ctx, culprits)
+    if substitutes and "continues-substitute" in rule.outcomes:
+        values["substitutes"] = " or ".join(substitutes)
+        return make_assessment(rule, ctx, "continues-substitute", values, [], line, refs)
+    return make_assessment(
+        rule, ctx, "continues" if "continues" in rule.outcomes else "not-tolerated", values, [], line, refs
+    )
+
+
+def _line_goes_on(ctx: ProgramContext, line: Line, culprits: frozenset[str]) -> list[str]:
+    """The line's other drugs still active today, when none of the culprits is and they form a whole regimen."""
+    if ctx.current_line is not line:
+        return []
+    active = ctx.program_drugs_active()
+    if any(d in culprits for d in active):
+        return []  # still taking it: the intolerance is unresolved
+    continuing = [d for d in active if d in line.drugs]
+    settings = ctx.program.lines
+    core = set(settings.core_classes)
+    if core and not any(ctx.classes.get(d) in core for d in continuing):
+        return []  # e.g. two NRTIs left without their anchor: an incomplete regimen needs a replacement
+    if len(continuing) < settings.min_regimen_drugs:
+        return []  # e.g. dolutegravir alone: monotherapy is no regimen
+    return continuing
+
+
+def _substitutes(ctx: ProgramContext, culprits: frozenset[str]) -> list[str]:
+    """Drugs the program treats as interchangeable with a culprit (same line), never one not tolerated itself."""
+    allergic = {d for allergy in ctx.facts.allergies for d in allergy.drugs}
+    found: list[str] = []
+    for group in ctx.program.lines.substitutions:
+        if culprits & set(group):
+            found += [d for d in group if d not in culprits and d not in allergic and d not in found]
+    return found
 
 
 @rule_kind("pregnancy-contraindication")

@@ -78,6 +78,50 @@ class LateAddition(_Strict):
     joins_within_days: int = Field(ge=0)
 
 
+class DosingInterval(_Strict):
+    """How long one dose, cycle or course keeps drugs current (the labelled interval to the next one)."""
+
+    drugs: list[str] = Field(default_factory=list)
+    classes: list[str] = Field(default_factory=list)
+    days: int = Field(ge=1)
+    grace_days: int | None = Field(default=None, ge=0, description="Late doses still on schedule; else the default.")
+    source: str
+
+
+class Coverage(_Strict):
+    """How long a record with no recorded end keeps a drug current when nothing newer is on file."""
+
+    source: str
+    fill_days: int = Field(default=90, ge=1, description="One fill of an order that states repeats, not supply.")
+    order_days: int | None = Field(
+        default=90, ge=1, description="An open order that states neither supply nor refills; None: until ended."
+    )
+    statement_days: int | None = Field(
+        default=None, ge=1, description="An open statement after its last assertion; None: until it is ended."
+    )
+    grace_days: int = Field(default=30, ge=0, description="Late refills that still continue the drug.")
+    intervals: list[DosingInterval] = Field(default_factory=list)
+
+    def interval_days(self, classes: dict[str, str]) -> dict[str, tuple[int, int]]:
+        """Drug → (interval days, grace days) for the drugs of `classes`; a drug entry wins over its class."""
+        by_class: dict[str, tuple[int, int]] = {}
+        by_drug: dict[str, tuple[int, int]] = {}
+        for interval in self.intervals:
+            value = (interval.days, self.grace_days if interval.grace_days is None else interval.grace_days)
+            by_class.update((d, value) for d, c in classes.items() if c in interval.classes)
+            by_drug.update((d, value) for d in interval.drugs)
+        return by_class | by_drug
+
+
+class Indication(_Strict):
+    """When a drug counts toward the program: its diagnosis active around the exposure, or its reason names it."""
+
+    source: str
+    margin_days: int = Field(
+        default=90, ge=0, description="Treatment this long before onset (or after abatement) still counts."
+    )
+
+
 class LineSettings(_Strict):
     regimen_window_days: int = Field(default=28, ge=0)
     era_gap_days: int = Field(default=90, ge=0, description="Refill gap that still continues a drug era.")
@@ -88,6 +132,11 @@ class LineSettings(_Strict):
     substitutions: list[list[str]] = Field(default_factory=list, description="Interchangeable drugs (one slot).")
     gap_exempt_classes: list[str] = Field(default_factory=list, description="Oral continuous drugs (TKIs).")
     late_additions: list[LateAddition] = Field(default_factory=list)
+    core_classes: list[str] = Field(
+        default_factory=list, description="A regimen left without one of these classes is incomplete (HIV anchors)."
+    )
+    min_regimen_drugs: int = Field(default=1, ge=1, description="Fewer drugs left is an incomplete regimen.")
+    coverage: Coverage | None = Field(default=None, description="None: a record without an end stays current.")
 
 
 class ObservationSpec(_Strict):
@@ -228,6 +277,7 @@ class Program(_Strict):
     drugs: list[InlineDrug] = Field(default_factory=list)
     drug_aliases: dict[str, list[str]] = Field(default_factory=dict)
     lines: LineSettings
+    indication: Indication = Field(default_factory=lambda: Indication(source="default margin"))
     observations: dict[str, ObservationSpec] = Field(default_factory=dict)
     conditions: dict[str, CodeSet] = Field(default_factory=dict)
     flags: dict[str, Flag] = Field(default_factory=dict)

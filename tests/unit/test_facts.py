@@ -211,6 +211,59 @@ def test_inactive_refuted_and_entered_in_error_conditions_are_ignored(knowledge:
     )
     facts = extract_facts(record, knowledge.catalog, date(2026, 1, 1))
     assert [d.ref for d in facts.diagnoses] == ["Condition/d"]
+    # The resolved one is kept apart (no rule reads it; the indication of past drugs does), the void ones are not.
+    assert [(d.ref, d.clinical_status) for d in facts.ended_diagnoses] == [("Condition/a", "resolved")]
+
+
+def test_an_ended_diagnosis_keeps_its_abatement(knowledge: Knowledge) -> None:
+    record = PatientRecord("p1")
+    cs = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+    record.add(
+        {
+            "resourceType": "Condition",
+            "id": "a",
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "254637007"}]},
+            "clinicalStatus": {"coding": [{"system": cs, "code": "remission"}]},
+            "onsetPeriod": {"start": "2019-02-01"},
+            "abatementDateTime": "2021-06-30",
+        }
+    )
+    (ended,) = extract_facts(record, knowledge.catalog, date(2026, 1, 1)).ended_diagnoses
+    assert (ended.onset, ended.abatement, ended.clinical_status) == (date(2019, 2, 1), date(2021, 6, 30), "remission")
+
+
+def test_exposures_keep_their_assertion_fills_and_reasons(knowledge: Knowledge) -> None:
+    record = PatientRecord("p1")
+    prostate = {"coding": [{"system": "http://snomed.info/sct", "code": "399068003"}]}
+    record.add({"resourceType": "Condition", "id": "prostate", "code": prostate})
+    docetaxel = {"coding": [{"system": RXNORM, "code": "72962"}]}
+    record.add(
+        statement(
+            medicationCodeableConcept=docetaxel,
+            dateAsserted="2025-06-01",
+            reasonReference=[{"reference": "Condition/prostate"}, {"reference": "Condition/not-in-record"}],
+        )
+    )
+    record.add(
+        {
+            "resourceType": "MedicationRequest",
+            "id": "mr1",
+            "status": "active",
+            "intent": "order",
+            "subject": SUBJECT,
+            "authoredOn": "2025-01-01",
+            "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "1433873"}]},
+            "dispenseRequest": {"numberOfRepeatsAllowed": 3},
+            "reasonCode": [{"coding": [{"system": "http://snomed.info/sct", "code": "86406008"}]}],
+        }
+    )
+    facts = extract_facts(record, knowledge.catalog, date(2026, 1, 1))
+    by_ref = {e.ref: e for e in facts.exposures}
+    stated, ordered = by_ref["MedicationStatement/ms1"], by_ref["MedicationRequest/mr1"]
+    assert stated.asserted == date(2025, 6, 1) and stated.last_evidence == date(2025, 6, 1)
+    assert stated.reasons == {"http://snomed.info/sct|399068003"}  # the unresolved reference adds nothing
+    assert (ordered.fills, ordered.supply_days, ordered.end) == (4, None, None)
+    assert ordered.reasons == {"http://snomed.info/sct|86406008"}
 
 
 def test_prep_without_diagnosis_is_not_in_the_hiv_program(knowledge: Knowledge) -> None:

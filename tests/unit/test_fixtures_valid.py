@@ -41,10 +41,10 @@ STATUSES = {
     "no-action",
     "data-needed",
 }
-# fixtures/triggers/ holds the general-trigger scenarios (any program): there expect.program names the
-# patient's program and patient ids start with "trig-"; everywhere else the folder is the program.
-TRIGGER_FOLDER = "triggers"
-TRIGGER_PROGRAMS = {"hiv", "t2d", "ms"}
+# fixtures/triggers/ (general triggers) and fixtures/lines/ (line ends, indication) hold scenarios of any program:
+# there expect.program names the patient's program and patient ids start with the folder's prefix; everywhere
+# else the folder is the program.
+MIXED_FOLDERS = {"triggers": ("trig-", {"hiv", "t2d", "ms"}), "lines": ("lines-", {"hiv", "t2d", "ms", "nsclc", "crc"})}
 
 
 def _load(path: Path) -> Any:
@@ -165,11 +165,13 @@ def test_scenario_names_existing_file_and_patient(label: str, entry: dict[str, A
     assert isinstance(entry["as_of"], dt.date), f"{label}: as_of must be a YAML date"
     expect = entry["expect"]
     assert expect["status"] in STATUSES, f"{label}: unknown status {expect['status']!r}"
-    assert isinstance(expect["current_line"], int) and expect["current_line"] >= 1
+    # null: no current line (every line has ended by the as-of date)
+    assert expect["current_line"] is None or (isinstance(expect["current_line"], int) and expect["current_line"] >= 1)
     folder = Path(entry["file"]).parts[0]
-    if folder == TRIGGER_FOLDER:
-        assert expect["program"] in TRIGGER_PROGRAMS, f"{label}: unknown program {expect['program']!r}"
-        assert entry["patient"].startswith("Patient/trig-"), f"{label}: trigger patient ids start with trig-"
+    if folder in MIXED_FOLDERS:
+        prefix, programs = MIXED_FOLDERS[folder]
+        assert expect["program"] in programs, f"{label}: unknown program {expect['program']!r}"
+        assert entry["patient"].startswith(f"Patient/{prefix}"), f"{label}: patient ids start with {prefix}"
     else:
         assert expect["program"] == folder
     local_ids = _local_ids(data)

@@ -1,7 +1,9 @@
 """Properties of the line-of-therapy engine over any medication timeline (hypothesis).
 
 For every program's line settings (mappings/programs/*.yaml) and any exposures (drugs of the program and strangers,
-overlapping, repeated, open-ended, with stop reasons, planned or not): no exception; lines numbered 1..n, in order
+overlapping, repeated, open-ended or single-day, orders or statements, with stop reasons, planned or not), read as
+`evaluate_program` reads them (expected durations, then indication by diagnoses with or without onset and
+abatement): no exception; lines numbered 1..n, in order
 of start, not overlapping (a line ends on or before the next one starts, and never before it starts itself); only
 the last line may be ongoing; and the same exposures in any order give the same lines.
 
@@ -19,9 +21,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fhirsvc.facts import MedicationExposure
+from fhirsvc.facts import Diagnosis, MedicationExposure
 from fhirsvc.fhir.concepts import Coding
 from fhirsvc.lot.engine import STOP_REASON_LABELS, DrugEra, Line, build_lines, drug_eras, regimen_keys
+from fhirsvc.lot.exposures import CoverageTable, indicated_eras, program_exposures
 from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
 from fhirsvc.terminology.programs import Program
 
@@ -56,7 +59,7 @@ def _interesting_drugs(program: Program, classes: dict[str, str]) -> list[str]:
 
 
 @st.composite
-def timelines(draw: st.DrawFn) -> tuple[str, list[MedicationExposure], date]:
+def timelines(draw: st.DrawFn) -> tuple[str, list[MedicationExposure], date, list[Diagnosis]]:
     program = PROGRAMS[draw(st.sampled_from(sorted(PROGRAMS)))]
     classes = KNOWLEDGE.program_drugs(program)
     pool = _interesting_drugs(program, classes)
@@ -66,9 +69,10 @@ def timelines(draw: st.DrawFn) -> tuple[str, list[MedicationExposure], date]:
     for index in range(count):
         start = EPOCH + timedelta(days=draw(st.integers(min_value=0, max_value=2600)))
         length = draw(st.none() | st.integers(min_value=0, max_value=700))
+        kind = draw(st.sampled_from(["MedicationStatement", "MedicationRequest", "MedicationAdministration"]))
         exposures.append(
             MedicationExposure(
-                ref=f"MedicationStatement/{index}",
+                ref=f"{kind}/{index}",
                 drugs=frozenset(draw(st.lists(st.sampled_from(drugs), min_size=1, max_size=3))),
                 start=start,
                 end=None if length is None else start + timedelta(days=length),
@@ -79,14 +83,26 @@ def timelines(draw: st.DrawFn) -> tuple[str, list[MedicationExposure], date]:
             )
         )
     as_of = draw(st.sampled_from([AS_OF, EPOCH + timedelta(days=1300), EPOCH]))
-    return program.id, exposures, as_of
+    day = st.integers(min_value=-400, max_value=2600).map(lambda n: EPOCH + timedelta(days=n))
+    diagnoses = [
+        Diagnosis(f"Condition/{n}", frozenset(), draw(st.none() | day), "active", draw(st.none() | day))
+        for n in range(draw(st.integers(min_value=0, max_value=2)))
+    ]
+    return program.id, exposures, as_of, diagnoses
 
 
-def run(program_id: str, exposures: list[MedicationExposure], as_of: date) -> tuple[list[DrugEra], list[Line]]:
-    """As fhirsvc.rules.evaluate does it: exposures after `as_of` are left out first."""
+def run(
+    program_id: str, exposures: list[MedicationExposure], as_of: date, diagnoses: list[Diagnosis] | None = None
+) -> tuple[list[DrugEra], list[Line]]:
+    """As fhirsvc.rules.evaluate does it: exposures after `as_of` left out, expected durations, indication."""
     program = PROGRAMS[program_id]
     classes = KNOWLEDGE.program_drugs(program)
-    eras = drug_eras([e for e in exposures if e.start <= as_of], set(classes), program.lines.era_gap_days)
+    coverage = CoverageTable(program.lines.coverage, classes) if program.lines.coverage else None
+    started = [e for e in exposures if e.start <= as_of]  # any order: drug_eras sorts
+    counted, ends, named = program_exposures(started, program, classes, as_of, coverage)
+    eras = drug_eras(counted, set(classes), program.lines.era_gap_days, ends=ends)
+    if diagnoses is not None:
+        eras = indicated_eras(eras, program, classes, diagnoses, named, as_of)
     return eras, build_lines(eras, regimen_keys(program.lines, classes), program.lines, as_of, classes)
 
 
@@ -100,10 +116,10 @@ def canonical(lines: list[Line]) -> list[tuple[Any, ...]]:
 
 @given(timelines())
 def test_any_timeline_gives_numbered_ordered_non_overlapping_lines(
-    timeline: tuple[str, list[MedicationExposure], date],
+    timeline: tuple[str, list[MedicationExposure], date, list[Diagnosis]],
 ) -> None:
-    program, exposures, as_of = timeline
-    _, lines = run(program, exposures, as_of)
+    program, exposures, as_of, diagnoses = timeline
+    _, lines = run(program, exposures, as_of, diagnoses)
     assert [line.number for line in lines] == list(range(1, len(lines) + 1))
     for line in lines:
         assert line.start <= as_of
@@ -116,14 +132,14 @@ def test_any_timeline_gives_numbered_ordered_non_overlapping_lines(
 
 @given(timelines(), st.data())
 def test_the_same_exposures_in_any_order_give_the_same_lines(
-    timeline: tuple[str, list[MedicationExposure], date], data: st.DataObject
+    timeline: tuple[str, list[MedicationExposure], date, list[Diagnosis]], data: st.DataObject
 ) -> None:
-    program, exposures, as_of = timeline
+    program, exposures, as_of, diagnoses = timeline
     shuffled = data.draw(st.permutations(exposures), label="exposures in another order")
-    eras, lines = run(program, exposures, as_of)
-    again_eras, again = run(program, list(exposures), as_of)
+    eras, lines = run(program, exposures, as_of, diagnoses)
+    again_eras, again = run(program, list(exposures), as_of, diagnoses)
     assert canonical(again) == canonical(lines) and again_eras == eras  # determinism
-    shuffled_eras, shuffled_lines = run(program, shuffled, as_of)
+    shuffled_eras, shuffled_lines = run(program, shuffled, as_of, diagnoses)
     assert shuffled_eras == eras
     assert canonical(shuffled_lines) == canonical(lines)
 
