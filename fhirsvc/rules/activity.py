@@ -25,7 +25,7 @@ def _relapses(rule: Rule, ctx: ProgramContext) -> list[Diagnosis]:
     """
     found = {d.ref: d for d in ctx.diagnoses(str(ctx.program.param(rule, "relapse_conditions")), status="relapse")}
     if "exacerbation_conditions" in rule.params:
-        for d in ctx.diagnoses(str(ctx.program.param(rule, "exacerbation_conditions"))):
+        for d in ctx.diagnoses(str(ctx.program.param(rule, "exacerbation_conditions")), ended=True):
             found.setdefault(d.ref, d)
     return list(found.values())
 

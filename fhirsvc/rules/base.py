@@ -133,11 +133,13 @@ class ProgramContext:
     def has_value(self, lab: LabResult, observation: str, value_set: str) -> bool:
         return bool(lab.coded_values & self.program.observations[observation].values[value_set].keys)
 
-    def diagnoses(self, condition_set: str, status: str | None = None) -> list[Diagnosis]:
+    def diagnoses(self, condition_set: str, status: str | None = None, ended: bool = False) -> list[Diagnosis]:
+        """Diagnoses of a named code set with onset by `as_of`; `ended` adds resolved and inactive ones (episodes)."""
         codes = self.program.conditions[condition_set].keys
+        pool = [*self.facts.diagnoses, *self.facts.ended_diagnoses] if ended else self.facts.diagnoses
         return [
             d
-            for d in self.facts.diagnoses
+            for d in pool
             if d.codes & codes
             and (d.onset is None or d.onset <= self.as_of)
             and (status is None or d.clinical_status == status)

@@ -73,3 +73,28 @@ def test_one_relapse_recorded_both_ways_is_counted_once(knowledge: Knowledge) ->
     assert result is not None
     (found,) = [a for a in result.assessments if a.rule == "ms-breakthrough"]
     assert "1 relapse(s)" in found.summary
+
+
+@pytest.mark.parametrize("status", ["resolved", "inactive", "active"])
+def test_a_recorded_exacerbation_counts_through_the_facts_whatever_its_status(
+    knowledge: Knowledge, status: str
+) -> None:
+    """From the FHIR resource: resolved and inactive Conditions are kept apart as ended, and still date a relapse."""
+    bundle = load_fixture("ms/relapse-366-days-ago.json")
+    patient = next(e["resource"]["id"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    condition = {
+        "resourceType": "Condition",
+        "id": "exacerbation-from-resource",
+        "subject": {"reference": f"Patient/{patient}"},
+        "clinicalStatus": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": status}]
+        },
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "192929006"}]},
+        "onsetDateTime": "2026-02-01",
+    }
+    builder = RecordBuilder()
+    builder.add_bundle({**bundle, "entry": [*bundle["entry"], {"resource": condition}]})
+    (record,) = builder.build()
+    facts = extract_facts(record, knowledge.catalog, AS_OF, knowledge.observation_filter)
+    status_found, evidence = _breakthrough(knowledge, facts)
+    assert status_found == "second-line-evaluation" and "Condition/exacerbation-from-resource" in evidence
