@@ -16,7 +16,7 @@ _LAST_DAY = date.max.toordinal()
 class CoverageTable:
     """One program's expected durations, resolved per drug once (the program's drug classes are fixed at load)."""
 
-    __slots__ = ("_fill", "_grace", "_order", "_statement", "coverage", "intervals")
+    __slots__ = ("_fill", "_grace", "_order", "_statement", "coverage", "intervals", "renewal_days")
 
     def __init__(self, coverage: Coverage, classes: dict[str, str]) -> None:
         self.coverage = coverage
@@ -24,6 +24,7 @@ class CoverageTable:
         # Read on the hot path (every single-day or open record of every program): plain attributes.
         self._fill, self._order = coverage.fill_days, coverage.order_days
         self._statement, self._grace = coverage.statement_days, coverage.grace_days
+        self.renewal_days = coverage.renewal_days
 
     def covered_end(self, exposure: MedicationExposure, as_of: date) -> date | None:
         """The exposure's end for line building: None while it (or its grace period) still covers `as_of`.
@@ -49,7 +50,7 @@ class CoverageTable:
             days, start = interval[0], end
         elif exposure.supply_days is None and exposure.ref.startswith("MedicationRequest/"):
             # A completed order that states no supply: dispensed, so at least one fill.
-            days, start = self._order_days(exposure) or self._fill, end
+            days, start = (self._fill if exposure.fills is None else self._fill * exposure.fills), end
         else:
             return end
         # Day numbers rather than timedelta sums: cheaper, and a date near 9999-12-31 ("no end" in some EHRs)
@@ -127,7 +128,49 @@ def program_exposures(
             if end != recorded:
                 ends[exposure.ref] = end
         keep(exposure)
+    if coverage is not None and coverage.renewal_days is not None:
+        _bridge_renewals(kept, ends, coverage.renewal_days)
     return kept, ends, frozenset(named)
+
+
+_ENDED = frozenset({"stopped", "completed"})
+
+
+def _bridge_renewals(kept: list[MedicationExposure], ends: dict[str, date | None], renewal_days: int) -> None:
+    """A renewed order is often marked stopped or completed without an end date (Synthea does so for every chronic
+    renewal): such a record, with no stop reason and no stated supply, covers the time until the next record of the
+    same drug, or else of any drug of the program (a switch), when that comes within `renewal_days`. Read as one
+    day, the months between renewals would be gaps and the regimen would seem to have stopped before every switch.
+    """
+    next_of_drug: dict[str, date] = {}
+    next_any: date | None = None
+    # `kept` is in start order: walk it backwards, one start date at a time, so "next" is always strictly later.
+    index = len(kept)
+    while index > 0:
+        day = kept[index - 1].start
+        group_start = index - 1
+        while group_start > 0 and kept[group_start - 1].start == day:
+            group_start -= 1
+        for exposure in kept[group_start:index]:
+            if (
+                exposure.status in _ENDED
+                and exposure.end == day
+                and not exposure.stop_reasons
+                and exposure.supply_days is None
+                and not exposure.planned
+            ):
+                same = [next_of_drug[d] for d in exposure.drugs if d in next_of_drug]
+                following = min(same) if same and (min(same) - day).days <= renewal_days else next_any
+                if following is not None and (following - day).days <= renewal_days:
+                    bridged = following - timedelta(days=1)
+                    covered = ends.get(exposure.ref, exposure.end)
+                    if covered is not None and bridged > covered:
+                        ends[exposure.ref] = bridged
+        for exposure in kept[group_start:index]:
+            for drug in exposure.drugs:
+                next_of_drug[drug] = day
+        next_any = day
+        index = group_start
 
 
 def indicated_eras(

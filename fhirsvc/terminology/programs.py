@@ -100,6 +100,13 @@ class Coverage(_Strict):
         default=None, ge=1, description="An open statement after its last assertion; None: until it is ended."
     )
     grace_days: int = Field(default=30, ge=0, description="Late refills that still continue the drug.")
+    renewal_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="A record stopped or completed without an end date, stop reason or stated supply covers the time "
+        "until the program's next record when that comes within this many days (a renewed order is marked stopped "
+        "without an end); None: such a record covers its own day.",
+    )
     intervals: list[DosingInterval] = Field(default_factory=list)
 
     def interval_days(self, classes: dict[str, str]) -> dict[str, tuple[int, int]]:
