@@ -77,7 +77,7 @@ def records(folder: Path) -> Iterator[tuple[PatientRecord, int]]:
     """Each patient of a Synthea output folder with the entries skipped while reading, one patient in memory at
     a time (a bundle per patient, or Bulk Data NDJSON)."""
     bundles = sorted(folder.glob("*.json"))
-    if bundles:
+    if bundles and not any(folder.glob("*.ndjson")):  # a bulk export also holds a parameters.json
         for bundle in bundles:
             loaded = load_records([bundle])
             for record in loaded.records:
