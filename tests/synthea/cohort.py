@@ -87,6 +87,12 @@ def transition_chances(module_file: str, state: str, chances: tuple[float, ...])
     return {f"{module_file}::{path}[{n}]['distribution']": chance for n, chance in enumerate(chances)}
 
 
+def complex_chances(module_file: str, state: str, branch: int, chances: tuple[float, ...]) -> dict[str, float]:
+    """`--module_override` entries setting the distributions of one branch of a state's complex transition."""
+    path = f"$['states']['{state}']['complex_transition'][{branch}]['distributions']"
+    return {f"{module_file}::{path}[{n}]['distribution']": chance for n, chance in enumerate(chances)}
+
+
 @dataclass(frozen=True)
 class CohortSpec:
     """How a program's cohort is drawn: keep module, age range, incidence changes, our own modules."""
@@ -116,7 +122,16 @@ COHORTS: dict[str, CohortSpec] = {
         age="55-85",
         overrides=transition_chances("lung_cancer.json", "Lung Cancer Probabilities", (0.6, 0.4)),
     ),
-    "crc": CohortSpec(keep="crc.json", age="50-85"),
+    # Synthea sends 1 % of people (1.5 % of smokers) down its symptomatic colorectal cancer path at 30; half of
+    # them here, the rest split between screening colonoscopies and no disease.
+    "crc": CohortSpec(
+        keep="crc.json",
+        age="50-85",
+        overrides={
+            **complex_chances("colorectal_cancer.json", "Delay_For_Smoking_History", 0, (0.3, 0.2, 0.5)),
+            **complex_chances("colorectal_cancer.json", "Delay_For_Smoking_History", 1, (0.3, 0.2, 0.5)),
+        },
+    ),
     # Our own module (Synthea has none): its realistic onset rate raised with --module_override, which sets numbers
     # at a JSON path of a module as it loads.
     "ms": CohortSpec(

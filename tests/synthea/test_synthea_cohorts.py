@@ -18,8 +18,8 @@ AS_OF = date.fromisoformat(REFERENCE_DATE)
 SEED = 1
 # People kept per program (keep modules select them) and how many of them must reach the program at least, so
 # that no invariant passes on an empty cohort. Sizes keep first-time generation near 3 minutes on 2 cores.
-POPULATION = {"hiv": 8, "t2d": 8, "nsclc": 6, "crc": 6, "ms": 6}
-MIN_REACHED = {"hiv": 6, "t2d": 6, "nsclc": 4, "crc": 2, "ms": 5}
+POPULATION = {"hiv": 8, "t2d": 8, "nsclc": 6, "crc": 6, "ms": 4}
+MIN_REACHED = {"hiv": 6, "t2d": 6, "nsclc": 4, "crc": 3, "ms": 3}
 PROGRAMS = sorted(POPULATION)
 
 
