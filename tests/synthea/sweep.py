@@ -171,12 +171,12 @@ def render(reports: Sequence[CohortReport], seed: int, command: str) -> str:
         out += [f"- `{v.patient}` (cohort {cohort_of[v.patient]}) [{v.program}]: {v.detail}" for v in examples]
         out.append("")
     out += ["## Per program", ""]
-    programs = sorted({p for r in reports for p in r.reached})
+    program_ids = sorted({p for r in reports for p in r.reached})
     out += [
         "| Program | Patients reached | Lines | Ongoing lines | Medication records of the lines (type, status) |",
         "|---|---|---|---|---|",
     ]
-    for program in programs:
+    for program in program_ids:
         types = Counter[str]()
         for r in reports:
             for (p, rtype), n in r.medication_types.items():
