@@ -255,12 +255,24 @@ def _window(program: ProgramResult, assessment: Assessment, as_of: date) -> tupl
     if rule.kind == "progression" and assessment.outcome == "progression" and start is not None:
         return start + timedelta(days=1), as_of, "progression after the line start"
     if rule.kind == "disease-activity" and assessment.outcome == "breakthrough" and start is not None:
-        window = param("window_days")
-        return max(start, as_of - timedelta(days=window)), as_of, f"on the DMT and within {window} days"
+        # The EDSS baseline may be as old as the line; the activity itself is checked by `_recent_enough`.
+        return start, as_of, "on the DMT (on or after the line start)"
     if rule.kind == "monitoring-overdue" and assessment.outcome == "overdue":
         max_days = param("max_days")
         return None, as_of - timedelta(days=max_days + 1), f"last result more than {max_days} days ago"
     return None, as_of, "on or before the as-of date"
+
+
+def _recent_enough(program: ProgramResult, assessment: Assessment, as_of: date) -> str | None:
+    """Disease activity must be recent: the newest result a breakthrough card cites lies within the rule's window."""
+    rule = next(r for r in program.program.rules if r.id == assessment.rule)
+    if rule.kind != "disease-activity" or assessment.outcome != "breakthrough" or not assessment.measurements:
+        return None
+    window = int(program.program.param(rule, "window_days"))
+    newest = max(m.date for m in assessment.measurements)
+    if (as_of - newest).days > window:
+        return f"newest result cited {newest}, more than {window} days before as-of"
+    return None
 
 
 def check_evidence(outcome: PatientOutcome) -> list[Violation]:
@@ -286,6 +298,9 @@ def check_evidence(outcome: PatientOutcome) -> list[Violation]:
             when = event_date(resource)
             if when is not None and when > outcome.as_of:
                 add("evidence-after-as-of", assessment, f"{ref} dated {when}")
+        stale_activity = _recent_enough(programs[assessment.program], assessment, outcome.as_of)
+        if stale_activity:
+            add("evidence-outside-window", assessment, f"{assessment.outcome}: {stale_activity}")
         earliest, latest, why = _window(programs[assessment.program], assessment, outcome.as_of)
         for measurement in assessment.measurements:
             if measurement.date > latest or (earliest is not None and measurement.date < earliest):
