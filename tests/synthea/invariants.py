@@ -237,6 +237,47 @@ def check_stale_lines(outcome: PatientOutcome, stale_after_days: int = STALE_AFT
     return found
 
 
+# The longest labelled dosing interval among the programs' drugs: ocrelizumab every 6 months (OCREVUS label,
+# https://www.accessdata.fda.gov/drugsatfda_docs/label/2017/761053lbl.pdf).
+LONGEST_DOSING_INTERVAL_DAYS = 183
+
+
+def _stated_end(resource: Resource) -> bool:
+    periods = [resource.get("effectivePeriod"), (resource.get("dispenseRequest") or {}).get("validityPeriod")]
+    return any(isinstance(p, dict) and p.get("end") for p in periods)
+
+
+def check_ended_early(outcome: PatientOutcome) -> list[Violation]:
+    """The opposite of a stale line: a living patient's last line has not ended, without a stated end, while its
+    newest evidence is within the longest dosing interval of the as-of date (the sweep reports it; no test enforces
+    it yet)."""
+    if outcome.result is None or is_dead(outcome.record, outcome.as_of):
+        return []
+    by_ref = index_by_reference(outcome.record)
+    found: list[Violation] = []
+    for program in outcome.result.programs:
+        last = program.lines[-1] if program.lines else None
+        if last is None or last.end is None:
+            continue
+        records = [by_ref[ref] for ref in last.refs if ref in by_ref]
+        if any(_stated_end(resource) for resource in records):
+            continue  # a stated end (a completed statement's period, an order's validity) is a real stop
+        # The line's own end is the day of its last exposure the engine saw (refs may not list every record).
+        known = [d for ref in last.refs if ref in by_ref and (d := last_evidence(by_ref[ref], outcome.as_of))]
+        known.append(min(last.end, outcome.as_of))
+        if (outcome.as_of - max(known)).days <= LONGEST_DOSING_INTERVAL_DAYS:
+            found.append(
+                Violation(
+                    "line-ended-within-dosing-interval",
+                    outcome.patient,
+                    program.program.id,
+                    f"line {last.number} ({', '.join(sorted(last.drugs))}) ended {last.end} ({last.end_reason}); "
+                    f"newest medication evidence {max(known)}, {(outcome.as_of - max(known)).days} days before as-of",
+                )
+            )
+    return found
+
+
 def _window(program: ProgramResult, assessment: Assessment, as_of: date) -> tuple[date | None, date, str]:
     """The dates a card's measurements must fall in for its rule kind: (earliest or None, latest, why)."""
     rule = next(r for r in program.program.rules if r.id == assessment.rule)

@@ -59,7 +59,7 @@ def sweep_cohort(name: str, seed: int, population: int, knowledge: Knowledge) ->
         outcome = invariants.evaluate(record, knowledge, AS_OF)
         dead = invariants.is_dead(record, AS_OF)
         report.dead += dead
-        report.violations += invariants.check_all(outcome)
+        report.violations += invariants.check_all(outcome) + invariants.check_ended_early(outcome)
         if outcome.result is None:
             continue
         by_ref = invariants.index_by_reference(record)
@@ -99,6 +99,11 @@ WHY = {
     "evidence-unresolved": "a card cites a reference that is not a resource of this patient.",
     "evidence-after-as-of": "a card cites a resource dated after the as-of date.",
     "evidence-outside-window": "a card's result lies outside the window its rule kind allows.",
+    "line-ended-within-dosing-interval": (
+        "a living patient's last line ended as 'discontinued' although its newest administration or order is within "
+        f"{invariants.LONGEST_DOSING_INTERVAL_DAYS} days (the longest labelled dosing interval, ocrelizumab every 6 "
+        "months): interval-dosed infusions end lines early. Reported by the sweep only."
+    ),
     "art-switch-without-failure-finding": (
         "the record switched ART after a viral load at or above the failure threshold (taken at least 24 weeks into "
         "the old regimen, within a year of the switch), but evaluated the day before the switch the failure rule "
@@ -139,7 +144,8 @@ def render(reports: Sequence[CohortReport], seed: int, command: str) -> str:
     ]
     violations = [v for r in reports for v in r.violations]
     grouped = invariants.by_invariant(violations)
-    cohort_of = {v.patient: r.name for r in reports for v in r.violations}
+    # Synthea derives ids from the seed and the person's number: two cohorts with one seed share ids, not people.
+    cohort_of = {id(v): r.name for r in reports for v in r.violations}
     eves: Counter[str] = Counter()
     for r in reports:
         eves.update(r.switches)
@@ -168,7 +174,7 @@ def render(reports: Sequence[CohortReport], seed: int, command: str) -> str:
                 examples.append(v)
             if len(examples) == EXAMPLES:
                 break
-        out += [f"- `{v.patient}` (cohort {cohort_of[v.patient]}) [{v.program}]: {v.detail}" for v in examples]
+        out += [f"- `{v.patient}` (cohort {cohort_of[id(v)]}) [{v.program}]: {v.detail}" for v in examples]
         out.append("")
     out += ["## Per program", ""]
     program_ids = sorted({p for r in reports for p in r.reached})

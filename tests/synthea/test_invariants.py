@@ -80,3 +80,43 @@ def test_a_crash_is_reported_not_raised(knowledge: Knowledge) -> None:
     broken = invariants.evaluate(outcome.record, None, AS_OF)  # type: ignore[arg-type]
     assert broken.result is None
     assert [v.invariant for v in invariants.check_all(broken)] == ["crash"]
+
+
+def administered(*days: str, stated_end: str | None = None) -> dict[str, Any]:
+    """The fixture's regimen as infusion-like administrations on `days` (or statements that state their end)."""
+    bundle = failing_patient()
+    statements = [e for e in bundle["entry"] if e["resource"]["resourceType"] == "MedicationStatement"]
+    bundle["entry"] = [e for e in bundle["entry"] if e not in statements]
+    for entry in statements:
+        statement = entry["resource"]
+        if stated_end:
+            statement.update(status="completed", effectivePeriod={"start": "2025-06-01", "end": stated_end})
+            bundle["entry"].append(entry)
+            continue
+        for number, day in enumerate(days):
+            administration = {
+                "resourceType": "MedicationAdministration",
+                "id": f"{statement['id']}-{number}",
+                "status": "completed",
+                "subject": statement["subject"],
+                "medicationCodeableConcept": statement["medicationCodeableConcept"],
+                "effectiveDateTime": day,
+            }
+            bundle["entry"].append({"fullUrl": f"urn:uuid:{administration['id']}", "resource": administration})
+    return bundle
+
+
+def test_a_line_ended_within_the_longest_dosing_interval_is_reported(knowledge: Knowledge) -> None:
+    days = ("2025-06-01", "2025-09-01", "2025-12-01", "2026-03-01")
+    outcome = outcome_of(administered(*days), knowledge)
+    program = outcome.program("hiv")
+    assert program is not None and program.lines and program.lines[-1].end is not None
+    found = invariants.check_ended_early(outcome)
+    assert [v.invariant for v in found] == ["line-ended-within-dosing-interval"]
+    assert "2026-03-01, 92 days before as-of" in found[0].detail
+
+
+def test_a_stated_end_or_a_long_pause_is_no_early_end(knowledge: Knowledge) -> None:
+    assert not invariants.check_ended_early(outcome_of(administered(stated_end="2026-05-01"), knowledge))
+    long_ago = ("2025-06-01", "2025-09-01", "2025-11-29")  # 184 days before as-of
+    assert not invariants.check_ended_early(outcome_of(administered(*long_ago), knowledge))
