@@ -18,9 +18,10 @@ from fhirsvc.rules.evaluate import PatientResult, ProgramResult, evaluate_record
 from fhirsvc.terminology.knowledge import Knowledge
 
 # An ongoing line whose newest medication evidence (see `last_evidence`) is older than this at the as-of date is
-# "open past its evidence". One year beyond what the orders themselves cover: no drug here is taken that long
-# without a refill, a new order, an administration or an updated statement.
-STALE_AFTER_DAYS = 365
+# "open past its evidence": a year of cover (an order that states no supply) plus the grace period for a late
+# renewal, and a few days more: no drug here is taken that long without a refill, a new order, an administration
+# or an updated statement.
+STALE_AFTER_DAYS = 400
 
 # HIV: a switch counts as "after failure" when the newest viral load in this many days before the switch, taken
 # at least `min_days_on_line` into the old regimen, is at or above the program's failure threshold.
@@ -304,6 +305,16 @@ def _window(program: ProgramResult, assessment: Assessment, as_of: date) -> tupl
     return None, as_of, "on or before the as-of date"
 
 
+def _is_baseline(program: ProgramResult, assessment: Assessment, measurement_date: date) -> bool:
+    """An HbA1c card may show the line's baseline: the result on or before its first day, within the look-back."""
+    rule = next(r for r in program.program.rules if r.id == assessment.rule)
+    line = assessment.line
+    if rule.kind != "latest-above-target" or line is None:
+        return False
+    lookback = int(program.program.param(rule, "lookback_days"))
+    return line.start - timedelta(days=lookback) <= measurement_date <= line.start
+
+
 def _recent_enough(program: ProgramResult, assessment: Assessment, as_of: date) -> str | None:
     """Disease activity must be recent: the newest result a breakthrough card cites lies within the rule's window."""
     rule = next(r for r in program.program.rules if r.id == assessment.rule)
@@ -344,6 +355,8 @@ def check_evidence(outcome: PatientOutcome) -> list[Violation]:
             add("evidence-outside-window", assessment, f"{assessment.outcome}: {stale_activity}")
         earliest, latest, why = _window(programs[assessment.program], assessment, outcome.as_of)
         for measurement in assessment.measurements:
+            if _is_baseline(programs[assessment.program], assessment, measurement.date):
+                continue
             if measurement.date > latest or (earliest is not None and measurement.date < earliest):
                 add(
                     "evidence-outside-window",
@@ -412,10 +425,38 @@ def art_switches(outcome: PatientOutcome, knowledge: Knowledge) -> list[ArtSwitc
     return switches
 
 
+def chart_as_it_stood(record: PatientRecord, day: date) -> PatientRecord:
+    """The record as a clinician saw it on `day`: Synthea exports each order's final status, so the newest order of
+    each medication on or before `day`, stopped later without an end date, was still active then."""
+    newest: dict[str, Resource] = {}
+    for order in record.of_type("MedicationRequest"):
+        authored = _day(order.get("authoredOn"))
+        key = str(order.get("medicationCodeableConcept") or order.get("medicationReference"))
+        if authored is None or authored > day:
+            continue
+        kept = newest.get(key)
+        if kept is None or str(kept.get("authoredOn")) < str(order.get("authoredOn")):
+            newest[key] = order
+    reopened = {
+        id(order)
+        for order in newest.values()
+        if order.get("status") in ("stopped", "completed")
+        and not (order.get("dispenseRequest") or {}).get("validityPeriod")
+    }
+    if not reopened:
+        return record
+    then = PatientRecord(record.patient_id, skipped=record.skipped, medications=record.medications)
+    for resources in record.resources.values():
+        for resource in resources:
+            then.add({**resource, "status": "active"} if id(resource) in reopened else resource)
+    return then
+
+
 def check_hiv_switches(
     outcome: PatientOutcome, knowledge: Knowledge
 ) -> tuple[list[tuple[ArtSwitch, str]], list[Violation]]:
-    """Where the record switched ART after a failing viral load, our failure finding was there the day before.
+    """Where the record switched ART after a failing viral load, our failure finding was there the day before, on
+    the chart as it stood that day (`chart_as_it_stood`).
 
     Returns each such switch with the failure rule's outcome on its eve, and the violations.
     """
@@ -429,7 +470,7 @@ def check_hiv_switches(
         if switch.viral_load is None or switch.viral_load < threshold:
             continue
         eve = switch.day - timedelta(days=1)
-        before = evaluate(outcome.record, knowledge, eve)
+        before = evaluate(chart_as_it_stood(outcome.record, eve), knowledge, eve)
         hiv = before.program("hiv")
         failure = None
         if hiv is not None:

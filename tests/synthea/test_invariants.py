@@ -35,10 +35,24 @@ def test_the_unchanged_fixture_breaks_no_invariant(knowledge: Knowledge) -> None
 
 
 def test_a_card_for_a_patient_dead_on_or_before_the_as_of_date_is_a_violation(knowledge: Knowledge) -> None:
+    """The check itself: cards computed for the living patient, then the death recorded on the same record."""
+    for death in (
+        {"deceasedDateTime": "2026-06-01T08:00:00Z"},
+        {"deceasedDateTime": "2026-04-01"},
+        {"deceasedBoolean": True},
+    ):
+        outcome = outcome_of(failing_patient(), knowledge)
+        assert outcome.findings
+        (patient,) = outcome.record.of_type("Patient")
+        patient.update(death)
+        violations = invariants.check_dead(outcome)
+        assert {v.invariant for v in violations} == {"card-for-dead-patient"}, death
+
+
+def test_the_product_gives_no_card_to_a_patient_dead_by_the_as_of_date(knowledge: Knowledge) -> None:
     for died in ("2026-06-01T08:00:00Z", "2026-04-01"):
-        violations = invariants.check_dead(outcome_of(failing_patient(deceasedDateTime=died), knowledge))
-        assert {v.invariant for v in violations} == {"card-for-dead-patient"}, died
-    assert invariants.check_dead(outcome_of(failing_patient(deceasedBoolean=True), knowledge))
+        outcome = outcome_of(failing_patient(deceasedDateTime=died), knowledge)
+        assert outcome.findings == [] and invariants.check_dead(outcome) == [], died
 
 
 def test_death_after_the_as_of_date_or_a_false_flag_is_no_violation(knowledge: Knowledge) -> None:
@@ -46,11 +60,13 @@ def test_death_after_the_as_of_date_or_a_false_flag_is_no_violation(knowledge: K
     assert not invariants.check_dead(outcome_of(failing_patient(deceasedBoolean=False), knowledge))
 
 
-def test_a_line_is_stale_one_day_past_a_year_without_evidence(knowledge: Knowledge) -> None:
-    assert not invariants.check_stale_lines(outcome_of(failing_patient(), knowledge, AS_OF))
-    stale = invariants.check_stale_lines(outcome_of(failing_patient(), knowledge, AS_OF + timedelta(days=1)))
+def test_a_line_is_stale_one_day_past_its_allowance_without_evidence(knowledge: Knowledge) -> None:
+    allowance = invariants.STALE_AFTER_DAYS
+    on_time = date(2025, 6, 1) + timedelta(days=allowance)
+    assert not invariants.check_stale_lines(outcome_of(failing_patient(), knowledge, on_time))
+    stale = invariants.check_stale_lines(outcome_of(failing_patient(), knowledge, on_time + timedelta(days=1)))
     assert [v.invariant for v in stale] == ["stale-line"]
-    assert "2025-06-01 (366 days before as-of); alive" in stale[0].detail
+    assert f"2025-06-01 ({allowance + 1} days before as-of); alive" in stale[0].detail
 
 
 def test_an_order_counts_until_its_repeats_run_out() -> None:

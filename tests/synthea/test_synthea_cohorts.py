@@ -68,7 +68,6 @@ def everyone(knowledge: Knowledge) -> list[PatientOutcome]:
 # Marked: invariants today's code breaks on these cohorts (strict, so the mark must go when the code is fixed).
 
 
-@pytest.mark.xfail(strict=True, reason="Patient.deceased[x] is not read: patients dead at the as-of date get cards")
 def test_no_card_for_a_patient_dead_at_the_as_of_date(knowledge: Knowledge) -> None:
     dead = [o for o in everyone(knowledge) if invariants.is_dead(o.record, AS_OF) and o.result and o.result.programs]
     assert dead, "no dead patient in any program: the invariant would hold vacuously"
@@ -76,11 +75,6 @@ def test_no_card_for_a_patient_dead_at_the_as_of_date(knowledge: Knowledge) -> N
     assert not violations, _report(violations)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an 'active' order without newer evidence keeps its line open for ever (a dead patient's last orders stay "
-    "active): no expected duration per drug yet",
-)
 def test_no_line_open_long_past_its_last_evidence(knowledge: Knowledge) -> None:
     found = everyone(knowledge)
     ongoing = [o for o in found if o.result and any(p.current_line for p in o.result.programs)]
@@ -96,12 +90,6 @@ def test_card_evidence_resolves_and_lies_in_its_window(knowledge: Knowledge) -> 
     assert not violations, _report(violations)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Synthea renews ART orders months apart; each superseded order is 'stopped' with no supply or end, read "
-    "as one day of use, so past the 90-day era gap the line has ended and on the eve of a switch after failure the "
-    "program sees no regimen",
-)
 def test_hiv_switches_after_failure_follow_our_failure_finding(knowledge: Knowledge) -> None:
     checked = 0
     violations: list[invariants.Violation] = []
