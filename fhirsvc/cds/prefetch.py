@@ -13,7 +13,7 @@ from typing import Any
 from fhirsvc.cds.models import Card, CdsRequest, Coding, FhirAuthorization, Link, Source
 from fhirsvc.cds.services import PREFETCH, REQUIRED, render
 from fhirsvc.fhir.client import FhirClient, FhirClientPool, SearchResult, next_link
-from fhirsvc.fhir.errors import FhirError, FhirInvalidResponse, FhirServerError, FhirTransportError
+from fhirsvc.fhir.errors import FhirError, FhirInvalidResponse, FhirNotFound, FhirServerError, FhirTransportError
 from fhirsvc.fhir.quirks import adaptive_search
 from fhirsvc.fhir.record import CLINICAL_TYPES, RECORD_PART_BY_KEY, PatientRecord, subject_reference
 from fhirsvc.fhir.resource_types import FHIR_RESOURCE_TYPES
@@ -141,7 +141,10 @@ async def gather(
                     return key, result
                 query = render(PREFETCH[key], patient_id)
                 if "?" not in query:
-                    return key, SearchResult(resources=[await client.get_json(query, token)], pages=1)
+                    try:
+                        return key, SearchResult(resources=[await client.get_json(query, token)], pages=1)
+                    except FhirNotFound:  # a read of what the server does not hold: no data, not a failure
+                        return key, SearchResult(pages=1)
                 return key, await adaptive_search(client, query, token, max_pages)
         except FhirError as exc:
             return key, exc

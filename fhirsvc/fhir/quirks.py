@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from fhirsvc.fhir.client import FhirClient, SearchResult
 from fhirsvc.fhir.errors import FhirBadRequest, FhirNotFound
+from fhirsvc.fhir.record import RECORD_PARTS
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,16 @@ log = logging.getLogger(__name__)
 # disease status and pregnancy status, which servers file under exam, imaging, survey or social-history.
 DEFAULT_OBSERVATION_CATEGORIES = ("laboratory", "exam", "imaging", "survey", "social-history", "vital-signs")
 NO_MEDICATION_STATEMENT = "no-medication-statement"
+# Optional types of the record a server may not offer at all (US Core requires none of MedicationStatement,
+# MedicationAdministration and Goal): a refused search means "none on this server", not a failure.
+_OPTIONAL_SEARCHES = frozenset(part.resource_type for part in RECORD_PARTS if not part.required) - {"Patient"}
+
+
+def not_offered(resource_type: str) -> str:
+    """The learned quirk "this server refuses searches of `resource_type`"."""
+    return NO_MEDICATION_STATEMENT if resource_type == "MedicationStatement" else f"no-{resource_type}-search"
+
+
 OBSERVATION_NEEDS_CATEGORY = "observation-needs-category"
 
 
@@ -38,10 +49,10 @@ async def adaptive_search(
     profile = client.profile
     if profile.page_size:
         query = _with_params(query, _count=str(profile.page_size))
-    if resource_type == "MedicationStatement" and (
-        not profile.medication_statement or NO_MEDICATION_STATEMENT in client.learned
-    ):
+    if resource_type == "MedicationStatement" and not profile.medication_statement:
         return SearchResult()  # medications then come from MedicationRequest, which is always searched
+    if not_offered(resource_type) in client.learned:
+        return SearchResult()
     categories = list(profile.observation_categories)
     if resource_type == "Observation" and not categories and OBSERVATION_NEEDS_CATEGORY in client.learned:
         categories = list(DEFAULT_OBSERVATION_CATEGORIES)
@@ -50,9 +61,9 @@ async def adaptive_search(
     try:
         return await client.search(query, token, max_pages)
     except (FhirBadRequest, FhirNotFound) as exc:
-        if resource_type == "MedicationStatement":
-            client.learned.add(NO_MEDICATION_STATEMENT)
-            log.info("server refuses MedicationStatement search (%s); using MedicationRequest only", exc.status)
+        if resource_type in _OPTIONAL_SEARCHES:
+            client.learned.add(not_offered(resource_type))
+            log.info("server refuses %s search (%s): none on this server", resource_type, exc.status)
             return SearchResult()
         if resource_type == "Observation" and isinstance(exc, FhirBadRequest):
             client.learned.add(OBSERVATION_NEEDS_CATEGORY)

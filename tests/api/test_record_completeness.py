@@ -188,3 +188,25 @@ def test_a_death_dated_after_the_evaluation_date_has_not_happened(knowledge: Kno
     for death in ({"deceasedDateTime": "2026-06-02"}, {"deceasedBoolean": False}):
         cards = call(knowledge, FakeFhirServer([]), _with_death(death))
         assert "second-line" in cards[0]["summary"]
+
+
+def test_a_server_without_medication_administrations_is_not_incomplete(knowledge: Knowledge) -> None:
+    """A refused search of an optional type (400/404: not offered) means none on that server, and is remembered."""
+    bundle = load_fixture("hiv/fail-basic.json")
+    prefetch = prefetch_from(bundle)
+    del prefetch["medicationAdministrations"]
+    server = FakeFhirServer(resources_of(bundle))
+    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-supported"}]}
+    server.overrides["MedicationAdministration"] = lambda request: httpx.Response(400, json=outcome)
+    cards = call(knowledge, server, prefetch)
+    assert INCOMPLETE_SUMMARY not in summaries(cards) and "second-line" in cards[0]["summary"]
+
+
+def test_a_failing_search_of_an_optional_type_is_incomplete(knowledge: Knowledge) -> None:
+    bundle = load_fixture("hiv/fail-basic.json")
+    prefetch = prefetch_from(bundle)
+    del prefetch["medicationAdministrations"]
+    server = FakeFhirServer(resources_of(bundle))
+    server.overrides["MedicationAdministration"] = lambda request: httpx.Response(503)
+    (card,) = call(knowledge, server, prefetch, fhir_max_retries=0)
+    assert card["summary"] == INCOMPLETE_SUMMARY and "**MedicationAdministration**" in card["detail"]

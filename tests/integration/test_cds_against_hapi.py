@@ -66,6 +66,16 @@ def many_results_bundle(patient_id: str, results: int) -> dict[str, Any]:
             "medicationCodeableConcept": {
                 "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "2122519"}]
             },
+            # 90-day fills, renewable for three years: the regimen is still current at the evaluation date.
+            "dispenseRequest": {
+                "numberOfRepeatsAllowed": 11,
+                "expectedSupplyDuration": {
+                    "value": 90,
+                    "unit": "days",
+                    "system": "http://unitsofmeasure.org",
+                    "code": "d",
+                },
+            },
         },
     ]
     for index in range(results):
