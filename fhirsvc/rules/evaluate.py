@@ -79,10 +79,11 @@ def evaluate_program(
     ctx = ProgramContext(program, facts, as_of, lines, eras, classes, knowledge.safety)
     for rule in program.rules:
         assessment = RULE_KINDS[rule.kind](rule, ctx)
-        ctx.assessments[rule.id] = assessment
-        missing = sorted(rule_inputs(rule) & (incomplete or {}).keys())
-        if missing:
-            assessment = withheld(assessment, missing)
+        if incomplete:
+            missing = sorted(rule_inputs(rule) & incomplete.keys())
+            if missing:
+                assessment = withheld(assessment, missing)
+        ctx.assessments[rule.id] = assessment  # later rules see what is shown, a withheld card included
         result.assessments.append(assessment)
         if rule.line_end_label:
             _label_line_ends(rule, ctx)
