@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from datetime import date
 from typing import Any
 
 import httpx
@@ -13,23 +12,19 @@ import pytest
 import respx
 from fastapi.testclient import TestClient
 
-from fhirsvc.app import create_app
 from fhirsvc.cds.prefetch import INCOMPLETE_SUMMARY, DataUnavailable, fetch_patient
-from fhirsvc.cds.routes import today
 from fhirsvc.config import Settings
 from fhirsvc.fhir.client import FhirClientPool
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.api.test_cds_hooks import assert_no_empty_fields
 from tests.cds_helpers import (
-    CLIENT,
     FHIR_BASE,
     TOKEN,
     FakeFhirServer,
-    SignedCalls,
     hook_request,
     prefetch_from,
     resources_of,
-    trusted,
+    signed_client,
 )
 from tests.conftest import load_fixture
 
@@ -41,13 +36,7 @@ Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
 
 
 def make_client(knowledge: Knowledge, transport: httpx.AsyncBaseTransport, **settings: Any) -> TestClient:
-    app = create_app(
-        Settings(**trusted(**{"cds_time_budget": BUDGET, **settings})), knowledge=knowledge, fhir_transport=transport
-    )
-    app.dependency_overrides[today] = lambda: date(2026, 6, 1)
-    client = TestClient(app)
-    client.auth = SignedCalls(CLIENT)
-    return client
+    return signed_client(knowledge, transport, **{"cds_time_budget": BUDGET, **settings})
 
 
 def timed_call(client: TestClient, body: dict[str, Any]) -> tuple[httpx.Response, float]:

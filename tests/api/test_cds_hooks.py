@@ -11,22 +11,17 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from fhirsvc.app import create_app
-from fhirsvc.cds.routes import today
 from fhirsvc.cds.services import PREFETCH
-from fhirsvc.config import Settings
 from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
 from tests.cds_helpers import (
-    CLIENT,
     FHIR_BASE,
     TOKEN,
     FakeFhirServer,
-    SignedCalls,
     hook_request,
     prefetch_from,
     resources_of,
     searchset,
-    trusted,
+    signed_client,
 )
 from tests.conftest import load_fixture
 
@@ -36,11 +31,7 @@ PATIENT_VIEW = "/cds-services/second-line-patient-view"
 
 def make_client(knowledge: Knowledge, server: FakeFhirServer | None = None, **settings: Any) -> TestClient:
     transport = server.transport if server else httpx.MockTransport(_no_network)
-    app = create_app(Settings(**trusted(**settings)), knowledge=knowledge, fhir_transport=transport)
-    app.dependency_overrides[today] = lambda: AS_OF
-    test_client = TestClient(app)
-    test_client.auth = SignedCalls(CLIENT)  # every call carries a fresh, valid CDS client JWT
-    return test_client
+    return signed_client(knowledge, transport, AS_OF, **settings)
 
 
 def _no_network(request: httpx.Request) -> httpx.Response:

@@ -12,7 +12,6 @@ import io
 import logging
 import time
 from collections.abc import Iterator
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +21,19 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from fhirsvc.app import create_app
-from fhirsvc.cds.routes import today
 from fhirsvc.cli import app as cli_app
 from fhirsvc.config import Settings
 from fhirsvc.logs import configure_logging
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.cds_helpers import (
-    CLIENT,
     FHIR_BASE,
     TOKEN,
     FakeFhirServer,
-    SignedCalls,
     hook_request,
     prefetch_from,
     resources_of,
     searchset,
-    trusted,
+    signed_client,
 )
 from tests.conftest import load_fixture
 
@@ -136,12 +131,7 @@ def request_line(stream: io.StringIO) -> dict[str, Any]:
 
 
 def make_client(knowledge: Knowledge, server: FakeFhirServer | None = None) -> TestClient:
-    transport = server.transport if server else httpx.MockTransport(lambda r: httpx.Response(599))
-    app = create_app(Settings(**trusted()), knowledge=knowledge, fhir_transport=transport)
-    app.dependency_overrides[today] = lambda: date(2026, 6, 1)
-    client = TestClient(app)
-    client.auth = SignedCalls(CLIENT)
-    return client
+    return signed_client(knowledge, server.transport if server else httpx.MockTransport(lambda r: httpx.Response(599)))
 
 
 def polluted_prefetch(*bad: Any) -> dict[str, Any]:

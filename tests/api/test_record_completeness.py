@@ -10,23 +10,18 @@ from typing import Any
 import httpx
 from fastapi.testclient import TestClient
 
-from fhirsvc.app import create_app
 from fhirsvc.cds.prefetch import INCOMPLETE_SUMMARY
-from fhirsvc.cds.routes import today
-from fhirsvc.config import Settings
 from fhirsvc.fhir.record import RECORD_PARTS
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.cds_helpers import (
-    CLIENT,
     FHIR_BASE,
     TOKEN,
     FakeFhirServer,
-    SignedCalls,
     hook_request,
     prefetch_from,
     resources_of,
     searchset,
-    trusted,
+    signed_client,
 )
 from tests.conftest import load_fixture
 
@@ -36,11 +31,7 @@ RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 
 
 def make_client(knowledge: Knowledge, server: FakeFhirServer, **settings: Any) -> TestClient:
-    app = create_app(Settings(**trusted(**settings)), knowledge=knowledge, fhir_transport=server.transport)
-    app.dependency_overrides[today] = lambda: AS_OF
-    client = TestClient(app)
-    client.auth = SignedCalls(CLIENT)
-    return client
+    return signed_client(knowledge, server.transport, AS_OF, **settings)
 
 
 def call(knowledge: Knowledge, server: FakeFhirServer, prefetch: dict[str, Any] | None, **settings: Any) -> Any:
