@@ -40,7 +40,8 @@ def disease_activity(rule: Rule, ctx: ProgramContext) -> Assessment:
     line = ctx.current_line
     if line is None:
         return make_assessment(rule, ctx, "no-therapy", {})
-    active = ctx.program_drugs_active()
+    # The line's own drugs: on the day a line ends, the drug that replaces it has already started.
+    active = [d for d in ctx.program_drugs_active() if d in line.drugs]
     if not active or any(ctx.classes.get(d) not in platform for d in active):
         return make_assessment(rule, ctx, "not-platform", {}, [], line)
     if (ctx.as_of - line.start).days < min_days:

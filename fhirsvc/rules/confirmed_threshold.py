@@ -31,7 +31,8 @@ def confirmed_threshold(rule: Rule, ctx: ProgramContext) -> Assessment:
     if line is None:
         return make_assessment(rule, ctx, "no-therapy", {})
     observation = str(program.param(rule, "observation"))
-    results = [m for m in ctx.measurements(observation) if m.date >= line.start]
+    # A result drawn on the line's first day is its baseline (drawn before the first dose), not a response to it.
+    results = [m for m in ctx.measurements(observation) if m.date > line.start]
     base = {"threshold": number(threshold)}
     if not results:
         waited = (ctx.as_of - line.start).days

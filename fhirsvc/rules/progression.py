@@ -33,7 +33,7 @@ def progression(rule: Rule, ctx: ProgramContext) -> Assessment:
 def monitoring_overdue(rule: Rule, ctx: ProgramContext) -> Assessment:
     """No result of a monitored measure for more than `max_days` while a line has run longer than that.
 
-    With no result at all the outcome is `never-recorded` (its own sentence: there is no date to give).
+    With no result since the line started the outcome is `never-recorded` (its own sentence: there is no date).
     """
     program = ctx.program
     observation = str(program.param(rule, "observation"))
@@ -43,7 +43,8 @@ def monitoring_overdue(rule: Rule, ctx: ProgramContext) -> Assessment:
         return make_assessment(rule, ctx, "no-therapy", {})
     if (ctx.as_of - line.start).days <= max_days:
         return make_assessment(rule, ctx, "on-track", {}, [], line)
-    results = ctx.results(observation)
+    # Monitoring of this line: a result from before it started (another line, or another cancer) does not count.
+    results = [lab for lab in ctx.results(observation) if lab.date >= line.start]
     latest = ctx.as_measurement(results[-1]) if results else None
     if latest is not None and (ctx.as_of - latest.date).days <= max_days:
         return make_assessment(rule, ctx, "on-track", {"date": latest.date.isoformat()}, [latest], line)

@@ -1,0 +1,73 @@
+"""Results before a line are not about it: a viral load drawn on the first day is a baseline, a switch after
+breakthrough disease is labelled so, and imaging before a line started does not monitor it."""
+
+from __future__ import annotations
+
+import copy
+from datetime import date
+from typing import Any
+
+import pytest
+
+from fhirsvc.fhir.record import RecordBuilder
+from fhirsvc.rules.evaluate import PatientResult, ProgramResult, evaluate_record
+from fhirsvc.terminology.knowledge import Knowledge
+from tests.conftest import load_fixture
+
+
+def evaluate(knowledge: Knowledge, bundle: dict[str, Any], as_of: date) -> PatientResult:
+    builder = RecordBuilder()
+    builder.add_bundle(bundle)
+    (record,) = builder.build()
+    return evaluate_record(record, knowledge, as_of)
+
+
+def program(result: PatientResult, program_id: str) -> ProgramResult:
+    return next(p for p in result.programs if p.program.id == program_id)
+
+
+def outcome(result: PatientResult, program_id: str, rule: str) -> str:
+    return next(a.outcome for a in program(result, program_id).assessments if a.rule == rule)
+
+
+@pytest.mark.parametrize(("drawn", "expected"), [("2025-06-01", "awaiting-first-result"), ("2025-06-02", "suppressed")])
+def test_a_viral_load_on_the_first_day_of_a_line_is_its_baseline(
+    knowledge: Knowledge, drawn: str, expected: str
+) -> None:
+    """fail-basic's regimen starts 2025-06-01; as of 2025-07-15 its only viral load is the one added here."""
+    bundle = copy.deepcopy(load_fixture("hiv/fail-basic.json"))
+    (load,) = [e["resource"] for e in bundle["entry"] if e["resource"]["id"] == "hiv-fail-basic-vl-1"]
+    load["effectiveDateTime"] = drawn
+    load["valueQuantity"] = {"value": 20, "comparator": "<", "unit": "copies/mL"}
+    result = evaluate(knowledge, bundle, date(2025, 7, 15))
+    assert outcome(result, "hiv", "hiv-virologic-failure") == expected
+
+
+@pytest.mark.parametrize(("reason", "label"), [(None, "breakthrough-disease"), ("266721009", "no-response")])
+def test_a_switch_after_a_relapse_on_a_platform_therapy_is_labelled_breakthrough(
+    knowledge: Knowledge, reason: str | None, label: str
+) -> None:
+    """Interferon 2023-01-01 to the natalizumab start on 2025-01-01, relapse 2024-10-01: without a recorded stop
+    reason the line ended for breakthrough disease, although natalizumab was already active on its last day."""
+    bundle = copy.deepcopy(load_fixture("ms/escalated.json"))
+    (interferon,) = [e["resource"] for e in bundle["entry"] if e["resource"]["id"] == "ms-escalated-medstmt-ifnb1a"]
+    if reason is None:
+        del interferon["statusReason"]
+    lines = program(evaluate(knowledge, bundle, date(2026, 6, 1)), "ms").lines
+    assert (lines[0].end, lines[0].end_reason) == (date(2025, 1, 1), label)
+
+
+@pytest.mark.parametrize(
+    ("kept", "expected"),
+    [({"status-1", "status-2"}, "never-recorded"), ({"status-1", "status-2", "status-3"}, "overdue")],
+)
+def test_imaging_before_a_line_started_does_not_monitor_it(knowledge: Knowledge, kept: set[str], expected: str) -> None:
+    """Docetaxel (line 2) from 2025-07-15; disease status 2025-05-19 and 2025-07-01 precede it, 2025-10-06 does not."""
+    bundle = copy.deepcopy(load_fixture("nsclc/progression-on-docetaxel.json"))
+    prefix = "nsclc-progression-on-docetaxel-"
+    bundle["entry"] = [
+        e
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] != "Observation" or e["resource"]["id"].removeprefix(prefix) in kept
+    ]
+    assert outcome(evaluate(knowledge, bundle, date(2026, 6, 1)), "nsclc", "nsclc-imaging-overdue") == expected
