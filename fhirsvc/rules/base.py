@@ -169,7 +169,10 @@ class ProgramContext:
         return None
 
     def _condition_hit(self, criterion: FlagCriterion, condition_set: str) -> FlagHit | None:
-        found = [d for d in self.diagnoses(condition_set) if d.clinical_status == "active"]
+        if criterion.history:
+            found = self.diagnoses(condition_set, ended=True)
+        else:
+            found = [d for d in self.diagnoses(condition_set) if d.clinical_status == "active"]
         if not found:
             return None
         backing = [hit for c in criterion.backed_by if (hit := self._criterion_hit(c)) is not None]

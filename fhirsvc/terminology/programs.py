@@ -190,7 +190,8 @@ class FlagCriterion(_Strict):
 
     `persisting_days`: the latest result and every result back to one at least that many days older are all out of
     bounds (chronicity, e.g. KDIGO CKD "> 3 months"). A condition counts only when one of `backed_by` holds and
-    none of `contradicted_by` does (a CKD stage 1-2 code needs albuminuria). `cite` words the trigger for a card:
+    none of `contradicted_by` does (a CKD stage 1-2 code needs albuminuria); with `history`, a resolved or inactive
+    diagnosis counts too (ASCVD is for life). `cite` words the trigger for a card:
     {ref}, {since}, {value}, {date} (the latest result) are filled in.
     """
 
@@ -204,6 +205,9 @@ class FlagCriterion(_Strict):
     contradicted_by: list[FlagCriterion] = Field(default_factory=list)
     cite: str | None = None
     source: str | None = None
+    history: bool = Field(
+        default=False, description="Resolved or inactive diagnoses count too (a past myocardial infarction or stroke)."
+    )
 
     def nested(self) -> list[FlagCriterion]:
         return [self, *(c for inner in [*self.backed_by, *self.contradicted_by] for c in inner.nested())]

@@ -71,3 +71,40 @@ def test_imaging_before_a_line_started_does_not_monitor_it(knowledge: Knowledge,
         if e["resource"]["resourceType"] != "Observation" or e["resource"]["id"].removeprefix(prefix) in kept
     ]
     assert outcome(evaluate(knowledge, bundle, date(2026, 6, 1)), "nsclc", "nsclc-imaging-overdue") == expected
+
+
+def _with_heart_disease(code: str, status: str, verification: str = "confirmed") -> dict[str, Any]:
+    """t2d-a1c-6-9 (metformin, HbA1c at target, nothing else on file) with one cardiac diagnosis added."""
+    bundle = copy.deepcopy(load_fixture("t2d/a1c-6-9.json"))
+    condition = {
+        "resourceType": "Condition",
+        "id": "t2d-a1c-6-9-heart",
+        "subject": {"reference": "Patient/t2d-a1c-6-9"},
+        "clinicalStatus": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": status}]
+        },
+        "verificationStatus": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": verification}]
+        },
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": code}]},
+        "onsetDateTime": "2024-03-01",
+        "abatementDateTime": "2024-04-01" if status == "resolved" else None,
+    }
+    bundle["entry"].append({"resource": {k: v for k, v in condition.items() if v is not None}})
+    return bundle
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "verification", "expected"),
+    [
+        ("401303003", "resolved", "confirmed", "indicated"),  # a past STEMI is established ASCVD for life
+        ("414545008", "active", "confirmed", "indicated"),  # ischaemic heart disease as Synthea codes it
+        ("401303003", "resolved", "refuted", "not-indicated"),
+        ("44054006", "resolved", "confirmed", "not-indicated"),  # not a cardiac code
+    ],
+)
+def test_past_myocardial_infarction_is_ascvd_for_organ_protection(
+    knowledge: Knowledge, code: str, status: str, verification: str, expected: str
+) -> None:
+    result = evaluate(knowledge, _with_heart_disease(code, status, verification), date(2026, 6, 1))
+    assert outcome(result, "t2d", "t2d-organ-protection") == expected
