@@ -115,8 +115,11 @@ def program_exposures(
     ends: dict[str, date | None] = {}
     named: set[str] = set()
     covered_end = coverage.covered_end if coverage is not None else None
+    administrations = program.lines.administrations
     for exposure in exposures:
         if exposure.drugs.isdisjoint(classes):
+            continue
+        if not administrations and exposure.ref.startswith("MedicationAdministration/"):
             continue
         if exposure.reasons:
             if exposure.reasons.isdisjoint(codes):

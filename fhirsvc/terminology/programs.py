@@ -144,6 +144,11 @@ class LineSettings(_Strict):
     )
     min_regimen_drugs: int = Field(default=1, ge=1, description="Fewer drugs left is an incomplete regimen.")
     coverage: Coverage | None = Field(default=None, description="None: a record without an end stays current.")
+    administrations: bool = Field(
+        default=True,
+        description="False: MedicationAdministrations are not regimen records (an inpatient dose of an outpatient "
+        "therapy, e.g. sliding-scale insulin in hospital, starts no line).",
+    )
 
 
 class ObservationSpec(_Strict):

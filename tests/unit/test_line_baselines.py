@@ -108,3 +108,25 @@ def test_past_myocardial_infarction_is_ascvd_for_organ_protection(
 ) -> None:
     result = evaluate(knowledge, _with_heart_disease(code, status, verification), date(2026, 6, 1))
     assert outcome(result, "t2d", "t2d-organ-protection") == expected
+
+
+@pytest.mark.parametrize(("resource_type", "lines"), [("MedicationAdministration", 1), ("MedicationRequest", 2)])
+def test_a_hospital_insulin_dose_is_no_new_diabetes_line(knowledge: Knowledge, resource_type: str, lines: int) -> None:
+    """Insulin glargine once, administered (inpatient) or ordered (an added agent), on metformin since 2025-06-01."""
+    bundle = copy.deepcopy(load_fixture("t2d/a1c-6-9.json"))
+    insulin: dict[str, Any] = {
+        "resourceType": resource_type,
+        "id": "t2d-a1c-6-9-insulin",
+        "status": "completed" if resource_type == "MedicationAdministration" else "active",
+        "subject": {"reference": "Patient/t2d-a1c-6-9"},
+        "medicationCodeableConcept": {
+            "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "274783"}]
+        },
+    }
+    if resource_type == "MedicationAdministration":
+        insulin["effectiveDateTime"] = "2026-03-01"
+    else:
+        insulin |= {"intent": "order", "authoredOn": "2026-03-01"}
+    bundle["entry"].append({"resource": insulin})
+    found = program(evaluate(knowledge, bundle, date(2026, 6, 1)), "t2d").lines
+    assert len(found) == lines
