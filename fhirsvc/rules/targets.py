@@ -51,12 +51,26 @@ def latest_above_target(rule: Rule, ctx: ProgramContext) -> Assessment:
         return make_assessment(rule, ctx, outcome, values, context, line, extra)
     latest = on_line[-1]
     days = (latest.date - line.start).days
-    values |= {"value": latest.reading, "date": latest.date.isoformat(), "days": days}
-    if latest.value is not None and latest.value >= target:
+    values |= {"value": _beside_target(latest, target, spec.decimals), "date": latest.date.isoformat(), "days": days}
+    plausible_from = float(program.param(rule, "plausible_from")) if "plausible_from" in rule.params else None
+    if latest.value is not None and plausible_from is not None and latest.value < plausible_from:
+        outcome = "implausible"
+    elif latest.value is not None and latest.value >= target:
         outcome = "above" if days >= min_days else "too-early"
     else:
         outcome = "at-target"
     return make_assessment(rule, ctx, outcome, values, [*context, latest], line, extra)
+
+
+def _beside_target(measured: Measurement, target: float, decimals: int | None) -> str:
+    """The result as written, with one more decimal where rounding would print it as the target it differs from
+    ("7.04 %, target < 7.0 %" rather than "7.0 %, target < 7.0 %")."""
+    value = measured.value
+    if value is None or decimals is None or value == target:
+        return measured.reading
+    if format_number(value, decimals) != format_number(target, decimals):
+        return measured.reading
+    return f"{format_number(value, decimals + 1)} {measured.unit}"
 
 
 def _indications(rule: Rule, ctx: ProgramContext) -> list[tuple[str, list[str], bool]]:

@@ -130,3 +130,32 @@ def test_a_hospital_insulin_dose_is_no_new_diabetes_line(knowledge: Knowledge, r
     bundle["entry"].append({"resource": insulin})
     found = program(evaluate(knowledge, bundle, date(2026, 6, 1)), "t2d").lines
     assert len(found) == lines
+
+
+def _latest_a1c(knowledge: Knowledge, value: float) -> tuple[str, str]:
+    bundle = copy.deepcopy(load_fixture("t2d/a1c-6-9.json"))
+    (latest,) = [e["resource"] for e in bundle["entry"] if e["resource"]["id"] == "t2d-a1c-6-9-a1c-2"]
+    latest["valueQuantity"]["value"] = value
+    found = next(
+        a
+        for a in program(evaluate(knowledge, bundle, date(2026, 6, 1)), "t2d").assessments
+        if a.rule == "t2d-a1c-above-target"
+    )
+    return found.outcome, found.summary
+
+
+@pytest.mark.parametrize(("value", "expected"), [(3.9, "implausible"), (4.0, "at-target"), (6.99, "at-target")])
+def test_an_hba1c_below_the_plausible_range_is_questioned_not_at_target(
+    knowledge: Knowledge, value: float, expected: str
+) -> None:
+    assert _latest_a1c(knowledge, value)[0] == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"), [(7.04, "HbA1c 7.04 % on"), (7.0, "HbA1c 7.0 % on"), (7.4, "HbA1c 7.4 % on")]
+)
+def test_a_result_rounding_to_its_target_keeps_the_decimal_that_tells_them_apart(
+    knowledge: Knowledge, value: float, shown: str
+) -> None:
+    outcome_found, summary = _latest_a1c(knowledge, value)
+    assert outcome_found == "above" and summary.startswith(shown), summary
