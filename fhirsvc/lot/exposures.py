@@ -116,8 +116,10 @@ def program_exposures(
     named: set[str] = set()
     covered_end = coverage.covered_end if coverage is not None else None
     administrations = program.lines.administrations
+    # A dict view tests against the exposure's one or two drugs; frozenset.isdisjoint(dict) walks the whole dict.
+    names = classes.keys()
     for exposure in exposures:
-        if exposure.drugs.isdisjoint(classes):
+        if names.isdisjoint(exposure.drugs):
             continue
         if not administrations and exposure.ref.startswith("MedicationAdministration/"):
             continue
@@ -145,6 +147,8 @@ def _bridge_renewals(kept: list[MedicationExposure], ends: dict[str, date | None
     same drug, or else of any drug of the program (a switch), when that comes within `renewal_days`. Read as one
     day, the months between renewals would be gaps and the regimen would seem to have stopped before every switch.
     """
+    if not any(e.status in _ENDED and e.end == e.start for e in kept):
+        return  # nothing marked ended without an end date: the usual case, decided in one pass
     next_of_drug: dict[str, date] = {}
     next_any: date | None = None
     # `kept` is in start order: walk it backwards, one start date at a time, so "next" is always strictly later.
@@ -198,6 +202,10 @@ def indicated_eras(
     windows = _windows(diagnoses, program.indication.margin_days)
     if _ALWAYS in windows and not named:
         return eras
+    if windows and not named and all(hi == date.max for _, hi in windows):
+        # The common chronic case (no abatement): an era counts when it lasts into the earliest window.
+        earliest = min(lo for lo, _ in windows)
+        return [era for era in eras if (era.end or as_of) >= earliest]
     anchors = frozenset(program.scope.treatment_classes)
     kept: list[DrugEra] = []
     waiting: list[DrugEra] = []

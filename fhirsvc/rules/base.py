@@ -218,27 +218,36 @@ class ProgramContext:
         return FlagHit([m.ref for m in used], cite, used[0].date, used)
 
     def holds(self, when: When | None, line: Line | None) -> bool:
-        """Whether a recommendation's `when` applies to this patient and line."""
+        """Whether a recommendation's `when` applies to this patient and line (cheap tests first, each only when
+        the `when` names it: this runs for every recommendation of every finding)."""
         if when is None:
             return True
         drugs = line.drugs if line else set()
-        classes = self.line_classes(line) if line else set()
-        flags = self.flags()
-        checks = [
-            not when.line_classes_any or bool(classes & set(when.line_classes_any)),
-            not (classes & set(when.line_classes_none)),
-            not when.line_drugs_any or bool(drugs & set(when.line_drugs_any)),
-            not (drugs & set(when.line_drugs_none)),
-            not when.flags_any or any(f in flags for f in when.flags_any),
-            all(f in flags for f in when.flags_all),
-            not any(f in flags for f in when.flags_none),
-            when.observation_present is None or bool(self.results(when.observation_present)),
-            when.observation_absent is None or not self.results(when.observation_absent),
-            not when.cards_any or any(self._card_shown(r) for r in when.cards_any),
-            not any(self._card_shown(r) for r in when.cards_none),
-            not when.genes_wild_type or self._wild_type(when.genes_wild_type),
-        ]
-        return all(checks)
+        if when.line_drugs_any and not drugs & set(when.line_drugs_any):
+            return False
+        if when.line_drugs_none and drugs & set(when.line_drugs_none):
+            return False
+        if when.line_classes_any or when.line_classes_none:
+            classes = self.line_classes(line) if line else set()
+            if when.line_classes_any and not classes & set(when.line_classes_any):
+                return False
+            if classes & set(when.line_classes_none):
+                return False
+        if when.flags_any or when.flags_all or when.flags_none:
+            flags = self.flag_hits()
+            if when.flags_any and not any(f in flags for f in when.flags_any):
+                return False
+            if not all(f in flags for f in when.flags_all) or any(f in flags for f in when.flags_none):
+                return False
+        if when.cards_any and not any(self._card_shown(r) for r in when.cards_any):
+            return False
+        if any(self._card_shown(r) for r in when.cards_none):
+            return False
+        if when.observation_present is not None and not self.results(when.observation_present):
+            return False
+        if when.observation_absent is not None and self.results(when.observation_absent):
+            return False
+        return not when.genes_wild_type or self._wild_type(when.genes_wild_type)
 
     def _card_shown(self, rule_id: str) -> bool:
         found = self.assessments.get(rule_id)
