@@ -24,7 +24,7 @@ class ServerProfile(BaseModel):
     page_size: int | None = Field(default=None, ge=1, description="_count to ask for.")
 
 
-# ---- Trust and failure (issue 6): helpers for the settings block at the end of Settings ------------------------
+# ---- Trust and failure: helpers for the settings block at the end of Settings -----------------------------------
 
 # Algorithms a CDS client may sign with: asymmetric only. CDS Hooks 2.0 #jwt-signing-algorithm: `none` and symmetric
 # (HMAC) algorithms SHALL NOT be used, so they cannot even be configured.
@@ -89,10 +89,10 @@ class CdsClientConfig(BaseModel):
         return self
 
 
-# ---- end of issue 6 helpers ------------------------------------------------------------------------------------
+# ---- end of the trust and failure helpers -----------------------------------------------------------------------
 
 
-# ---- SMART Backend Services (issue 6, item 3): helpers for the `smart_*` settings block ---------------------------
+# ---- SMART Backend Services: helpers for the `smart_*` settings block -------------------------------------------
 
 # What the poller reads and writes, in SMART v2 scope syntax (c = create, r = read, u = update, s = search).
 # Reads: every type the poller searches or a patient fetch asks for (fhirsvc.poll.changes.POLLED_TYPES and
