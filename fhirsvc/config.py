@@ -24,7 +24,7 @@ class ServerProfile(BaseModel):
     page_size: int | None = Field(default=None, ge=1, description="_count to ask for.")
 
 
-# ---- Trust and failure: helpers for the settings block at the end of Settings -----------------------------------
+# ---- Trust and failure: helpers for the settings block at the end of Settings ----------------------------------------
 
 # Algorithms a CDS client may sign with: asymmetric only. CDS Hooks 2.0 #jwt-signing-algorithm: `none` and symmetric
 # (HMAC) algorithms SHALL NOT be used, so they cannot even be configured.
@@ -89,10 +89,10 @@ class CdsClientConfig(BaseModel):
         return self
 
 
-# ---- end of the trust and failure helpers -----------------------------------------------------------------------
+# ---- end of the trust and failure helpers ----------------------------------------------------------------------------
 
 
-# ---- SMART Backend Services: helpers for the `smart_*` settings block -------------------------------------------
+# ---- SMART Backend Services: helpers for the `smart_*` settings block ------------------------------------------------
 
 # What the poller reads and writes, in SMART v2 scope syntax (c = create, r = read, u = update, s = search).
 # Reads: every type the poller searches or a patient fetch asks for (fhirsvc.poll.changes.POLLED_TYPES and
@@ -131,7 +131,7 @@ def require_tls_endpoint(url: str) -> str:
     return url
 
 
-# ---- end of SMART Backend Services helpers ---------------------------------------------------------------------
+# ---- end of SMART Backend Services helpers ---------------------------------------------------------------------------
 
 
 class Settings(BaseSettings):
@@ -194,7 +194,7 @@ class Settings(BaseSettings):
     def public_base(self) -> str:
         return str(self.public_url).rstrip("/")
 
-    # ---- Trust and failure (issue 6): CDS client JWTs, outbound allowlist, time budget, logs, body limit ----------
+    # ---- Trust and failure: CDS client JWTs, outbound allowlist, time budget, logs, body limit -----------------------
     # CDS Hooks 2.0 #trusting-cds-clients: every service and feedback call carries a JWT from an allowlisted client.
     cds_auth: Literal["on", "off"] = Field(
         default="on", description="off skips the CDS client JWT check: local development only (warned at start-up)."
@@ -246,9 +246,9 @@ class Settings(BaseSettings):
     def _https_servers(cls, value: list[str]) -> list[str]:
         return [require_https(url) for url in value]
 
-    # ---- end of issue 6 settings ----------------------------------------------------------------------------------
+    # ---- end of the trust and failure settings -----------------------------------------------------------------------
 
-    # ---- SMART Backend Services (issue 6, item 3): the poller's own credentials ----------------------------------
+    # ---- SMART Backend Services: the poller's own credentials --------------------------------------------------------
     # https://hl7.org/fhir/smart-app-launch/backend-services.html: client_credentials with a private_key_jwt
     # assertion. Used by `fhirsvc poll` when smart_client_id is set; our public keys are at /.well-known/jwks.json.
     smart_client_id: str | None = Field(default=None, description="client_id registered with the FHIR server's EHR.")
@@ -277,7 +277,7 @@ class Settings(BaseSettings):
             raise ValueError("FHIRSVC_SMART_CLIENT_ID and FHIRSVC_SMART_PRIVATE_KEY_FILE go together")
         return self
 
-    # ---- end of SMART Backend Services settings -------------------------------------------------------------------
+    # ---- end of SMART Backend Services settings ----------------------------------------------------------------------
 
 
 @lru_cache(maxsize=1)

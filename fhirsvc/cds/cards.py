@@ -11,7 +11,7 @@ from fhirsvc.rules.base import Assessment
 from fhirsvc.rules.evaluate import PatientResult, ProgramResult
 
 # Stable uuids: the same finding on the same evidence keeps its uuid across calls, so feedback and
-# "don't show again" (issue: feedback) attach to the finding, not to one rendering of it.
+# "don't show again" (CDS Hooks feedback) attach to the finding, not to one rendering of it.
 _NAMESPACE = uuid.UUID("5b0f3c8e-2f4a-4c55-9d1e-6f1c2a7b9e01")
 
 _SAFETY_NOTE = "_This card suggests an evaluation. It does not order, stop or change any therapy._"
