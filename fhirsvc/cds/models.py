@@ -151,14 +151,26 @@ def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
     return resolved
 
 
+_EMPTY_VALUES: tuple[object, ...] = (None, "", [], {})
+
+
 def compact(value: Any) -> Any:
-    """Drop None, empty strings, lists and objects (CDS Hooks §Use of JSON); `cards: []` is kept by the caller."""
+    """Drop None, empty strings, lists and objects (CDS Hooks §Use of JSON); `cards: []` is kept by the caller.
+
+    Only containers are walked: a card holds mostly strings, and a call per string made this a tenth of a hook call
+    on small records (bench/README.md).
+    """
     if isinstance(value, dict):
-        out = {k: compact(v) for k, v in value.items()}
-        return {k: v for k, v in out.items() if v not in (None, "", [], {})}
+        out = {}
+        for key, item in value.items():
+            if isinstance(item, dict | list):
+                item = compact(item)
+            if item not in _EMPTY_VALUES:
+                out[key] = item
+        return out
     if isinstance(value, list):
-        items = [compact(v) for v in value]
-        return [v for v in items if v not in (None, "", [], {})]
+        items = [compact(item) if isinstance(item, dict | list) else item for item in value]
+        return [item for item in items if item not in _EMPTY_VALUES]
     return value
 
 
