@@ -32,7 +32,11 @@ def _relapses(rule: Rule, ctx: ProgramContext) -> list[Diagnosis]:
 
 @rule_kind("disease-activity")
 def disease_activity(rule: Rule, ctx: ProgramContext) -> Assessment:
-    """AAN 2018 breakthrough on a platform therapy: relapse, new MRI lesions or disability progression in a year."""
+    """AAN 2018 breakthrough on a platform therapy: relapse, new MRI lesions or disability progression in a year.
+
+    With `high_efficacy_outcome`, the same activity on any other therapy gives that outcome (a review, not a
+    platform failure).
+    """
     program = ctx.program
     platform = {str(c) for c in program.param(rule, "platform_classes")}
     min_days = int(program.param(rule, "min_days_on_line"))
@@ -42,10 +46,11 @@ def disease_activity(rule: Rule, ctx: ProgramContext) -> Assessment:
         return make_assessment(rule, ctx, "no-therapy", {})
     # The line's own drugs: on the day a line ends, the drug that replaces it has already started.
     active = [d for d in ctx.program_drugs_active() if d in line.drugs]
-    if not active or any(ctx.classes.get(d) not in platform for d in active):
+    on_platform = bool(active) and all(ctx.classes.get(d) in platform for d in active)
+    if not active or (not on_platform and "high_efficacy_outcome" not in rule.params):
         return make_assessment(rule, ctx, "not-platform", {}, [], line)
     if (ctx.as_of - line.start).days < min_days:
-        return make_assessment(rule, ctx, "too-early", {}, [], line)
+        return make_assessment(rule, ctx, "too-early" if on_platform else "not-platform", {}, [], line)
     since = max(line.start, ctx.as_of - window)
     reasons: list[str] = []
     evidence: list[str] = []
@@ -74,9 +79,12 @@ def disease_activity(rule: Rule, ctx: ProgramContext) -> Assessment:
             reasons.append(f"EDSS {number(baseline.value)} → {number(latest.value)}")
             used += [baseline, latest]
     if not reasons:
-        return make_assessment(rule, ctx, "stable", {}, [], line)
-    values = {"reasons": "; ".join(reasons)}
-    return make_assessment(rule, ctx, "breakthrough", values, used, line, evidence)
+        return make_assessment(rule, ctx, "stable" if on_platform else "not-platform", {}, [], line)
+    values = {"reasons": "; ".join(reasons), "drugs": ", ".join(active)}
+    # Activity on a higher-efficacy therapy is no platform breakthrough, but still asks for a review (AAN 2018:
+    # monitor disease activity on every disease-modifying therapy).
+    outcome = "breakthrough" if on_platform else str(program.param(rule, "high_efficacy_outcome"))
+    return make_assessment(rule, ctx, outcome, values, used, line, evidence)
 
 
 @rule_kind("positive-on-drug")

@@ -159,3 +159,28 @@ def test_a_result_rounding_to_its_target_keeps_the_decimal_that_tells_them_apart
 ) -> None:
     outcome_found, summary = _latest_a1c(knowledge, value)
     assert outcome_found == "above" and summary.startswith(shown), summary
+
+
+@pytest.mark.parametrize(
+    ("onset", "expected"),
+    [("2026-02-01", "activity-on-high-efficacy"), ("2025-05-01", "not-platform"), (None, "not-platform")],
+)
+def test_a_relapse_on_a_higher_efficacy_therapy_asks_for_a_review(
+    knowledge: Knowledge, onset: str | None, expected: str
+) -> None:
+    """ms-jcv-negative is on natalizumab (line 2); an exacerbation in the last year is activity to review."""
+    bundle = copy.deepcopy(load_fixture("ms/jcv-negative.json"))
+    patient = next(e["resource"]["id"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    if onset is not None:
+        exacerbation = {
+            "resourceType": "Condition",
+            "id": "ms-jcv-negative-exacerbation",
+            "subject": {"reference": f"Patient/{patient}"},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "192929006"}]},
+            "onsetDateTime": onset,
+        }
+        bundle["entry"].append({"resource": exacerbation})
+    result = evaluate(knowledge, bundle, date(2026, 6, 1))
+    found = next(a for a in program(result, "ms").assessments if a.rule == "ms-breakthrough")
+    assert found.outcome == expected
+    assert (found.status, found.card) == (("monitor", True) if onset == "2026-02-01" else ("no-action", False))
