@@ -184,3 +184,31 @@ def test_a_relapse_on_a_higher_efficacy_therapy_asks_for_a_review(
     found = next(a for a in program(result, "ms").assessments if a.rule == "ms-breakthrough")
     assert found.outcome == expected
     assert (found.status, found.card) == (("monitor", True) if onset == "2026-02-01" else ("no-action", False))
+
+
+@pytest.mark.parametrize(("index", "label"), [(1.4, "pml-risk"), (0.3, "new-line")])
+def test_natalizumab_stopped_after_a_positive_jcv_antibody_is_a_safety_stop(
+    knowledge: Knowledge, index: float, label: str
+) -> None:
+    """ms-jcv-positive (natalizumab from 2025-01-01, JCV index on 2026-04-01) switched to ocrelizumab on 2026-05-01."""
+    bundle = copy.deepcopy(load_fixture("ms/jcv-positive.json"))
+    (jcv,) = [e["resource"] for e in bundle["entry"] if e["resource"]["id"] == "ms-jcv-positive-jcv-2"]
+    jcv["valueQuantity"]["value"] = index
+    if index < 0.9:
+        jcv.pop("interpretation", None)  # the fixture's result is flagged positive
+    (natalizumab,) = [
+        e["resource"] for e in bundle["entry"] if e["resource"]["id"] == "ms-jcv-positive-medstmt-natalizumab"
+    ]
+    natalizumab["status"] = "completed"
+    natalizumab["effectivePeriod"]["end"] = "2026-05-01"
+    ocrelizumab = {
+        "resourceType": "MedicationStatement",
+        "id": "ms-jcv-positive-ocrelizumab",
+        "status": "active",
+        "subject": natalizumab["subject"],
+        "medicationCodeableConcept": {"text": "Ocrevus (ocrelizumab) 300 mg infusion"},
+        "effectivePeriod": {"start": "2026-05-01"},
+    }
+    bundle["entry"].append({"resource": ocrelizumab})
+    lines = program(evaluate(knowledge, bundle, date(2026, 6, 1)), "ms").lines
+    assert [(line.end, line.end_reason) for line in lines[1:]] == [(date(2026, 5, 1), label), (None, None)]
