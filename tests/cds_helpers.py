@@ -199,10 +199,13 @@ def trusted(**settings: Any) -> dict[str, Any]:
 
 
 def signed_client(
-    knowledge: Knowledge, transport: httpx.AsyncBaseTransport, as_of: date = date(2026, 6, 1), **settings: Any
+    knowledge: Knowledge,
+    transport: httpx.AsyncBaseTransport | None,
+    as_of: date = date(2026, 6, 1),
+    **settings: Any,
 ) -> TestClient:
-    """The app in-process: trusts CLIENT and signs every call with it, reads FHIR through `transport` (from
-    FHIR_BASE), and evaluates as of `as_of` (the fixtures' date by default)."""
+    """The app in-process: trusts CLIENT and signs every call with it, reads FHIR through `transport` (None: real
+    HTTP), and evaluates as of `as_of` (the fixtures' date by default)."""
     app = create_app(Settings(**trusted(**settings)), knowledge=knowledge, fhir_transport=transport)
     app.dependency_overrides[today] = lambda: as_of
     client = TestClient(app)

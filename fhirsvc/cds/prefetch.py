@@ -12,7 +12,7 @@ from typing import Any
 
 from fhirsvc.cds.models import Card, CdsRequest, Coding, FhirAuthorization, Link, Source
 from fhirsvc.cds.services import PREFETCH, REQUIRED, render
-from fhirsvc.fhir.client import FhirClient, FhirClientPool, SearchResult, next_link
+from fhirsvc.fhir.client import FhirClient, FhirClientPool, SearchResult, bundle_total, next_link
 from fhirsvc.fhir.errors import FhirError, FhirInvalidResponse, FhirNotFound, FhirServerError, FhirTransportError
 from fhirsvc.fhir.quirks import adaptive_search
 from fhirsvc.fhir.record import CLINICAL_TYPES, RECORD_PART_BY_KEY, PatientRecord, subject_reference
@@ -221,13 +221,11 @@ def _short_of_total(bundle: dict[str, Any]) -> bool:
     """A searchset whose `total` counts more matches than it carries entries, with no `next` link to read the rest.
 
     Entries are counted, not matches: our templates ask for no `_include`, and counting only `search.mode` "match"
-    would cost a pass over every entry of every prefetch (bench/README.md) for a case no template produces.
+    would cost a pass over every entry of every prefetch for a case no template produces.
     """
-    total = bundle.get("total")
-    if not isinstance(total, int) or isinstance(total, bool):
-        return False
+    total = bundle_total(bundle)
     entries = bundle.get("entry")
-    return (len(entries) if isinstance(entries, list) else 0) < total
+    return total is not None and (len(entries) if isinstance(entries, list) else 0) < total
 
 
 # Card for data that could not be read completely (CDS Hooks 2.0 #providing-fhir-resources-to-a-cds-service): the

@@ -75,6 +75,12 @@ class SearchResult:
             self.truncated = True
 
 
+def bundle_total(bundle: dict[str, Any]) -> int | None:
+    """A searchset's `total`, when the server sent a usable one."""
+    total = bundle.get("total")
+    return total if isinstance(total, int) and not isinstance(total, bool) else None
+
+
 def normalise_base(url: str) -> str:
     return url.rstrip("/")
 
@@ -187,8 +193,7 @@ class FhirClient:
         body = await self.get_json(query, token)
         result = SearchResult()
         self.absorb(body, result)
-        total = body.get("total")
-        result.total = total if isinstance(total, int) and not isinstance(total, bool) else None
+        result.total = bundle_total(body)
         await self.follow_next(body, result, token, max_pages)
         result.check_total()
         return result

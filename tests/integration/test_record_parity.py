@@ -12,14 +12,11 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from fhirsvc.app import create_app
 from fhirsvc.cds.cards import cards_for
-from fhirsvc.cds.routes import today
-from fhirsvc.config import Settings
 from fhirsvc.fhir.record import RecordBuilder
 from fhirsvc.rules.evaluate import evaluate_record
 from fhirsvc.terminology.knowledge import Knowledge
-from tests.cds_helpers import CLIENT, SignedCalls, hook_request, trusted
+from tests.cds_helpers import hook_request, signed_client
 from tests.conftest import FIXTURES
 from tests.integration.hapi import fhir_get, post_transaction
 
@@ -33,10 +30,7 @@ EXAMPLES = sorted(FIXTURES.glob("*/*.json"))
 def service(knowledge: Knowledge, hapi_base_url: str) -> Iterator[TestClient]:
     for path in EXAMPLES:  # PUT with the fixtures' own ids: references in the cards compare as they are
         post_transaction(hapi_base_url, orjson.loads(path.read_bytes()))
-    app = create_app(Settings(**trusted(fhir_servers=[hapi_base_url], cds_time_budget=60.0)), knowledge=knowledge)
-    app.dependency_overrides[today] = lambda: AS_OF
-    with TestClient(app) as client:
-        client.auth = SignedCalls(CLIENT)
+    with signed_client(knowledge, None, AS_OF, fhir_servers=[hapi_base_url], cds_time_budget=60.0) as client:
         yield client
 
 
