@@ -50,7 +50,7 @@ def main() -> None:
     """`python -m bench.floor_app --port N [--workers W]`: serve it on loopback the way `fhirsvc serve` does."""
     import argparse
 
-    from fhirsvc.serving import run_workers
+    from fhirsvc.api.serving import run_workers
 
     parser = argparse.ArgumentParser(prog="python -m bench.floor_app", description=main.__doc__)
     parser.add_argument("--port", type=int, required=True)

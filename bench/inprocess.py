@@ -15,13 +15,13 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from bench.generate import AS_OF, SEED, SIZES, patient_record, request_body
 from bench.timing import Timing, interleaved
-from fhirsvc.cds.cards import cards_for
 from fhirsvc.cds.models import CdsRequest, response_body
-from fhirsvc.cds.prefetch import gather
 from fhirsvc.config import Settings
 from fhirsvc.fhir.client import FhirClientPool
-from fhirsvc.fhir.record import bundle_resources
-from fhirsvc.rules.evaluate import evaluate_record
+from fhirsvc.pipeline import evaluate_record
+from fhirsvc.record.gather import gather
+from fhirsvc.record.model import bundle_resources
+from fhirsvc.render.cards import cards_for
 from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
 
 

@@ -135,8 +135,8 @@ def load_table(report: LoadReport) -> str:
     header += ["signed req/s", "signed p99 ms", "signed errors", "floor req/s", "floor p99 ms", "of floor"]
     note = (
         "\n  signed: the same service with FHIRSVC_CDS_AUTH=on, every call carrying its own ES384 client JWT"
-        "\n  floor: the same server and workers (fhirsvc/serving.py) with an app that only reads and parses the body"
-        " (bench/floor_app.py)"
+        "\n  floor: the same server and workers (fhirsvc/api/serving.py) with an app that only reads and parses"
+        " the body (bench/floor_app.py)"
     )
     return _table(header, rows) + note
 

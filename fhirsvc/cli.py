@@ -12,11 +12,11 @@ from typing import Annotated
 import orjson
 import typer
 
+from fhirsvc.api.serving import serve as run_service
 from fhirsvc.config import get_settings
-from fhirsvc.fhir.files import load_records
-from fhirsvc.report import patient_report, patient_text
-from fhirsvc.rules.evaluate import evaluate_record
-from fhirsvc.serving import serve as run_service
+from fhirsvc.pipeline import evaluate_record
+from fhirsvc.record.files import load_records
+from fhirsvc.render.report import patient_report, patient_text
 from fhirsvc.terminology.knowledge import load_knowledge
 from fhirsvc.terminology.paths import data_dir
 
@@ -60,7 +60,7 @@ def evaluate(
     """Evaluate patients from files and print one result per patient."""
     import gc
 
-    from fhirsvc.fhir.files import index_records
+    from fhirsvc.record.files import index_records
 
     day = _as_of(as_of)
     settings = get_settings()

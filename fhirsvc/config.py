@@ -96,7 +96,7 @@ class CdsClientConfig(BaseModel):
 
 # What the poller reads and writes, in SMART v2 scope syntax (c = create, r = read, u = update, s = search).
 # Reads: every type the poller searches or a patient fetch asks for (fhirsvc.poll.changes.POLLED_TYPES and
-# fhirsvc.cds.services.PREFETCH). Writes: the write-back resources (fhirsvc.poll.writeback): conditional creates
+# fhirsvc.cds.services.PREFETCH). Writes: the write-back resources (fhirsvc.render.writeback): conditional creates
 # (If-None-Exist is a search, hence `s`), and Tasks read and updated again when a finding is closed. DetectedIssue
 # is for FHIRSVC_WRITEBACK_TARGET=detectedissue. A SMART v1 server wants `.read`/`.write`: set FHIRSVC_SMART_SCOPE.
 DEFAULT_SMART_SCOPE = " ".join(

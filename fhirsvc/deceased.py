@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from fhirsvc.facts import parse_date
-from fhirsvc.fhir.record import PatientRecord
+from fhirsvc.record.model import PatientRecord
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from datetime import date, timedelta
 from typing import TypeVar
 
 from fhirsvc.fhir.concepts import Coding, ConceptMemo, codes, codings, concept_keys, concept_text
-from fhirsvc.fhir.record import PatientRecord, Resource, normalise_reference
+from fhirsvc.record.model import PatientRecord, Resource, normalise_reference
 from fhirsvc.terminology.catalog import DrugCatalog
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import orjson
 
-from fhirsvc.fhir.files import iter_files
-from fhirsvc.fhir.record import bundle_resources, normalise_reference
+from fhirsvc.record.files import iter_files
+from fhirsvc.record.model import bundle_resources, normalise_reference
 
 FIXTURE_SYSTEM = "urn:fhirsvc:fixture"
 _NAMESPACE = uuid.UUID("0f7c2a4e-6d1b-4c8a-9e3f-2b5d7a1c9e44")

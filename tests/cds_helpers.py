@@ -17,10 +17,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi.testclient import TestClient
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from fhirsvc.app import create_app
-from fhirsvc.cds.routes import today
+from fhirsvc.api.app import create_app
+from fhirsvc.api.cds import today
 from fhirsvc.config import Settings
-from fhirsvc.fhir.record import RECORD_PARTS, bundle_resources
+from fhirsvc.record.model import RECORD_PARTS, bundle_resources
 from fhirsvc.terminology.knowledge import Knowledge
 
 FHIR_BASE = "https://fhir.example.test/r4"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fhirsvc.fhir.record import PATIENT_ID_TOKEN, RECORD_PARTS
+from fhirsvc.record.model import PATIENT_ID_TOKEN, RECORD_PARTS
 
-# The prefetch templates are the record definition (fhirsvc.fhir.record.RECORD_PARTS), so a CDS call, the poller
+# The prefetch templates are the record definition (fhirsvc.record.model.RECORD_PARTS), so a CDS call, the poller
 # and file reading all see the same resource types.
 PREFETCH: dict[str, str] = {part.key: part.search for part in RECORD_PARTS}
 # Data without which no assessment can be trusted → 412 when unobtainable; the others degrade gracefully.

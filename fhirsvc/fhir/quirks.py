@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from fhirsvc.fhir.client import FhirClient, SearchResult
 from fhirsvc.fhir.errors import FhirBadRequest, FhirNotFound
-from fhirsvc.fhir.record import RECORD_PARTS
+from fhirsvc.record.model import RECORD_PARTS
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import orjson
 
 from fhirsvc.fhir.client import FHIR_JSON, FhirClient, is_under, retry_after_seconds
 from fhirsvc.fhir.errors import FhirError, FhirResponseError, FhirUnsafeLink, response_error
-from fhirsvc.fhir.record import PATIENT_TYPES
+from fhirsvc.record.model import PATIENT_TYPES
 
 
 class BulkExportFailed(FhirError):

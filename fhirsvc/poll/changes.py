@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 from fhirsvc.fhir.client import FhirClient
 from fhirsvc.fhir.quirks import adaptive_search
-from fhirsvc.fhir.record import PATIENT_TYPES, normalise_reference, subject_reference
+from fhirsvc.record.model import PATIENT_TYPES, normalise_reference, subject_reference
 
 # Every type of the record definition: a new result, order, allergy or a death recorded on the Patient all change
 # what the patient's findings should be.

@@ -18,17 +18,17 @@ from typing import Any, TextIO
 
 import orjson
 
-from fhirsvc.cds.cards import cards_with_findings
-from fhirsvc.cds.prefetch import DataUnavailable, fetch_patient
 from fhirsvc.config import Settings
 from fhirsvc.fhir.client import FhirClient, FhirClientPool
 from fhirsvc.fhir.errors import FhirError
-from fhirsvc.fhir.record import PatientRecord, RecordBuilder
+from fhirsvc.pipeline import PatientResult, evaluate_record
 from fhirsvc.poll.bulk import bulk_export, supports_export
 from fhirsvc.poll.changes import POLLED_TYPES, Changes, changed_patients
-from fhirsvc.poll.writeback import Finding, closed_task, created_references, transaction
-from fhirsvc.report import patient_report
-from fhirsvc.rules.evaluate import PatientResult, evaluate_record
+from fhirsvc.record.gather import DataUnavailable, fetch_patient
+from fhirsvc.record.model import PatientRecord, RecordBuilder
+from fhirsvc.render.cards import cards_with_findings
+from fhirsvc.render.report import patient_report
+from fhirsvc.render.writeback import Finding, closed_task, created_references, transaction
 from fhirsvc.store.db import Store
 from fhirsvc.store.models import WriteBack
 from fhirsvc.store.repository import get_cursor, latest_state, now, open_writebacks, save_state, set_cursor

@@ -12,9 +12,9 @@ import pytest
 import respx
 from fastapi.testclient import TestClient
 
-from fhirsvc.cds.prefetch import INCOMPLETE_SUMMARY, DataUnavailable, fetch_patient
 from fhirsvc.config import Settings
 from fhirsvc.fhir.client import FhirClientPool
+from fhirsvc.record.gather import INCOMPLETE_SUMMARY, DataUnavailable, fetch_patient
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.api.test_cds_hooks import assert_no_empty_fields
 from tests.cds_helpers import (

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from fhirsvc.app import create_app
-from fhirsvc.cds.routes import today
+from fhirsvc.api.app import create_app
+from fhirsvc.api.cds import today
 from fhirsvc.config import Settings
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.cds_helpers import CLIENT, SignedCalls, hook_request, prefetch_from, trusted

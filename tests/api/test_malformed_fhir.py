@@ -21,9 +21,9 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from fhirsvc.api.logs import configure_logging
 from fhirsvc.cli import app as cli_app
 from fhirsvc.config import Settings
-from fhirsvc.logs import configure_logging
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.cds_helpers import (
     FHIR_BASE,

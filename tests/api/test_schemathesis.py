@@ -22,8 +22,8 @@ from schemathesis.python.asgi import shutdown_lifespans
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fhirsvc.app import create_app
-from fhirsvc.cds.routes import today
+from fhirsvc.api.app import create_app
+from fhirsvc.api.cds import today
 from fhirsvc.config import Settings
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.cds_helpers import CLIENT, FHIR_BASE, FakeFhirServer, hook_request, prefetch_from, resources_of, trusted

@@ -21,11 +21,11 @@ from cryptography.hazmat.primitives import serialization
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from fhirsvc.app import create_app
-from fhirsvc.cds.routes import today
+from fhirsvc.api.app import create_app
+from fhirsvc.api.cds import today
+from fhirsvc.api.logs import configure_logging, hash_patient
 from fhirsvc.cds.services import PREFETCH
 from fhirsvc.config import Settings
-from fhirsvc.logs import configure_logging, hash_patient
 from fhirsvc.store.models import SeenJti
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.cds_helpers import (

@@ -8,12 +8,12 @@ from datetime import date
 import pytest
 from fastapi.testclient import TestClient
 
-from fhirsvc.app import create_app
+from fhirsvc.api.app import create_app
 from fhirsvc.config import Settings
-from fhirsvc.fhir.record import RecordBuilder
+from fhirsvc.pipeline import evaluate_record
 from fhirsvc.poll.worker import fingerprint
-from fhirsvc.report import patient_report
-from fhirsvc.rules.evaluate import evaluate_record
+from fhirsvc.record.model import RecordBuilder
+from fhirsvc.render.report import patient_report
 from fhirsvc.store.repository import save_state
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.cds_helpers import CLIENT, SignedCalls, trusted

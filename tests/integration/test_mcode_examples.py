@@ -8,11 +8,11 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from fhirsvc.app import create_app
-from fhirsvc.cds.prefetch import fetch_patient
+from fhirsvc.api.app import create_app
 from fhirsvc.config import Settings
 from fhirsvc.fhir.client import FhirClientPool
-from fhirsvc.rules.evaluate import evaluate_record
+from fhirsvc.pipeline import evaluate_record
+from fhirsvc.record.gather import fetch_patient
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.cds_helpers import CLIENT, SignedCalls, hook_request, trusted
 from tests.integration import mcode

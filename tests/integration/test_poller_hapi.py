@@ -17,7 +17,7 @@ import pytest
 from fhirsvc.config import Settings
 from fhirsvc.fhir.client import FhirClientPool
 from fhirsvc.poll.worker import Poller
-from fhirsvc.poll.writeback import FINDING_SYSTEM
+from fhirsvc.render.writeback import FINDING_SYSTEM
 from fhirsvc.sandbox import load
 from fhirsvc.store.db import Store
 from fhirsvc.store.models import WriteBack

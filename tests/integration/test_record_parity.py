@@ -12,9 +12,9 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from fhirsvc.cds.cards import cards_for
-from fhirsvc.fhir.record import RecordBuilder
-from fhirsvc.rules.evaluate import evaluate_record
+from fhirsvc.pipeline import evaluate_record
+from fhirsvc.record.model import RecordBuilder
+from fhirsvc.render.cards import cards_for
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.cds_helpers import hook_request, signed_client
 from tests.conftest import FIXTURES

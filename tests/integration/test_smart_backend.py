@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
 
-from fhirsvc.app import create_app
+from fhirsvc.api.app import create_app
 from fhirsvc.config import Settings
 from fhirsvc.fhir.auth import CLIENT_ASSERTION_TYPE, SigningKey, SmartBackendAuth, load_key_set
 from fhirsvc.sandbox import load

@@ -9,12 +9,12 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from fhirsvc.cds.cards import cards_with_findings
 from fhirsvc.cds.models import Card
-from fhirsvc.fhir.files import index_records, load_records
-from fhirsvc.fhir.record import PatientRecord, normalise_reference
+from fhirsvc.pipeline import PatientResult, ProgramResult, evaluate_record
+from fhirsvc.record.files import index_records, load_records
+from fhirsvc.record.model import PatientRecord, normalise_reference
+from fhirsvc.render.cards import cards_with_findings
 from fhirsvc.rules.base import Assessment
-from fhirsvc.rules.evaluate import PatientResult, ProgramResult, evaluate_record
 from fhirsvc.terminology.knowledge import Knowledge
 
 # An ongoing line whose newest medication evidence (see `last_evidence`) is older than this at the as-of date is

@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import date, timedelta
 from typing import Any
 
-from fhirsvc.fhir.record import RecordBuilder
+from fhirsvc.record.model import RecordBuilder
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.conftest import load_fixture
 from tests.synthea import invariants

@@ -20,8 +20,8 @@ from bench.generate import (
 )
 from fhirsvc.cds.models import CdsRequest
 from fhirsvc.cds.services import PREFETCH
-from fhirsvc.fhir.record import PatientRecord
-from fhirsvc.rules.evaluate import evaluate_record
+from fhirsvc.pipeline import evaluate_record
+from fhirsvc.record.model import PatientRecord
 from fhirsvc.terminology.knowledge import Knowledge
 
 

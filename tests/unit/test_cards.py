@@ -9,13 +9,13 @@ from datetime import date
 import pytest
 import yaml
 
-from fhirsvc.cds.cards import cards_for
 from fhirsvc.cds.models import Card
 from fhirsvc.facts import LabResult, extract_facts
-from fhirsvc.fhir.record import RecordBuilder
 from fhirsvc.fhir.resources import InvalidResource, validate
+from fhirsvc.pipeline import PatientResult, evaluate_record
+from fhirsvc.record.model import RecordBuilder
+from fhirsvc.render.cards import cards_for
 from fhirsvc.rules.base import format_number, shorten
-from fhirsvc.rules.evaluate import PatientResult, evaluate_record
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.conftest import FIXTURES, load_fixture
 

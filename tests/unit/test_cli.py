@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fhirsvc.cli import app
-from fhirsvc.fhir.record import bundle_resources
+from fhirsvc.record.model import bundle_resources
 from tests.conftest import FIXTURES, load_fixture
 
 runner = CliRunner()
@@ -80,12 +80,12 @@ def test_demo_serve_runs_without_client_auth_and_serve_logs_json(monkeypatch: py
     """`demo --serve` is a local demo: CDS client authentication off, explicitly; both commands log JSON."""
     import uvicorn
 
-    import fhirsvc.logs
+    import fhirsvc.api.logs
 
     served: list[tuple[Any, dict[str, Any]]] = []
     configured: list[bool] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.append((app, kwargs)))
-    monkeypatch.setattr(fhirsvc.logs, "configure_logging", lambda: configured.append(True))
+    monkeypatch.setattr(fhirsvc.api.logs, "configure_logging", lambda: configured.append(True))
     demo = runner.invoke(app, ["demo", "--serve", "--port", "8123"])
     assert demo.exit_code == 0, demo.output
     assert "authentication is OFF" in demo.stdout

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from fhirsvc.fhir.record import RecordBuilder
-from fhirsvc.report import patient_report
-from fhirsvc.rules.evaluate import evaluate_record
+from fhirsvc.pipeline import evaluate_record
+from fhirsvc.record.model import RecordBuilder
+from fhirsvc.render.report import patient_report
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.conftest import load_fixture
 

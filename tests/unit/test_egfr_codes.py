@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from fhirsvc.facts import extract_facts
-from fhirsvc.fhir.record import RecordBuilder
+from fhirsvc.record.model import RecordBuilder
 from fhirsvc.rules.base import ProgramContext
 from fhirsvc.terminology.knowledge import Knowledge
 

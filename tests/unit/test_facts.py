@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from fhirsvc.facts import MalformedResource, exposure_from, extract_facts, lab_from, parse_date
-from fhirsvc.fhir.record import PatientRecord, RecordBuilder
+from fhirsvc.record.model import PatientRecord, RecordBuilder
 from fhirsvc.terminology.knowledge import Knowledge
 from fhirsvc.terminology.units import copies_per_ml, hba1c_percent
 
@@ -267,7 +267,7 @@ def test_exposures_keep_their_assertion_fills_and_reasons(knowledge: Knowledge) 
 
 
 def test_prep_without_diagnosis_is_not_in_the_hiv_program(knowledge: Knowledge) -> None:
-    from fhirsvc.rules.evaluate import evaluate_record
+    from fhirsvc.pipeline import evaluate_record
 
     record = PatientRecord("p1")
     record.add(statement(medicationCodeableConcept={"coding": [{"system": RXNORM, "code": "476556"}]}))

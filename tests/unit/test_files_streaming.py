@@ -10,10 +10,10 @@ import orjson
 from typer.testing import CliRunner
 
 from fhirsvc.cli import app
-from fhirsvc.fhir.files import index_records, load_records
-from fhirsvc.fhir.record import PatientRecord, bundle_resources
-from fhirsvc.report import patient_report, patient_text
-from fhirsvc.rules.evaluate import evaluate_record
+from fhirsvc.pipeline import evaluate_record
+from fhirsvc.record.files import index_records, load_records
+from fhirsvc.record.model import PatientRecord, bundle_resources
+from fhirsvc.render.report import patient_report, patient_text
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.conftest import FIXTURES, load_fixture
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from fhirsvc.fhir.record import RecordBuilder
-from fhirsvc.rules.evaluate import PatientResult, ProgramResult, evaluate_record
+from fhirsvc.pipeline import PatientResult, ProgramResult, evaluate_record
+from fhirsvc.record.model import RecordBuilder
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.conftest import load_fixture
 

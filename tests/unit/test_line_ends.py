@@ -8,10 +8,10 @@ import pytest
 
 from fhirsvc.facts import Diagnosis, MedicationExposure
 from fhirsvc.fhir.concepts import Coding
-from fhirsvc.fhir.record import PatientRecord
 from fhirsvc.lot.engine import DrugEra, build_lines, drug_eras, regimen_keys
 from fhirsvc.lot.exposures import CoverageTable, indicated_eras, program_exposures
-from fhirsvc.rules.evaluate import evaluate_record
+from fhirsvc.pipeline import evaluate_record
+from fhirsvc.record.model import PatientRecord
 from fhirsvc.terminology.knowledge import Knowledge
 from fhirsvc.terminology.programs import Coverage, DosingInterval, LineSettings, Program
 

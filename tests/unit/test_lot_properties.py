@@ -94,7 +94,7 @@ def timelines(draw: st.DrawFn) -> tuple[str, list[MedicationExposure], date, lis
 def run(
     program_id: str, exposures: list[MedicationExposure], as_of: date, diagnoses: list[Diagnosis] | None = None
 ) -> tuple[list[DrugEra], list[Line]]:
-    """As fhirsvc.rules.evaluate does it: exposures after `as_of` left out, expected durations, indication."""
+    """As fhirsvc.pipeline does it: exposures after `as_of` left out, expected durations, indication."""
     program = PROGRAMS[program_id]
     classes = KNOWLEDGE.program_drugs(program)
     coverage = CoverageTable(program.lines.coverage, classes) if program.lines.coverage else None

@@ -7,8 +7,8 @@ from datetime import date
 import pytest
 
 from fhirsvc.facts import Diagnosis, PatientFacts, extract_facts
-from fhirsvc.fhir.record import RecordBuilder
-from fhirsvc.rules.evaluate import evaluate_program
+from fhirsvc.pipeline import evaluate_program
+from fhirsvc.record.model import RecordBuilder
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.conftest import load_fixture
 

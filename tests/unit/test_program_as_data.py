@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from fhirsvc.cds.cards import cards_for
-from fhirsvc.fhir.record import PatientRecord
-from fhirsvc.rules.evaluate import evaluate_record
+from fhirsvc.pipeline import evaluate_record
+from fhirsvc.record.model import PatientRecord
+from fhirsvc.render.cards import cards_for
 from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
 
 RA = Path(__file__).resolve().parent.parent / "data" / "programs" / "ra.yaml"

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from fhirsvc.cds.cards import cards_for
-from fhirsvc.fhir.record import RecordBuilder
-from fhirsvc.rules.evaluate import evaluate_record
+from fhirsvc.pipeline import evaluate_record
+from fhirsvc.record.model import RecordBuilder
+from fhirsvc.render.cards import cards_for
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.conftest import FIXTURES, load_fixture
 

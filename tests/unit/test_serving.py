@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fhirsvc.serving import listening_socket, run_workers
+from fhirsvc.api.serving import listening_socket, run_workers
 from tests.conftest import ROOT
 
 LOOPBACK = "127.0.0.1"

@@ -21,7 +21,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from fhirsvc.app import create_app
+from fhirsvc.api.app import create_app
 from fhirsvc.cli import app as cli_app
 from fhirsvc.config import DEFAULT_SMART_SCOPE, Settings
 from fhirsvc.fhir.auth import (

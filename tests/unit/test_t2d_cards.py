@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 import yaml
 
-from fhirsvc.cds.cards import cards_for, cards_with_findings
-from fhirsvc.fhir.record import RecordBuilder
-from fhirsvc.poll.writeback import Finding, guidance_entries
-from fhirsvc.rules.evaluate import PatientResult, evaluate_record
+from fhirsvc.pipeline import PatientResult, evaluate_record
+from fhirsvc.record.model import RecordBuilder
+from fhirsvc.render.cards import cards_for, cards_with_findings
+from fhirsvc.render.writeback import Finding, guidance_entries
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.conftest import FIXTURES, load_fixture
 

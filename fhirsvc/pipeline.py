@@ -8,9 +8,9 @@ from datetime import date
 
 from fhirsvc.deceased import Death, death_by
 from fhirsvc.facts import PatientFacts, extract_facts
-from fhirsvc.fhir.record import MEDICATION_TYPES, PatientRecord
 from fhirsvc.lot.engine import DrugEra, Line, build_lines, drug_eras, regimen_keys
 from fhirsvc.lot.exposures import indicated_eras, program_diagnoses, program_exposures
+from fhirsvc.record.model import MEDICATION_TYPES, PatientRecord
 from fhirsvc.rules import activity, confirmed_threshold, progression, targets, triggers  # noqa: F401 (registers kinds)
 from fhirsvc.rules.base import RULE_KINDS, Assessment, ProgramContext
 from fhirsvc.terminology.knowledge import Knowledge

@@ -11,18 +11,18 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
-from fhirsvc.cds.cards import cards_with_findings
-from fhirsvc.cds.feedback import FeedbackItem, FeedbackRequest, filter_and_record, parse_feedback, store_feedback
+from fhirsvc.api.feedback import FeedbackItem, FeedbackRequest, filter_and_record, parse_feedback, store_feedback
+from fhirsvc.api.logs import annotate, annotate_patient, started_at
+from fhirsvc.api.responses import OrjsonResponse, operation_outcome, outcome
+from fhirsvc.api.security import CdsClientIdentity, cds_client, discovery_client, fhir_server_allowed
 from fhirsvc.cds.models import CdsRequest, CdsResponse, Discovery, inline_schema, response_body
-from fhirsvc.cds.prefetch import DataUnavailable, by_resource_type, gather, incomplete_card
-from fhirsvc.cds.security import CdsClientIdentity, cds_client, discovery_client, fhir_server_allowed
 from fhirsvc.cds.services import PREFETCH, SERVICES
 from fhirsvc.config import Settings
 from fhirsvc.fhir.client import FhirClientPool
-from fhirsvc.fhir.record import bundle_resources
-from fhirsvc.http import OrjsonResponse, operation_outcome, outcome
-from fhirsvc.logs import annotate, annotate_patient, started_at
-from fhirsvc.rules.evaluate import evaluate_record
+from fhirsvc.pipeline import evaluate_record
+from fhirsvc.record.gather import DataUnavailable, by_resource_type, gather, incomplete_card
+from fhirsvc.record.model import bundle_resources
+from fhirsvc.render.cards import cards_with_findings
 from fhirsvc.store.db import Store
 from fhirsvc.terminology.knowledge import Knowledge
 

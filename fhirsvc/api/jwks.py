@@ -14,9 +14,9 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict
 
+from fhirsvc.api.responses import OrjsonResponse, operation_outcome, outcome
 from fhirsvc.config import Settings
 from fhirsvc.fhir.auth import SmartConfigError, load_key_set
-from fhirsvc.http import OrjsonResponse, operation_outcome, outcome
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["SMART Backend Services"])

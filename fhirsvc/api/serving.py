@@ -43,11 +43,11 @@ def listening_socket(host: str, port: int, reuse_port: bool = False) -> socket.s
 
 
 def serve(host: str, port: int, settings: Settings, workers: int = 1) -> None:
-    """uvicorn with JSON logs (fhirsvc.logs: one line per request, httpx quiet, no uvicorn access log)."""
+    """uvicorn with JSON logs (fhirsvc.api.logs: one line per request, httpx quiet, no uvicorn access log)."""
     import uvicorn
 
-    from fhirsvc.app import create_app
-    from fhirsvc.logs import configure_logging
+    from fhirsvc.api.app import create_app
+    from fhirsvc.api.logs import configure_logging
 
     configure_logging()
     if workers <= 1:
@@ -63,14 +63,14 @@ def serve(host: str, port: int, settings: Settings, workers: int = 1) -> None:
 
 
 _UVICORN: dict[str, Any] = {"log_level": "info", "log_config": None, "access_log": False}
-SERVICE_APP = "fhirsvc.app:create_app"  # a factory: each worker builds the app from the environment
+SERVICE_APP = "fhirsvc.api.app:create_app"  # a factory: each worker builds the app from the environment
 
 
 def _worker(host: str, port: int, app: str, factory: bool) -> None:
     """One worker process: its own SO_REUSEPORT listener, its own app built from the environment."""
     import uvicorn
 
-    from fhirsvc.logs import configure_logging
+    from fhirsvc.api.logs import configure_logging
 
     configure_logging()
     _stop_when_orphaned(os.getppid())

@@ -14,16 +14,16 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 
-from fhirsvc.cds.routes import router as cds_router
-from fhirsvc.cds.security import JWKS_TIMEOUT, BodySizeLimit, CdsAuthenticator, Unauthorized, unauthorized
+from fhirsvc.api.cds import router as cds_router
+from fhirsvc.api.jwks import router as jwks_router
+from fhirsvc.api.logs import RequestLog
+from fhirsvc.api.ops import RequestMetrics
+from fhirsvc.api.ops import router as ops_router
+from fhirsvc.api.responses import document_as_served, operation_outcome
+from fhirsvc.api.security import JWKS_TIMEOUT, BodySizeLimit, CdsAuthenticator, Unauthorized, unauthorized
+from fhirsvc.api.therapy import router as patients_router
 from fhirsvc.config import Settings, get_settings
 from fhirsvc.fhir.client import FhirClientPool
-from fhirsvc.http import document_as_served, operation_outcome
-from fhirsvc.jwks import router as jwks_router
-from fhirsvc.logs import RequestLog
-from fhirsvc.ops import RequestMetrics
-from fhirsvc.ops import router as ops_router
-from fhirsvc.patients import router as patients_router
 from fhirsvc.store.db import Store
 from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
 

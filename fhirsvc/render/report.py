@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhirsvc.cds.cards import cards_for
 from fhirsvc.cds.models import compact
 from fhirsvc.deceased import Death
+from fhirsvc.pipeline import PatientResult, ProgramResult
+from fhirsvc.render.cards import cards_for
 from fhirsvc.rules.base import Assessment
-from fhirsvc.rules.evaluate import PatientResult, ProgramResult
 
 
 def _line(line: Any, classes: dict[str, str]) -> dict[str, Any]:

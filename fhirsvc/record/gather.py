@@ -15,8 +15,8 @@ from fhirsvc.cds.services import PREFETCH, REQUIRED, render
 from fhirsvc.fhir.client import FhirClient, FhirClientPool, SearchResult, bundle_total, next_link
 from fhirsvc.fhir.errors import FhirError, FhirInvalidResponse, FhirNotFound, FhirServerError, FhirTransportError
 from fhirsvc.fhir.quirks import adaptive_search
-from fhirsvc.fhir.record import CLINICAL_TYPES, RECORD_PART_BY_KEY, PatientRecord, subject_reference
 from fhirsvc.fhir.resource_types import FHIR_RESOURCE_TYPES
+from fhirsvc.record.model import CLINICAL_TYPES, RECORD_PART_BY_KEY, PatientRecord, subject_reference
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from sqlalchemy.exc import IntegrityError
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fhirsvc.api.logs import annotate
+from fhirsvc.api.responses import operation_outcome
 from fhirsvc.config import CdsClientConfig, Settings, normalise_base_url
-from fhirsvc.http import operation_outcome
-from fhirsvc.logs import annotate
 from fhirsvc.store.db import Store
 from fhirsvc.store.models import SeenJti
 

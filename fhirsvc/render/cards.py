@@ -7,8 +7,8 @@ import uuid
 from typing import Any
 
 from fhirsvc.cds.models import Action, Card, Coding, Link, Source, Suggestion
+from fhirsvc.pipeline import PatientResult, ProgramResult
 from fhirsvc.rules.base import Assessment
-from fhirsvc.rules.evaluate import PatientResult, ProgramResult
 
 # Stable uuids: the same finding on the same evidence keeps its uuid across calls, so feedback and
 # "don't show again" (CDS Hooks feedback) attach to the finding, not to one rendering of it.

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import orjson
 
-from fhirsvc.fhir.record import PatientRecord, RecordBuilder, Resource, filing_patient
+from fhirsvc.record.model import PatientRecord, RecordBuilder, Resource, filing_patient
 
 log = logging.getLogger(__name__)
 

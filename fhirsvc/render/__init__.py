@@ -1,0 +1,1 @@
+"""Renderings of findings: CDS Hooks cards, write-back resources, the evaluate report."""
