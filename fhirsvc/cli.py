@@ -249,7 +249,7 @@ def demo(
         result = evaluate_record(record, knowledge, day)
         for program in result.programs:
             current = program.current_line
-            for assessment in program.assessments:
+            for assessment in program.findings:
                 line = str(current.number) if current else "-"
                 typer.echo(
                     f"{result.patient:<40} {program.program.id:<8} {line:<5} {assessment.status}: {assessment.summary}"

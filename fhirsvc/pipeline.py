@@ -8,13 +8,19 @@ from datetime import date
 
 from fhirsvc.deceased import Death, death_by
 from fhirsvc.facts import PatientFacts, extract_facts
+from fhirsvc.findings import Finding
 from fhirsvc.lot.engine import DrugEra, Line, build_lines, drug_eras, regimen_keys
 from fhirsvc.lot.exposures import indicated_eras, program_diagnoses, program_exposures
 from fhirsvc.record.model import MEDICATION_TYPES, PatientRecord
 from fhirsvc.rules import activity, confirmed_threshold, progression, targets, triggers  # noqa: F401 (registers kinds)
-from fhirsvc.rules.base import RULE_KINDS, Assessment, ProgramContext
+from fhirsvc.rules.base import RULE_KINDS, ProgramContext
 from fhirsvc.terminology.knowledge import Knowledge
 from fhirsvc.terminology.programs import Program, Rule
+
+_URGENCY = {"critical": 0, "warning": 1, "info": 2}
+
+
+_URGENCY = {"critical": 0, "warning": 1, "info": 2}
 
 
 @dataclass
@@ -22,7 +28,7 @@ class ProgramResult:
     program: Program
     lines: list[Line]
     classes: dict[str, str]
-    assessments: list[Assessment] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
 
     @property
     def current_line(self) -> Line | None:
@@ -39,8 +45,13 @@ class PatientResult:
     incomplete: dict[str, str] = field(default_factory=dict)  # resource type → why it was not read completely
 
     @property
-    def assessments(self) -> list[Assessment]:
-        return [a for p in self.programs for a in p.assessments]
+    def findings(self) -> list[Finding]:
+        return [f for p in self.programs for f in p.findings]
+
+    @property
+    def actionable(self) -> list[Finding]:
+        """The findings that warrant a card and a write-back, most urgent first."""
+        return sorted((f for f in self.findings if f.card), key=lambda f: _URGENCY[f.indicator])
 
 
 def _in_scope(program: Program, facts: PatientFacts, classes: dict[str, str], as_of: date) -> bool:
@@ -83,8 +94,8 @@ def evaluate_program(
             missing = sorted(rule_inputs(rule) & incomplete.keys())
             if missing:
                 assessment = withheld(assessment, missing)
-        ctx.assessments[rule.id] = assessment  # later rules see what is shown, a withheld card included
-        result.assessments.append(assessment)
+        ctx.findings[rule.id] = assessment  # later rules see what is shown, a withheld card included
+        result.findings.append(assessment)
         if rule.line_end_label:
             _label_line_ends(rule, ctx)
     return result
@@ -105,7 +116,7 @@ def rule_inputs(rule: Rule) -> frozenset[str]:
     return _LINE_INPUTS | RULE_EXTRA_INPUTS.get(rule.kind, frozenset({"Observation"}))
 
 
-def withheld(assessment: Assessment, missing: list[str]) -> Assessment:
+def withheld(assessment: Finding, missing: list[str]) -> Finding:
     """A finding not decided because data it reads was not read completely: no card of its own (the caller shows
     the one "findings may be incomplete" card), and never an answer built on the partial data."""
     summary = f"Not decided: {', '.join(missing)} could not be read completely"
@@ -118,7 +129,7 @@ def withheld(assessment: Assessment, missing: list[str]) -> Assessment:
         evidence=[],
         measurements=[],
         recommendations=[],
-        suggestions=[],
+        suggestions={},
     )
 
 
@@ -140,7 +151,7 @@ def _label_line_ends(rule: Rule, ctx: ProgramContext) -> None:
             ctx,
             as_of=line.end,
             lines=[*ctx.lines[:index], replace(line, end=None)],
-            assessments={},
+            findings={},
             _flags=None,
             _results={},
             _measurements={},

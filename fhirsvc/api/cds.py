@@ -20,9 +20,9 @@ from fhirsvc.cds.services import PREFETCH, SERVICES
 from fhirsvc.config import Settings
 from fhirsvc.fhir.client import FhirClientPool
 from fhirsvc.pipeline import evaluate_record
-from fhirsvc.record.gather import DataUnavailable, by_resource_type, gather, incomplete_card
+from fhirsvc.record.gather import DataUnavailable, gather
 from fhirsvc.record.model import bundle_resources
-from fhirsvc.render.cards import cards_with_findings
+from fhirsvc.render.cards import by_resource_type, cards_with_findings, incomplete_card
 from fhirsvc.store.db import Store
 from fhirsvc.terminology.knowledge import Knowledge
 

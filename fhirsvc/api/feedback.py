@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from fhirsvc.cds.models import Card
-from fhirsvc.rules.base import Assessment
+from fhirsvc.findings import Finding
 from fhirsvc.store.db import Store
 from fhirsvc.store.repository import now, record_issued_cards, save_feedback, suppressed
 
@@ -52,7 +52,7 @@ def store_feedback(store: Store, service_id: str, items: list[dict[str, Any]]) -
 
 
 def filter_and_record(
-    store: Store, service_id: str, patient: str, findings: list[tuple[Card, Assessment]], suppress_days: int
+    store: Store, service_id: str, patient: str, findings: list[tuple[Card, Finding]], suppress_days: int
 ) -> list[Card]:
     """Drop cards overridden with a reason within the suppression period; remember the ones we answer with."""
     with store.connection() as connection:

@@ -26,9 +26,8 @@ from fhirsvc.poll.bulk import bulk_export, supports_export
 from fhirsvc.poll.changes import POLLED_TYPES, Changes, changed_patients
 from fhirsvc.record.gather import DataUnavailable, fetch_patient
 from fhirsvc.record.model import PatientRecord, RecordBuilder
-from fhirsvc.render.cards import cards_with_findings
 from fhirsvc.render.report import patient_report
-from fhirsvc.render.writeback import Finding, closed_task, created_references, transaction
+from fhirsvc.render.writeback import closed_task, created_references, transaction
 from fhirsvc.store.db import Store
 from fhirsvc.store.models import WriteBack
 from fhirsvc.store.repository import get_cursor, latest_state, now, open_writebacks, save_state, set_cursor
@@ -162,7 +161,7 @@ class Poller:
         result = evaluate_record(record, self.knowledge, day)
         if result.incomplete:
             report.incomplete.append(patient_id)
-        findings = [Finding(result.patient, a, c, day.isoformat()) for c, a in cards_with_findings(result)]
+        findings = result.actionable
         target = self.settings.writeback_target
         with self.store.session() as session:
             already = {w.identifier for w in open_writebacks(session, server, result.patient)}
@@ -178,8 +177,8 @@ class Poller:
                             identifier=finding.id,
                             server=server,
                             patient=result.patient,
-                            program=finding.assessment.program,
-                            rule=finding.assessment.rule,
+                            program=finding.program,
+                            rule=finding.rule,
                             status="open",
                             resources=refs.get(finding.id, {}),
                             created_at=now(),

@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fhirsvc.cds.models import Card, CdsRequest, Coding, FhirAuthorization, Link, Source
+from fhirsvc.cds.models import CdsRequest, FhirAuthorization
 from fhirsvc.cds.services import PREFETCH, REQUIRED, render
 from fhirsvc.fhir.client import FhirClient, FhirClientPool, SearchResult, bundle_total, next_link
 from fhirsvc.fhir.errors import FhirError, FhirInvalidResponse, FhirNotFound, FhirServerError, FhirTransportError
@@ -226,42 +224,6 @@ def _short_of_total(bundle: dict[str, Any]) -> bool:
     total = bundle_total(bundle)
     entries = bundle.get("entry")
     return total is not None and (len(entries) if isinstance(entries, list) else 0) < total
-
-
-# Card for data that could not be read completely (CDS Hooks 2.0 #providing-fhir-resources-to-a-cds-service): the
-# user learns the check could not be completed instead of seeing nothing, or a finding based on data that never
-# arrived. One card whatever the cause: a slow, down or failing server, or a search cut short by a page cap.
-INCOMPLETE_SUMMARY = "Not all FHIR data could be read; findings may be incomplete"
-_FETCH_DOC = "https://cds-hooks.hl7.org/2.0/#providing-fhir-resources-to-a-cds-service"
-_NAMESPACE = uuid.UUID("0c4f8d7e-6b1a-4f0e-9a55-3f2d1c9b7e42")
-
-
-def incomplete_card(patient_id: str, unread: Mapping[str, str]) -> Card:
-    """One info card (status data-needed) naming each resource type not read completely and why."""
-    rows = "\n".join(f"- **{what}**: {why}" for what, why in sorted(unread.items()))
-    return Card(
-        uuid=str(uuid.uuid5(_NAMESPACE, f"Patient/{patient_id}|fhir-server-unavailable")),
-        summary=INCOMPLETE_SUMMARY,
-        detail=(
-            "fhirsvc could not read all of this patient's data from the FHIR server (slow, unreachable or failing, "
-            f"or a search cut short):\n\n{rows}\n\nFindings that depend on this data are not shown. "
-            "Open the patient again later to repeat the check."
-        ),
-        indicator="info",
-        source=Source(
-            label="fhirsvc (FHIR data access)",
-            url=_FETCH_DOC,
-            topic=Coding(system="urn:fhirsvc:status", code="data-needed", display="Data needed"),
-        ),
-        links=[Link(label="CDS Hooks: how a CDS service reads FHIR data", url=_FETCH_DOC, type="absolute")],
-    )
-
-
-def by_resource_type(keys: Mapping[str, str]) -> dict[str, str]:
-    """Prefetch keys with their reasons → the same reasons by resource type (what a clinician can read)."""
-    return {
-        RECORD_PART_BY_KEY[key].resource_type if key in RECORD_PART_BY_KEY else key: why for key, why in keys.items()
-    }
 
 
 def _add(record: PatientRecord, resource: dict[str, Any], expected: str) -> None:

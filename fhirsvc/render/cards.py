@@ -1,79 +1,38 @@
-"""Assessments → CDS Hooks cards: evidence with values and dates, guideline source, suggestions, links."""
+"""Findings → CDS Hooks cards: evidence with values and dates, guideline source, suggestions, links."""
 
 from __future__ import annotations
 
-import copy
 import uuid
-from typing import Any
+from collections.abc import Mapping
 
 from fhirsvc.cds.models import Action, Card, Coding, Link, Source, Suggestion
+from fhirsvc.findings import Finding, derived_id
 from fhirsvc.pipeline import PatientResult, ProgramResult
-from fhirsvc.rules.base import Assessment
+from fhirsvc.record.model import RECORD_PART_BY_KEY
+from fhirsvc.render.detail import detail_markdown, proposed_resource
 
-# Stable uuids: the same finding on the same evidence keeps its uuid across calls, so feedback and
-# "don't show again" (CDS Hooks feedback) attach to the finding, not to one rendering of it.
-_NAMESPACE = uuid.UUID("5b0f3c8e-2f4a-4c55-9d1e-6f1c2a7b9e01")
-
-_SAFETY_NOTE = "_This card suggests an evaluation. It does not order, stop or change any therapy._"
+_URGENCY = {"critical": 0, "warning": 1, "info": 2}
 
 
-def card_uuid(patient: str, assessment: Assessment) -> str:
-    key = "|".join([patient, assessment.rule, assessment.outcome, *sorted(assessment.evidence)])
-    return str(uuid.uuid5(_NAMESPACE, key))
-
-
-def detail_markdown(assessment: Assessment, classes: dict[str, str]) -> str:
-    parts: list[str] = []
-    if assessment.measurements:
-        rows = "\n".join(
-            f"| {m.date.isoformat()} | {m.shown}" + (f" (= {m.converted})" if m.converted else "") + f" | {m.ref} |"
-            for m in assessment.measurements
-        )
-        parts.append(f"**Evidence**\n\n| Date | Result | Record |\n|---|---|---|\n{rows}")
-    line = assessment.line
-    if line is not None:
-        drugs = ", ".join(f"{d} ({classes.get(d, '?')})" for d in assessment.regimen)
-        parts.append(
-            f"**Current regimen** (line {line.number}, since {line.start.isoformat()}): {drugs}\n\n"
-            f"Medication records: {', '.join(line.refs)}"
-        )
-    if assessment.recommendations:
-        parts.append("**Consider**\n\n" + "\n".join(f"- {r}" for r in assessment.recommendations))
-    parts.append(f"**Guideline**: {assessment.guideline.citation}")
-    parts.append(_SAFETY_NOTE)
-    return "\n\n".join(parts)
-
-
-def _suggestion(
-    key: str, program: ProgramResult, assessment: Assessment, patient: str, card_id: str, as_of: str
-) -> Suggestion:
-    template = program.program.suggestions[key]
-    resource: dict[str, Any] = copy.deepcopy(template.resource)
-    resource["subject"] = {"reference": patient}
-    resource["authoredOn"] = as_of
-    reasons = [{"reference": m.ref} for m in assessment.measurements]
-    if reasons:
-        resource["reasonReference"] = reasons
+def _suggestion(finding: Finding, key: str) -> Suggestion:
+    template = finding.suggestions[key]
     return Suggestion(
         label=template.label,
-        uuid=str(uuid.uuid5(uuid.UUID(card_id), key)),
+        uuid=derived_id(finding.id, key),
         isRecommended=template.is_recommended or None,
-        actions=[Action(type="create", description=template.description, resource=resource)],
+        actions=[Action(type="create", description=template.description, resource=proposed_resource(finding, key))],
     )
 
 
-def card_for(result: PatientResult, program: ProgramResult, assessment: Assessment) -> Card:
-    card_id = card_uuid(result.patient, assessment)
-    suggestions = [
-        _suggestion(key, program, assessment, result.patient, card_id, result.as_of.isoformat())
-        for key in assessment.suggestions
-    ]
-    guideline = assessment.guideline
+def card_for(program: ProgramResult, finding: Finding) -> Card:
+    """One finding as a card; its uuid is the finding's id (feedback attaches to the finding)."""
+    suggestions = [_suggestion(finding, key) for key in finding.suggestions]
+    guideline = finding.guideline
     return Card(
-        uuid=card_id,
-        summary=assessment.summary,
-        detail=detail_markdown(assessment, program.classes),
-        indicator=assessment.indicator,
+        uuid=finding.id,
+        summary=finding.summary,
+        detail=detail_markdown(finding),
+        indicator=finding.indicator,
         source=Source(label=f"{guideline.label} (fhirsvc)", url=str(guideline.url)),
         suggestions=suggestions,
         selectionBehavior="at-most-one" if suggestions else None,
@@ -84,17 +43,52 @@ def card_for(result: PatientResult, program: ProgramResult, assessment: Assessme
     )
 
 
-def cards_with_findings(result: PatientResult) -> list[tuple[Card, Assessment]]:
-    """One card per assessment that warrants one, most urgent first, each with the assessment behind it."""
-    order = {"critical": 0, "warning": 1, "info": 2}
+def cards_with_findings(result: PatientResult) -> list[tuple[Card, Finding]]:
+    """One card per finding that warrants one, most urgent first, each with the finding behind it."""
     pairs = [
-        (card_for(result, program, assessment), assessment)
+        (card_for(program, finding), finding)
         for program in result.programs
-        for assessment in program.assessments
-        if assessment.card
+        for finding in program.findings
+        if finding.card
     ]
-    return sorted(pairs, key=lambda pair: order[pair[0].indicator])
+    return sorted(pairs, key=lambda pair: _URGENCY[pair[0].indicator])
 
 
 def cards_for(result: PatientResult) -> list[Card]:
     return [card for card, _ in cards_with_findings(result)]
+
+
+# Card for data that could not be read completely (CDS Hooks 2.0 #providing-fhir-resources-to-a-cds-service): the
+# user learns the check could not be completed instead of seeing nothing, or a finding based on data that never
+# arrived. One card whatever the cause: a slow, down or failing server, or a search cut short by a page cap.
+INCOMPLETE_SUMMARY = "Not all FHIR data could be read; findings may be incomplete"
+_FETCH_DOC = "https://cds-hooks.hl7.org/2.0/#providing-fhir-resources-to-a-cds-service"
+_INCOMPLETE_NAMESPACE = uuid.UUID("0c4f8d7e-6b1a-4f0e-9a55-3f2d1c9b7e42")
+
+
+def incomplete_card(patient_id: str, unread: Mapping[str, str]) -> Card:
+    """One info card (status data-needed) naming each resource type not read completely and why."""
+    rows = "\n".join(f"- **{what}**: {why}" for what, why in sorted(unread.items()))
+    return Card(
+        uuid=str(uuid.uuid5(_INCOMPLETE_NAMESPACE, f"Patient/{patient_id}|fhir-server-unavailable")),
+        summary=INCOMPLETE_SUMMARY,
+        detail=(
+            "fhirsvc could not read all of this patient's data from the FHIR server (slow, unreachable or failing, "
+            f"or a search cut short):\n\n{rows}\n\nFindings that depend on this data are not shown. "
+            "Open the patient again later to repeat the check."
+        ),
+        indicator="info",
+        source=Source(
+            label="fhirsvc (FHIR data access)",
+            url=_FETCH_DOC,
+            topic=Coding(system="urn:fhirsvc:status", code="data-needed", display="Data needed"),
+        ),
+        links=[Link(label="CDS Hooks: how a CDS service reads FHIR data", url=_FETCH_DOC, type="absolute")],
+    )
+
+
+def by_resource_type(keys: Mapping[str, str]) -> dict[str, str]:
+    """Prefetch keys with their reasons → the same reasons by resource type (what a clinician can read)."""
+    return {
+        RECORD_PART_BY_KEY[key].resource_type if key in RECORD_PART_BY_KEY else key: why for key, why in keys.items()
+    }

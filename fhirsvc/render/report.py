@@ -6,9 +6,9 @@ from typing import Any
 
 from fhirsvc.cds.models import compact
 from fhirsvc.deceased import Death
+from fhirsvc.findings import Finding
 from fhirsvc.pipeline import PatientResult, ProgramResult
 from fhirsvc.render.cards import cards_for
-from fhirsvc.rules.base import Assessment
 
 
 def _line(line: Any, classes: dict[str, str]) -> dict[str, Any]:
@@ -23,7 +23,7 @@ def _line(line: Any, classes: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _assessment(assessment: Assessment) -> dict[str, Any]:
+def _assessment(assessment: Finding) -> dict[str, Any]:
     return {
         "rule": assessment.rule,
         "status": assessment.status,
@@ -44,7 +44,7 @@ def _program(program: ProgramResult) -> dict[str, Any]:
         "program": program.program.id,
         "current_line": current.number if current else None,
         "lines": [_line(line, program.classes) for line in program.lines],
-        "assessments": [_assessment(a) for a in program.assessments],
+        "assessments": [_assessment(a) for a in program.findings],
     }
 
 
@@ -87,7 +87,7 @@ def patient_text(result: PatientResult) -> str:
                 f"    line {line.number}: {line.start.isoformat()} → {end}  {', '.join(sorted(line.drugs))}"
                 f"  [{classes}]{reason}"
             )
-        for assessment in program.assessments:
+        for assessment in program.findings:
             out.append(f"    {assessment.status.upper()}: {assessment.summary}")
             for m in assessment.measurements:
                 out.append(f"      {m.date.isoformat()}  {m.shown:<28} {m.ref}")

@@ -9,14 +9,12 @@ one DetectedIssue implicating the evidence. Every resource is validated with fhi
 from __future__ import annotations
 
 import copy
-import hashlib
 import uuid
-from dataclasses import dataclass
 from typing import Any, Literal
 
-from fhirsvc.cds.models import Card
 from fhirsvc.fhir.resources import validate
-from fhirsvc.rules.base import Assessment
+from fhirsvc.findings import Finding
+from fhirsvc.render.detail import detail_markdown, proposed_resource
 
 FINDING_SYSTEM = "urn:fhirsvc:finding"
 TASK_CODE = {
@@ -32,25 +30,8 @@ ADD_ON_TASK_CODE = {
 }
 Target = Literal["guidance", "detectedissue"]
 _SEVERITY = {"critical": "high", "warning": "moderate", "info": "low"}
+_ID_LENGTH = len("00000000-0000-0000-0000-000000000000")
 _REASON_TARGETS = frozenset({"Condition", "Observation", "DiagnosticReport", "DocumentReference"})
-
-
-def finding_id(patient: str, assessment: Assessment) -> str:
-    """Stable for the same (patient, program, rule, evidence): re-running never writes a second copy."""
-    key = "|".join([patient, assessment.program, assessment.rule, *sorted(assessment.evidence)])
-    return hashlib.sha256(key.encode()).hexdigest()[:40]
-
-
-@dataclass
-class Finding:
-    patient: str
-    assessment: Assessment
-    card: Card
-    as_of: str
-
-    @property
-    def id(self) -> str:
-        return finding_id(self.patient, self.assessment)
 
 
 def _entry(resource: dict[str, Any], identifier: str) -> dict[str, Any]:
@@ -66,30 +47,33 @@ def _entry(resource: dict[str, Any], identifier: str) -> dict[str, Any]:
     }
 
 
+def _note(finding: Finding) -> str:
+    """The card's text, so the worklist reads like the card the clinician would have seen."""
+    return f"{finding.summary}\n\n{detail_markdown(finding)}"
+
+
 def _identifier(value: str) -> list[dict[str, str]]:
     return [{"system": FINDING_SYSTEM, "value": value}]
 
 
 def guidance_entries(finding: Finding) -> list[dict[str, Any]]:
-    a, card, fid = finding.assessment, finding.card, finding.id
+    a, fid = finding, finding.id
     subject = {"reference": finding.patient}
+    as_of = finding.as_of.isoformat()
     entries: list[dict[str, Any]] = []
     actions = []
-    for index, suggestion in enumerate(card.suggestions):
-        for action in suggestion.actions:
-            if action.resource is None:
-                continue
-            proposal = copy.deepcopy(action.resource)
-            proposal["identifier"] = _identifier(f"{fid}-s{index}")
-            entry = _entry(proposal, f"{fid}-s{index}")
-            entries.append(entry)
-            actions.append(
-                {
-                    "title": suggestion.label,
-                    "description": action.description,
-                    "resource": {"reference": entry["fullUrl"]},
-                }
-            )
+    for index, (key, suggestion) in enumerate(finding.suggestions.items()):
+        proposal = proposed_resource(finding, key)
+        proposal["identifier"] = _identifier(f"{fid}-s{index}")
+        entry = _entry(proposal, f"{fid}-s{index}")
+        entries.append(entry)
+        actions.append(
+            {
+                "title": suggestion.label,
+                "description": suggestion.description,
+                "resource": {"reference": entry["fullUrl"]},
+            }
+        )
     for recommendation in a.recommendations:
         actions.append({"title": recommendation[:250], "description": recommendation})
     request_group: dict[str, Any] = {
@@ -98,7 +82,7 @@ def guidance_entries(finding: Finding) -> list[dict[str, Any]]:
         "status": "active",
         "intent": "proposal",
         "subject": subject,
-        "authoredOn": finding.as_of,
+        "authoredOn": as_of,
         "action": actions or [{"title": a.summary}],
     }
     rg_entry = _entry(request_group, f"{fid}-rg")
@@ -108,12 +92,12 @@ def guidance_entries(finding: Finding) -> list[dict[str, Any]]:
         "moduleUri": str(a.guideline.url),
         "status": "data-required" if a.status == "data-needed" else "success",
         "subject": subject,
-        "occurrenceDateTime": finding.as_of,
+        "occurrenceDateTime": as_of,
         "reasonCode": [{"text": f"{a.program}/{a.rule}: {a.status}"}],
         # R4 allows only these targets here (HAPI rejects others, HAPI-0931); the medication evidence is cited
         # by the Task's input and in the note.
         "reasonReference": [{"reference": ref} for ref in a.evidence if ref.split("/")[0] in _REASON_TARGETS],
-        "note": [{"text": f"{card.summary}\n\n{card.detail or ''}"}],
+        "note": [{"text": _note(finding)}],
         "result": {"reference": rg_entry["fullUrl"]},
     }
     gr_entry = _entry(guidance, fid)
@@ -122,12 +106,12 @@ def guidance_entries(finding: Finding) -> list[dict[str, Any]]:
         "identifier": _identifier(f"{fid}-task"),
         "status": "requested",
         "intent": "proposal",
-        "priority": "urgent" if card.indicator == "critical" else "routine",
+        "priority": "urgent" if a.indicator == "critical" else "routine",
         "code": ADD_ON_TASK_CODE if a.status == "add-on-evaluation" else TASK_CODE,
         "description": a.summary,
         "for": subject,
         "focus": {"reference": gr_entry["fullUrl"]},
-        "authoredOn": finding.as_of,
+        "authoredOn": as_of,
         "input": [{"type": {"text": "evidence"}, "valueReference": {"reference": ref}} for ref in a.evidence],
     }
     if not task["input"]:
@@ -136,17 +120,17 @@ def guidance_entries(finding: Finding) -> list[dict[str, Any]]:
 
 
 def detected_issue_entries(finding: Finding) -> list[dict[str, Any]]:
-    a, card = finding.assessment, finding.card
+    a = finding
     issue = {
         "resourceType": "DetectedIssue",
         "identifier": _identifier(finding.id),
         "status": "final",
         "code": {"text": f"{a.program}/{a.rule}: {a.status}"},
-        "severity": _SEVERITY[card.indicator],
+        "severity": _SEVERITY[a.indicator],
         "patient": {"reference": finding.patient},
-        "identifiedDateTime": finding.as_of,
+        "identifiedDateTime": a.as_of.isoformat(),
         "implicated": [{"reference": ref} for ref in a.evidence],
-        "detail": f"{card.summary}\n\n{card.detail or ''}",
+        "detail": _note(finding),
         "reference": str(a.guideline.url),
     }
     return [_entry(issue, finding.id)]
@@ -161,8 +145,8 @@ def created_references(bundle: dict[str, Any], answer: dict[str, Any]) -> dict[s
     """finding id → {resource type: server reference} from a transaction-response."""
     out: dict[str, dict[str, str]] = {}
     for sent, got in zip(bundle["entry"], answer.get("entry") or [], strict=False):
-        value = sent["resource"]["identifier"][0]["value"]
-        fid = value.split("-")[0]
+        # A finding id is a UUID; its parts' identifiers append "-rg", "-task", "-s<n>".
+        fid = sent["resource"]["identifier"][0]["value"][:_ID_LENGTH]
         location = str((got.get("response") or {}).get("location", ""))
         reference = "/".join(location.split("/_history")[0].split("/")[-2:]) if location else ""
         out.setdefault(fid, {})[sent["resource"]["resourceType"]] = reference

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from fhirsvc.facts import Diagnosis
-from fhirsvc.rules.base import Assessment, Measurement, ProgramContext, make_assessment, number, rule_kind
+from fhirsvc.findings import Finding, Measurement
+from fhirsvc.rules.base import ProgramContext, make_finding, number, rule_kind
 from fhirsvc.terminology.programs import Rule
 
 
@@ -31,7 +32,7 @@ def _relapses(rule: Rule, ctx: ProgramContext) -> list[Diagnosis]:
 
 
 @rule_kind("disease-activity")
-def disease_activity(rule: Rule, ctx: ProgramContext) -> Assessment:
+def disease_activity(rule: Rule, ctx: ProgramContext) -> Finding:
     """AAN 2018 breakthrough on a platform therapy: relapse, new MRI lesions or disability progression in a year.
 
     With `high_efficacy_outcome`, the same activity on any other therapy gives that outcome (a review, not a
@@ -43,14 +44,14 @@ def disease_activity(rule: Rule, ctx: ProgramContext) -> Assessment:
     window = timedelta(days=int(program.param(rule, "window_days")))
     line = ctx.current_line
     if line is None:
-        return make_assessment(rule, ctx, "no-therapy", {})
+        return make_finding(rule, ctx, "no-therapy", {})
     # The line's own drugs: on the day a line ends, the drug that replaces it has already started.
     active = [d for d in ctx.program_drugs_active() if d in line.drugs]
     on_platform = bool(active) and all(ctx.classes.get(d) in platform for d in active)
     if not active or (not on_platform and "high_efficacy_outcome" not in rule.params):
-        return make_assessment(rule, ctx, "not-platform", {}, [], line)
+        return make_finding(rule, ctx, "not-platform", {}, [], line)
     if (ctx.as_of - line.start).days < min_days:
-        return make_assessment(rule, ctx, "too-early" if on_platform else "not-platform", {}, [], line)
+        return make_finding(rule, ctx, "too-early" if on_platform else "not-platform", {}, [], line)
     since = max(line.start, ctx.as_of - window)
     reasons: list[str] = []
     evidence: list[str] = []
@@ -79,16 +80,16 @@ def disease_activity(rule: Rule, ctx: ProgramContext) -> Assessment:
             reasons.append(f"EDSS {number(baseline.value)} → {number(latest.value)}")
             used += [baseline, latest]
     if not reasons:
-        return make_assessment(rule, ctx, "stable" if on_platform else "not-platform", {}, [], line)
+        return make_finding(rule, ctx, "stable" if on_platform else "not-platform", {}, [], line)
     values = {"reasons": "; ".join(reasons), "drugs": ", ".join(active)}
     # Activity on a higher-efficacy therapy is no platform breakthrough, but still asks for a review (AAN 2018:
     # monitor disease activity on every disease-modifying therapy).
     outcome = "breakthrough" if on_platform else str(program.param(rule, "high_efficacy_outcome"))
-    return make_assessment(rule, ctx, outcome, values, used, line, evidence)
+    return make_finding(rule, ctx, outcome, values, used, line, evidence)
 
 
 @rule_kind("positive-on-drug")
-def positive_on_drug(rule: Rule, ctx: ProgramContext) -> Assessment:
+def positive_on_drug(rule: Rule, ctx: ProgramContext) -> Finding:
     """A safety result turned positive while on a drug it concerns (natalizumab with JCV antibody index > 0.9)."""
     program = ctx.program
     drugs = {str(d) for d in program.param(rule, "drugs")}
@@ -96,12 +97,12 @@ def positive_on_drug(rule: Rule, ctx: ProgramContext) -> Assessment:
     line = ctx.current_line
     on = [d for d in ctx.program_drugs_active() if d in drugs]
     if line is None or not on:
-        return make_assessment(rule, ctx, "not-on-drug", {})
+        return make_finding(rule, ctx, "not-on-drug", {})
     results = ctx.results(str(program.param(rule, "observation")))
     if not results:
-        return make_assessment(rule, ctx, "no-result", {"drug": on[0]}, [], line)
+        return make_finding(rule, ctx, "no-result", {"drug": on[0]}, [], line)
     latest = results[-1]
     positive = "POS" in latest.interpretation or (latest.value is not None and latest.value > above)
     measured = ctx.as_measurement(latest)
     values = {"drug": on[0], "value": measured.shown, "date": latest.date.isoformat()}
-    return make_assessment(rule, ctx, "positive" if positive else "negative", values, [measured], line)
+    return make_finding(rule, ctx, "positive" if positive else "negative", values, [measured], line)

@@ -1,4 +1,4 @@
-"""Assessment and the context a rule kind reads; the registry of rule kinds."""
+"""The context a rule kind reads (facts, lines, measurements, flags) and how a rule's outcome becomes a Finding."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from datetime import date
 from typing import Any
 
 from fhirsvc.facts import Diagnosis, LabResult, PatientFacts
+from fhirsvc.findings import Finding, Measurement
 from fhirsvc.lot.engine import DrugEra, Line
-from fhirsvc.terminology.programs import FlagCriterion, Guideline, Indicator, Program, Rule, Status, When
+from fhirsvc.terminology.programs import FlagCriterion, Program, Rule, Status, When
 from fhirsvc.terminology.safety import SafetyTables
 from fhirsvc.terminology.units import CONVERTERS
 
@@ -18,25 +19,6 @@ _ORDINALS = {2: "second-line", 3: "third-line", 4: "fourth-line", 5: "fifth-line
 
 def next_line_label(current: int) -> str:
     return _ORDINALS.get(current + 1, f"line-{current + 1}")
-
-
-@dataclass(slots=True)  # built per result: not frozen, for speed (see fhirsvc/facts.py)
-class Measurement:
-    """A lab result in the measure's canonical unit; `value` None for coded or "<" results without a number."""
-
-    ref: str
-    date: date
-    value: float | None
-    unit: str
-    comparator: str | None
-    not_detected: bool
-    shown: str  # as reported, e.g. "2.5 log10 copies/mL" or "<20 copies/mL"
-    converted: str = ""  # in the canonical unit when reported in another one, e.g. "8.0 %" for "64 mmol/mol"
-
-    @property
-    def reading(self) -> str:
-        """The result as a clinician writes it: "8.4 %", or "64 mmol/mol (8.0 %)" when converted."""
-        return f"{self.shown} ({self.converted})" if self.converted else self.shown
 
 
 @dataclass(slots=True)
@@ -50,26 +32,6 @@ class FlagHit:
 
 
 @dataclass
-class Assessment:
-    """A rule's finding for one patient and program, with everything a card or report must show."""
-
-    program: str
-    rule: str
-    outcome: str
-    status: Status
-    indicator: Indicator
-    summary: str
-    card: bool
-    guideline: Guideline
-    evidence: list[str] = field(default_factory=list)
-    measurements: list[Measurement] = field(default_factory=list)
-    recommendations: list[str] = field(default_factory=list)
-    suggestions: list[str] = field(default_factory=list)
-    line: Line | None = None
-    regimen: list[str] = field(default_factory=list)
-
-
-@dataclass
 class ProgramContext:
     """What a rule kind may read: the program, the patient's facts, lines and the evaluation date."""
 
@@ -80,7 +42,7 @@ class ProgramContext:
     eras: list[DrugEra]
     classes: dict[str, str] = field(default_factory=dict)
     safety: SafetyTables = field(default_factory=lambda: SafetyTables({}, ()))
-    assessments: dict[str, Assessment] = field(default_factory=dict)  # earlier rules' findings, by rule id
+    findings: dict[str, Finding] = field(default_factory=dict)  # earlier rules' findings, by rule id
     _flags: dict[str, FlagHit] | None = None
     _results: dict[str, list[LabResult]] = field(default_factory=dict)  # per observation name, for this as_of
     _measurements: dict[str, list[Measurement]] = field(default_factory=dict)
@@ -250,7 +212,7 @@ class ProgramContext:
         return not when.genes_wild_type or self._wild_type(when.genes_wild_type)
 
     def _card_shown(self, rule_id: str) -> bool:
-        found = self.assessments.get(rule_id)
+        found = self.findings.get(rule_id)
         return found is not None and found.card
 
     def _wild_type(self, genes: list[str]) -> bool:
@@ -317,7 +279,7 @@ def _measure(lab: LabResult, unit: str, log_scale: bool, convert: Any, decimals:
     return Measurement(lab.ref, lab.date, value, unit, lab.comparator, lab.not_detected, shown, converted)
 
 
-RuleKind = Callable[[Rule, ProgramContext], Assessment]
+RuleKind = Callable[[Rule, ProgramContext], Finding]
 RULE_KINDS: dict[str, RuleKind] = {}
 
 
@@ -329,7 +291,7 @@ def rule_kind(name: str) -> Callable[[RuleKind], RuleKind]:
     return register
 
 
-def make_assessment(
+def make_finding(
     rule: Rule,
     ctx: ProgramContext,
     outcome: str,
@@ -337,7 +299,7 @@ def make_assessment(
     measurements: list[Measurement] | None = None,
     line: Line | None = None,
     extra_evidence: Iterable[str] = (),
-) -> Assessment:
+) -> Finding:
     """Fill the outcome's templates; a finding on line ≥ 2 becomes next-line-evaluation."""
     spec = rule.outcomes[outcome]
     status: Status = spec.status
@@ -353,13 +315,15 @@ def make_assessment(
     summary = shorten(spec.summary.format(**values))
     used = measurements or []
     evidence = list(dict.fromkeys([m.ref for m in used] + list(extra_evidence) + (line.refs if line else [])))
-    shown = [ctx.assessments[r] for r in rule.suppressed_by if r in ctx.assessments and ctx.assessments[r].card]
+    shown = [ctx.findings[r] for r in rule.suppressed_by if r in ctx.findings and ctx.findings[r].card]
     if shown and status != "no-action":
         # Another rule's card already says this (e.g. the HbA1c card names the preferred class).
         status = "no-action"
         summary = shorten(f"Covered by {shown[0].rule}: {summary}")
     regimen = sorted({e.drug for e in ctx.eras if e.active_on(min(ctx.as_of, line.end or ctx.as_of))}) if line else []
-    return Assessment(
+    return Finding(
+        patient=ctx.facts.patient,
+        as_of=ctx.as_of,
         program=ctx.program.id,
         rule=rule.id,
         outcome=outcome,
@@ -371,9 +335,10 @@ def make_assessment(
         evidence=evidence,
         measurements=used,
         recommendations=[r.text.format(**values) for r in spec.recommendations if ctx.holds(r.when, line)],
-        suggestions=list(spec.suggestions),
+        suggestions={key: ctx.program.suggestions[key] for key in spec.suggestions},
         line=line,
         regimen=regimen or (sorted(line.drugs) if line else []),
+        classes=ctx.classes,
     )
 
 

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from fhirsvc.rules.base import (
-    Assessment,
-    Measurement,
-    ProgramContext,
-    format_number,
-    make_assessment,
-    number,
-    rule_kind,
-)
+from fhirsvc.findings import Finding, Measurement
+from fhirsvc.rules.base import ProgramContext, format_number, make_finding, number, rule_kind
 from fhirsvc.terminology.programs import Rule
 
 
 @rule_kind("confirmed-threshold")
-def confirmed_threshold(rule: Rule, ctx: ProgramContext) -> Assessment:
+def confirmed_threshold(rule: Rule, ctx: ProgramContext) -> Finding:
     """DHHS-style virologic failure, generalised.
 
     Failure: the two most recent results on the current line are both ≥ threshold, on different days, both taken
@@ -29,7 +22,7 @@ def confirmed_threshold(rule: Rule, ctx: ProgramContext) -> Assessment:
     expected_after = int(program.param(rule, "result_expected_after_days"))
     line = ctx.current_line
     if line is None:
-        return make_assessment(rule, ctx, "no-therapy", {})
+        return make_finding(rule, ctx, "no-therapy", {})
     observation = str(program.param(rule, "observation"))
     # A result drawn on the line's first day is its baseline (drawn before the first dose), not a response to it.
     results = [m for m in ctx.measurements(observation) if m.date > line.start]
@@ -37,7 +30,7 @@ def confirmed_threshold(rule: Rule, ctx: ProgramContext) -> Assessment:
     if not results:
         waited = (ctx.as_of - line.start).days
         outcome = "no-result" if waited >= expected_after else "awaiting-first-result"
-        return make_assessment(rule, ctx, outcome, base, [], line)
+        return make_finding(rule, ctx, outcome, base, [], line)
 
     def suppressed(m: Measurement) -> bool:
         return m.not_detected or m.comparator in ("<", "<=") or (m.value is not None and m.value < suppressed_below)
@@ -61,14 +54,14 @@ def confirmed_threshold(rule: Rule, ctx: ProgramContext) -> Assessment:
     if elevated(latest):
         if not assessable(latest):
             used = [m for m in results[-2:] if elevated(m)]
-            return make_assessment(rule, ctx, "too-early", values, used, line)
+            return make_finding(rule, ctx, "too-early", values, used, line)
         if previous is not None and elevated(previous) and assessable(previous):
-            return make_assessment(rule, ctx, "confirmed", values, [previous, latest], line)
+            return make_finding(rule, ctx, "confirmed", values, [previous, latest], line)
         used = [previous, latest] if previous is not None else [latest]
-        return make_assessment(rule, ctx, "unconfirmed", values, used, line)
+        return make_finding(rule, ctx, "unconfirmed", values, used, line)
     if suppressed(latest):
-        return make_assessment(rule, ctx, "suppressed", values, [latest], line)
+        return make_finding(rule, ctx, "suppressed", values, [latest], line)
     if previous is not None and not suppressed(previous):
-        return make_assessment(rule, ctx, "low-level", values, [previous, latest], line)
+        return make_finding(rule, ctx, "low-level", values, [previous, latest], line)
     used = [previous, latest] if previous is not None else [latest]
-    return make_assessment(rule, ctx, "detectable-low", values, used, line)
+    return make_finding(rule, ctx, "detectable-low", values, used, line)

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhirsvc.rules.base import (
-    Assessment,
-    FlagHit,
-    Measurement,
-    ProgramContext,
-    format_number,
-    make_assessment,
-    rule_kind,
-)
+from fhirsvc.findings import Finding, Measurement
+from fhirsvc.rules.base import FlagHit, ProgramContext, format_number, make_finding, rule_kind
 from fhirsvc.terminology.programs import Rule
 
 
 @rule_kind("latest-above-target")
-def latest_above_target(rule: Rule, ctx: ProgramContext) -> Assessment:
+def latest_above_target(rule: Rule, ctx: ProgramContext) -> Finding:
     """The latest on-treatment result within a look-back window at or above target, after enough time on the line.
 
     ADA: metformin for ≥ 3 months and the latest HbA1c ≥ the patient's target → add an agent. A patient's active
@@ -32,7 +25,7 @@ def latest_above_target(rule: Rule, ctx: ProgramContext) -> Assessment:
     min_days = int(program.param(rule, "min_days_on_line"))
     line = ctx.current_line
     if line is None:
-        return make_assessment(rule, ctx, "no-therapy", {})
+        return make_finding(rule, ctx, "no-therapy", {})
     goal = next((g for g in ctx.facts.goals if g.measure & spec.keys), None)
     if goal is not None:
         target = goal.value
@@ -48,7 +41,7 @@ def latest_above_target(rule: Rule, ctx: ProgramContext) -> Assessment:
     context = [baseline] if baseline else []
     if not on_line:
         outcome = "awaiting" if (ctx.as_of - line.start).days < min_days else "no-result"
-        return make_assessment(rule, ctx, outcome, values, context, line, extra)
+        return make_finding(rule, ctx, outcome, values, context, line, extra)
     latest = on_line[-1]
     days = (latest.date - line.start).days
     values |= {"value": _beside_target(latest, target, spec.decimals), "date": latest.date.isoformat(), "days": days}
@@ -59,7 +52,7 @@ def latest_above_target(rule: Rule, ctx: ProgramContext) -> Assessment:
         outcome = "above" if days >= min_days else "too-early"
     else:
         outcome = "at-target"
-    return make_assessment(rule, ctx, outcome, values, [*context, latest], line, extra)
+    return make_finding(rule, ctx, outcome, values, [*context, latest], line, extra)
 
 
 def _beside_target(measured: Measurement, target: float, decimals: int | None) -> str:
@@ -85,7 +78,7 @@ def _cited(ctx: ProgramContext, flag: str, hit: FlagHit) -> str:
 
 
 @rule_kind("comorbidity-preference")
-def comorbidity_preference(rule: Rule, ctx: ProgramContext) -> Assessment:
+def comorbidity_preference(rule: Rule, ctx: ProgramContext) -> Finding:
     """Organ protection: a comorbidity that calls for a drug class the regimen lacks, whatever the HbA1c says.
 
     ADA: heart failure → SGLT2 inhibitor; CKD → SGLT2 inhibitor, a GLP-1 RA when one cannot be used; ASCVD → GLP-1
@@ -98,15 +91,15 @@ def comorbidity_preference(rule: Rule, ctx: ProgramContext) -> Assessment:
     names = {str(c): str(n) for c, n in dict(program.param(rule, "class_names")).items()}
     line = ctx.current_line
     if line is None:
-        return make_assessment(rule, ctx, "no-therapy", {})
+        return make_finding(rule, ctx, "no-therapy", {})
     hits = ctx.flag_hits()
     present = [ind for ind in _indications(rule, ctx) if ind[0] in hits]
     if not present:
-        return make_assessment(rule, ctx, "not-indicated", {}, [], line)
+        return make_finding(rule, ctx, "not-indicated", {}, [], line)
     taking = {ctx.classes.get(d) for d in ctx.program_drugs_active()}
     unserved = [ind for ind in present if not taking & set(ind[1])]
     if not unserved:
-        return make_assessment(rule, ctx, "covered", {}, [], line)
+        return make_finding(rule, ctx, "covered", {}, [], line)
     chosen: list[str] = []
     served: list[str] = []
     blocked: list[tuple[str, list[str]]] = []
@@ -134,18 +127,18 @@ def comorbidity_preference(rule: Rule, ctx: ProgramContext) -> Assessment:
     unique = list({id(m): m for m in measured}.values())
     if chosen:
         values = {"reason": reason, "agents": " or ".join(names.get(c, c) for c in chosen)}
-        return make_assessment(rule, ctx, "indicated", values, unique, line, refs)
+        return make_finding(rule, ctx, "indicated", values, unique, line, refs)
     gate = hits[closed[0]]
     values = {
         "reason": reason,
         "agents": " or ".join(names.get(c, c) for c in blocked[0][1]),
         "gate": gate.cite,
     }
-    return make_assessment(rule, ctx, "not-startable", values, unique, line, refs)
+    return make_finding(rule, ctx, "not-startable", values, unique, line, refs)
 
 
 @rule_kind("drug-below-floor")
-def drug_below_floor(rule: Rule, ctx: ProgramContext) -> Assessment:
+def drug_below_floor(rule: Rule, ctx: ProgramContext) -> Finding:
     """A drug of the regimen with the latest result under its labelled floor.
 
     Metformin (FDA label, 2016 safety communication): contraindicated at eGFR < 30; starting it at eGFR 30-45 is not
@@ -163,11 +156,11 @@ def drug_below_floor(rule: Rule, ctx: ProgramContext) -> Assessment:
     line = ctx.current_line
     on = [d for d in ctx.program_drugs_active() if d in drugs]
     if line is None or not on:
-        return make_assessment(rule, ctx, "not-on-drug", {})
+        return make_finding(rule, ctx, "not-on-drug", {})
     measured = [m for m in ctx.measurements(observation) if m.value is not None]
     recent = [m for m in measured if (ctx.as_of - m.date).days <= within]
     if not recent:
-        return make_assessment(rule, ctx, "no-result", {}, [], line)
+        return make_finding(rule, ctx, "no-result", {}, [], line)
     drug_refs = [e.ref for e in ctx.facts.active_on(ctx.as_of) if e.drugs & set(on)]  # the records to change
     values: dict[str, object] = {
         "drug": ", ".join(on),
@@ -177,7 +170,7 @@ def drug_below_floor(rule: Rule, ctx: ProgramContext) -> Assessment:
     latest = recent[-1]
     if latest.value is not None and latest.value < floor:
         values |= {"value": format_number(latest.value, spec.decimals), "date": latest.date.isoformat()}
-        return make_assessment(rule, ctx, "contraindicated", values, [latest], line, drug_refs)
+        return make_finding(rule, ctx, "contraindicated", values, [latest], line, drug_refs)
     start = min(e.start for e in ctx.eras if e.drug in on and e.active_on(ctx.as_of))
     prior = [m for m in recent if m.date <= start]
     if prior and (ctx.as_of - start).days <= new_within:
@@ -188,5 +181,5 @@ def drug_below_floor(rule: Rule, ctx: ProgramContext) -> Assessment:
                 "date": at_start.date.isoformat(),
                 "started": start.isoformat(),
             }
-            return make_assessment(rule, ctx, "not-to-start", values, [at_start], line, drug_refs)
-    return make_assessment(rule, ctx, "within-label", {}, [latest], line)
+            return make_finding(rule, ctx, "not-to-start", values, [at_start], line, drug_refs)
+    return make_finding(rule, ctx, "within-label", {}, [latest], line)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from datetime import date
 
+from fhirsvc.findings import Finding, Measurement
 from fhirsvc.lot.engine import Line
-from fhirsvc.rules.base import Assessment, Measurement, ProgramContext, make_assessment, rule_kind
+from fhirsvc.rules.base import ProgramContext, make_finding, rule_kind
 from fhirsvc.terminology.programs import Rule
 
 NOT_TOLERATED = "407563006"  # SNOMED "Treatment not tolerated" (mCODE TreatmentTerminationReasonVS)
 
 
 @rule_kind("intolerance")
-def intolerance(rule: Rule, ctx: ProgramContext) -> Assessment:
+def intolerance(rule: Rule, ctx: ProgramContext) -> Finding:
     """A drug of the line stopped as not tolerated, or an allergy/intolerance recorded to it, with no switch yet.
 
     When the line goes on without it (the other drugs still active, a complete regimen), the finding stays inside
@@ -20,7 +21,7 @@ def intolerance(rule: Rule, ctx: ProgramContext) -> Assessment:
     """
     line = ctx.current_line or ctx.last_line
     if line is None:
-        return make_assessment(rule, ctx, "no-therapy", {})
+        return make_finding(rule, ctx, "no-therapy", {})
     counted: set[str] | None = None  # the program's exposures (indication applied), read only when needed
     events: list[tuple[date, str, frozenset[str]]] = []
     for exposure in ctx.facts.exposures:
@@ -38,7 +39,7 @@ def intolerance(rule: Rule, ctx: ProgramContext) -> Assessment:
         if named and (allergy.date is None or allergy.date <= ctx.as_of):
             events.append((allergy.date or line.start, allergy.ref, frozenset(named)))
     if not events:
-        return make_assessment(rule, ctx, "none", {}, [], line)
+        return make_finding(rule, ctx, "none", {}, [], line)
     events.sort()
     since, _, _ = events[-1]
     culprits = frozenset().union(*(drugs for _, _, drugs in events))
@@ -46,16 +47,16 @@ def intolerance(rule: Rule, ctx: ProgramContext) -> Assessment:
     values = {"drugs": ", ".join(sorted(culprits)), "date": since.isoformat()}
     refs = [ref for _, ref, _ in events]
     if switched:
-        return make_assessment(rule, ctx, "switched", values, [], line, refs)
+        return make_finding(rule, ctx, "switched", values, [], line, refs)
     continuing = _line_goes_on(ctx, line, culprits)
     if not continuing:
-        return make_assessment(rule, ctx, "not-tolerated", values, [], line, refs)
+        return make_finding(rule, ctx, "not-tolerated", values, [], line, refs)
     values["continuing"] = ", ".join(continuing)
     substitutes = _substitutes(ctx, culprits)
     if substitutes and "continues-substitute" in rule.outcomes:
         values["substitutes"] = " or ".join(substitutes)
-        return make_assessment(rule, ctx, "continues-substitute", values, [], line, refs)
-    return make_assessment(
+        return make_finding(rule, ctx, "continues-substitute", values, [], line, refs)
+    return make_finding(
         rule, ctx, "continues" if "continues" in rule.outcomes else "not-tolerated", values, [], line, refs
     )
 
@@ -88,12 +89,12 @@ def _substitutes(ctx: ProgramContext, culprits: frozenset[str]) -> list[str]:
 
 
 @rule_kind("pregnancy-contraindication")
-def pregnancy_contraindication(rule: Rule, ctx: ProgramContext) -> Assessment:
+def pregnancy_contraindication(rule: Rule, ctx: ProgramContext) -> Finding:
     """Pregnancy (a Condition, or a recent pregnancy-status result) while the regimen holds a flagged drug."""
     program = ctx.program
     line = ctx.current_line
     if line is None:
-        return make_assessment(rule, ctx, "no-therapy", {})
+        return make_finding(rule, ctx, "no-therapy", {})
     recent = int(program.param(rule, "status_within_days"))
     evidence = [d.ref for d in ctx.diagnoses(str(program.param(rule, "conditions"))) if d.clinical_status == "active"]
     observation = str(program.param(rule, "observation"))
@@ -102,24 +103,24 @@ def pregnancy_contraindication(rule: Rule, ctx: ProgramContext) -> Assessment:
         if (ctx.as_of - lab.date).days <= recent and ctx.has_value(lab, observation, "pregnant"):
             used.append(ctx.as_measurement(lab))
     if not evidence and not used:
-        return make_assessment(rule, ctx, "not-pregnant", {}, [], line)
+        return make_finding(rule, ctx, "not-pregnant", {}, [], line)
     flagged = [d for d in ctx.program_drugs_active() if d in ctx.safety.pregnancy]
     if not flagged:
-        return make_assessment(rule, ctx, "compatible", {}, used, line, evidence)
+        return make_finding(rule, ctx, "compatible", {}, used, line, evidence)
     advice = " ".join(f"{d}: {ctx.safety.pregnancy[d].advice}" for d in flagged)
     drug_refs = [e.ref for e in ctx.facts.exposures if e.drugs & set(flagged) and (e.end is None or e.end >= ctx.as_of)]
     values = {"drugs": ", ".join(flagged), "advice": advice}
-    return make_assessment(rule, ctx, "contraindicated", values, used, line, evidence + drug_refs)
+    return make_finding(rule, ctx, "contraindicated", values, used, line, evidence + drug_refs)
 
 
 @rule_kind("interaction")
-def interaction(rule: Rule, ctx: ProgramContext) -> Assessment:
+def interaction(rule: Rule, ctx: ProgramContext) -> Finding:
     """A newly started drug that interacts with the current regimen (either side may be the new one)."""
     program = ctx.program
     new_within = int(program.param(rule, "new_within_days"))
     line = ctx.current_line
     if line is None:
-        return make_assessment(rule, ctx, "no-therapy", {})
+        return make_finding(rule, ctx, "no-therapy", {})
     active = ctx.facts.active_on(ctx.as_of)
     active_drugs = {d for e in active for d in e.drugs}
     program_drugs = active_drugs & ctx.classes.keys()
@@ -132,5 +133,5 @@ def interaction(rule: Rule, ctx: ProgramContext) -> Assessment:
         if newest.planned or (ctx.as_of - newest.start).days <= new_within:
             values = {"perpetrator": table.perpetrator, "victims": ", ".join(sorted(victims)), "effect": table.effect}
             refs = [e.ref for e in sorted(involved, key=lambda e: (table.perpetrator not in e.drugs, e.start))]
-            return make_assessment(rule, ctx, "interacting", values, [], line, refs)
-    return make_assessment(rule, ctx, "none", {}, [], line)
+            return make_finding(rule, ctx, "interacting", values, [], line, refs)
+    return make_finding(rule, ctx, "none", {}, [], line)

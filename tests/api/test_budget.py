@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 
 from fhirsvc.config import Settings
 from fhirsvc.fhir.client import FhirClientPool
-from fhirsvc.record.gather import INCOMPLETE_SUMMARY, DataUnavailable, fetch_patient
+from fhirsvc.record.gather import DataUnavailable, fetch_patient
+from fhirsvc.render.cards import INCOMPLETE_SUMMARY
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.api.test_cds_hooks import assert_no_empty_fields
 from tests.cds_helpers import (

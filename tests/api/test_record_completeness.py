@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 from fastapi.testclient import TestClient
 
-from fhirsvc.record.gather import INCOMPLETE_SUMMARY
 from fhirsvc.record.model import RECORD_PARTS
+from fhirsvc.render.cards import INCOMPLETE_SUMMARY
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.cds_helpers import (
     FHIR_BASE,

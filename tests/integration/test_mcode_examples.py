@@ -74,7 +74,7 @@ async def test_john_anyperson_cisplatin_stopped_as_not_tolerated(
     (nsclc,) = [p for p in result.programs if p.program.id == "nsclc"]
     line = nsclc.lines[0]
     assert {"cisplatin", "gefitinib"} <= line.drugs
-    (intolerance,) = [a for a in nsclc.assessments if a.rule == "intolerance"]
+    (intolerance,) = [a for a in nsclc.findings if a.rule == "intolerance"]
     # Cisplatin was stopped as not tolerated and nothing replaced it (gefitinib was already running).
     assert intolerance.status == "second-line-evaluation"
     assert "MedicationRequest/cancer-related-medication-request-cisplatin-stopped" in intolerance.evidence

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from fhirsvc.cds.models import Card
+from fhirsvc.findings import Finding
 from fhirsvc.pipeline import PatientResult, ProgramResult, evaluate_record
 from fhirsvc.record.files import index_records, load_records
 from fhirsvc.record.model import PatientRecord, normalise_reference
 from fhirsvc.render.cards import cards_with_findings
-from fhirsvc.rules.base import Assessment
 from fhirsvc.terminology.knowledge import Knowledge
 
 # An ongoing line whose newest medication evidence (see `last_evidence`) is older than this at the as-of date is
@@ -51,7 +51,7 @@ class PatientOutcome:
     record: PatientRecord
     as_of: date
     result: PatientResult | None = None
-    findings: list[tuple[Card, Assessment]] = field(default_factory=list)
+    findings: list[tuple[Card, Finding]] = field(default_factory=list)
     error: str | None = None
 
     @property
@@ -279,7 +279,7 @@ def check_ended_early(outcome: PatientOutcome) -> list[Violation]:
     return found
 
 
-def _window(program: ProgramResult, assessment: Assessment, as_of: date) -> tuple[date | None, date, str]:
+def _window(program: ProgramResult, assessment: Finding, as_of: date) -> tuple[date | None, date, str]:
     """The dates a card's measurements must fall in for its rule kind: (earliest or None, latest, why)."""
     rule = next(r for r in program.program.rules if r.id == assessment.rule)
     line = assessment.line
@@ -305,7 +305,7 @@ def _window(program: ProgramResult, assessment: Assessment, as_of: date) -> tupl
     return None, as_of, "on or before the as-of date"
 
 
-def _is_baseline(program: ProgramResult, assessment: Assessment, measurement_date: date) -> bool:
+def _is_baseline(program: ProgramResult, assessment: Finding, measurement_date: date) -> bool:
     """An HbA1c card may show the line's baseline: the result on or before its first day, within the look-back."""
     rule = next(r for r in program.program.rules if r.id == assessment.rule)
     line = assessment.line
@@ -315,7 +315,7 @@ def _is_baseline(program: ProgramResult, assessment: Assessment, measurement_dat
     return line.start - timedelta(days=lookback) <= measurement_date <= line.start
 
 
-def _recent_enough(program: ProgramResult, assessment: Assessment, as_of: date) -> str | None:
+def _recent_enough(program: ProgramResult, assessment: Finding, as_of: date) -> str | None:
     """Disease activity must be recent: the newest result a breakthrough card cites lies within the rule's window."""
     rule = next(r for r in program.program.rules if r.id == assessment.rule)
     if rule.kind != "disease-activity" or assessment.outcome != "breakthrough" or not assessment.measurements:
@@ -335,7 +335,7 @@ def check_evidence(outcome: PatientOutcome) -> list[Violation]:
     programs = {p.program.id: p for p in outcome.result.programs}
     found: list[Violation] = []
 
-    def add(kind: str, assessment: Assessment, detail: str) -> None:
+    def add(kind: str, assessment: Finding, detail: str) -> None:
         found.append(Violation(kind, outcome.patient, assessment.program, f"{assessment.rule}: {detail}"))
 
     for _card, assessment in outcome.findings:
@@ -474,7 +474,7 @@ def check_hiv_switches(
         hiv = before.program("hiv")
         failure = None
         if hiv is not None:
-            failure = next((a for a in hiv.assessments if a.rule == "hiv-virologic-failure"), None)
+            failure = next((a for a in hiv.findings if a.rule == "hiv-virologic-failure"), None)
         checked.append((switch, failure.outcome if failure else "not-in-program"))
         if failure is None or failure.outcome not in HIV_FAILURE_OUTCOMES:
             found.append(

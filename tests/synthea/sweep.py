@@ -73,7 +73,7 @@ def sweep_cohort(name: str, seed: int, population: int, knowledge: Knowledge) ->
                     resource = by_ref.get(ref, {})
                     kind = f"{resource.get('resourceType', '?')} {resource.get('status', '-')}"
                     report.medication_types[(pid, kind)] += 1
-            for assessment in program.assessments:
+            for assessment in program.findings:
                 report.findings[(pid, assessment.rule, assessment.status, assessment.card)] += 1
         report.cards += len(outcome.findings)
         report.cards_dead += len(outcome.findings) if dead else 0

@@ -109,7 +109,7 @@ def test_bulk_ndjson_gives_the_same_findings_as_bundles(knowledge: Knowledge) ->
         for record, _ in invariants.records(folder):
             outcome = invariants.evaluate(record, knowledge, AS_OF)
             assert outcome.result is not None, outcome.error
-            result |= {(outcome.patient, a.rule, a.outcome, a.summary) for a in outcome.result.assessments}
+            result |= {(outcome.patient, a.rule, a.outcome, a.summary) for a in outcome.result.findings}
         return result
 
     from_bundles = findings(_folder("hiv"))

@@ -70,7 +70,7 @@ def test_generated_resources_are_valid_fhir_r4b() -> None:
 
 def test_every_program_has_a_finding_at_1000_resources(knowledge: Knowledge) -> None:
     result = evaluate_record(_record(patient_record(1_000)), knowledge, AS_OF)
-    found = {p.program.id: [a.status for a in p.assessments if a.status != "no-action"] for p in result.programs}
+    found = {p.program.id: [a.status for a in p.findings if a.status != "no-action"] for p in result.programs}
     assert set(found) == set(PROGRAMS)
     assert all(found[program] for program in PROGRAMS), found
 
@@ -85,7 +85,7 @@ def test_not_failing_records_stay_quiet_on_the_main_rules(knowledge: Knowledge) 
         "crc-progression",
         "ms-breakthrough",
     }
-    statuses = {a.rule: a.status for p in result.programs for a in p.assessments if a.rule in main_rules}
+    statuses = {a.rule: a.status for p in result.programs for a in p.findings if a.rule in main_rules}
     assert set(statuses) == main_rules
     assert set(statuses.values()) == {"no-action"}
 
@@ -97,6 +97,6 @@ def test_population_mixes_programs_and_outcomes(knowledge: Knowledge) -> None:
         assert 20 <= len(resources) <= 60
         result = evaluate_record(_record(resources), knowledge, AS_OF)
         programs |= {p.program.id for p in result.programs}
-        statuses |= {a.status for a in result.assessments}
+        statuses |= {a.status for a in result.findings}
     assert programs == set(PROGRAMS)
     assert {"no-action", "second-line-evaluation"} <= statuses

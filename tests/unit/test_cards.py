@@ -169,7 +169,7 @@ def test_no_result_ever_is_a_sentence_not_never(knowledge: Knowledge) -> None:
     builder.add_bundle(bundle)
     (record,) = builder.build()
     result = evaluate_record(record, knowledge, AS_OF)
-    (finding,) = [a for a in result.assessments if a.rule == "nsclc-imaging-overdue"]
+    (finding,) = [a for a in result.findings if a.rule == "nsclc-imaging-overdue"]
     line = finding.line
     assert finding.outcome == "never-recorded" and line is not None
     assert finding.summary.startswith(f"No disease status on record since line {line.number} started on {line.start}")

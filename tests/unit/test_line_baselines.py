@@ -27,7 +27,7 @@ def program(result: PatientResult, program_id: str) -> ProgramResult:
 
 
 def outcome(result: PatientResult, program_id: str, rule: str) -> str:
-    return next(a.outcome for a in program(result, program_id).assessments if a.rule == rule)
+    return next(a.outcome for a in program(result, program_id).findings if a.rule == rule)
 
 
 @pytest.mark.parametrize(("drawn", "expected"), [("2025-06-01", "awaiting-first-result"), ("2025-06-02", "suppressed")])
@@ -138,7 +138,7 @@ def _latest_a1c(knowledge: Knowledge, value: float) -> tuple[str, str]:
     latest["valueQuantity"]["value"] = value
     found = next(
         a
-        for a in program(evaluate(knowledge, bundle, date(2026, 6, 1)), "t2d").assessments
+        for a in program(evaluate(knowledge, bundle, date(2026, 6, 1)), "t2d").findings
         if a.rule == "t2d-a1c-above-target"
     )
     return found.outcome, found.summary
@@ -181,7 +181,7 @@ def test_a_relapse_on_a_higher_efficacy_therapy_asks_for_a_review(
         }
         bundle["entry"].append({"resource": exacerbation})
     result = evaluate(knowledge, bundle, date(2026, 6, 1))
-    found = next(a for a in program(result, "ms").assessments if a.rule == "ms-breakthrough")
+    found = next(a for a in program(result, "ms").findings if a.rule == "ms-breakthrough")
     assert found.outcome == expected
     assert (found.status, found.card) == (("monitor", True) if onset == "2026-02-01" else ("no-action", False))
 

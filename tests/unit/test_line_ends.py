@@ -282,5 +282,5 @@ def test_a_drop_inside_an_hiv_line_needs_a_whole_regimen_left(
 ) -> None:
     result = evaluate_record(_hiv_record(stopped, continuing), knowledge, AS_OF)
     (hiv,) = result.programs
-    (finding,) = [a for a in hiv.assessments if a.rule == "intolerance"]
+    (finding,) = [a for a in hiv.findings if a.rule == "intolerance"]
     assert finding.outcome == outcome and hiv.current_line is not None

@@ -29,7 +29,7 @@ def _breakthrough(knowledge: Knowledge, facts: PatientFacts) -> tuple[str, list[
     ms = next(p for p in knowledge.programs if p.id == "ms")
     result = evaluate_program(ms, facts, knowledge, AS_OF)
     assert result is not None
-    (found,) = [a for a in result.assessments if a.rule == "ms-breakthrough"]
+    (found,) = [a for a in result.findings if a.rule == "ms-breakthrough"]
     return found.status, found.evidence
 
 
@@ -71,7 +71,7 @@ def test_one_relapse_recorded_both_ways_is_counted_once(knowledge: Knowledge) ->
     ms = next(p for p in knowledge.programs if p.id == "ms")
     result = evaluate_program(ms, facts, knowledge, AS_OF)
     assert result is not None
-    (found,) = [a for a in result.assessments if a.rule == "ms-breakthrough"]
+    (found,) = [a for a in result.findings if a.rule == "ms-breakthrough"]
     assert "1 relapse(s)" in found.summary
 
 

@@ -65,7 +65,7 @@ def test_methotrexate_failure_suggests_a_biologic(with_ra: Knowledge) -> None:
     result = evaluate_record(record(das28=[("2026-05-01", 4.1)]), with_ra, AS_OF)
     (program,) = result.programs
     assert program.program.id == "ra" and program.current_line is not None and program.current_line.number == 1
-    (assessment,) = program.assessments
+    (assessment,) = program.findings
     assert assessment.status == "second-line-evaluation"
     assert assessment.recommendations == [
         "Add a biologic or targeted synthetic DMARD (poor prognostic factors present or not)."
@@ -76,9 +76,9 @@ def test_methotrexate_failure_suggests_a_biologic(with_ra: Knowledge) -> None:
 
 def test_at_target_and_too_early(with_ra: Knowledge) -> None:
     at_target = evaluate_record(record(das28=[("2026-05-01", 3.1)]), with_ra, AS_OF)
-    assert at_target.programs[0].assessments[0].status == "no-action"
+    assert at_target.programs[0].findings[0].status == "no-action"
     early = evaluate_record(record(das28=[("2025-11-01", 4.5)]), with_ra, date(2025, 11, 2))
-    assert early.programs[0].assessments[0].status == "monitor"
+    assert early.programs[0].findings[0].status == "monitor"
 
 
 def test_adding_a_biologic_starts_line_2(with_ra: Knowledge) -> None:
@@ -94,7 +94,7 @@ def test_adding_a_biologic_starts_line_2(with_ra: Knowledge) -> None:
     (program,) = result.programs
     assert [line.number for line in program.lines] == [1, 2]
     assert program.lines[1].drugs == {"methotrexate", "adalimumab"}
-    assessment = program.assessments[0]
+    assessment = program.findings[0]
     assert assessment.status == "next-line-evaluation"
     assert assessment.recommendations == ["Switch to a biologic with another mechanism."]
 

@@ -45,7 +45,7 @@ def test_scenario(scenario: dict[str, Any], knowledge: Knowledge) -> None:
     if "line_1_end" in expect:
         assert program.lines[0].end == _date(expect["line_1_end"])
     rule = expect.get("rule") or program.program.rules[0].id
-    (assessment,) = [a for a in program.assessments if a.rule == rule]
+    (assessment,) = [a for a in program.findings if a.rule == rule]
     assert assessment.status == expect["status"], assessment.summary
     missing = set(expect.get("evidence") or []) - set(assessment.evidence)
     assert not missing, f"evidence not cited: {missing}; cited {assessment.evidence}"

@@ -9,8 +9,8 @@ import yaml
 
 from fhirsvc.pipeline import PatientResult, evaluate_record
 from fhirsvc.record.model import RecordBuilder
-from fhirsvc.render.cards import cards_for, cards_with_findings
-from fhirsvc.render.writeback import Finding, guidance_entries
+from fhirsvc.render.cards import cards_for
+from fhirsvc.render.writeback import guidance_entries
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.conftest import FIXTURES, load_fixture
 
@@ -26,7 +26,7 @@ def _result(entry: dict[str, Any], knowledge: Knowledge) -> PatientResult:
 
 @pytest.mark.parametrize("entry", [e for e in SCENARIOS if e["expect"].get("also")], ids=lambda e: e["name"])
 def test_other_findings_of_the_patient(entry: dict[str, Any], knowledge: Knowledge) -> None:
-    statuses = {a.rule: a.status for a in _result(entry, knowledge).assessments if a.program == "t2d"}
+    statuses = {a.rule: a.status for a in _result(entry, knowledge).findings if a.program == "t2d"}
     for expected in entry["expect"]["also"]:
         rule, _, status = expected.partition(": ")
         assert statuses[rule] == status, (rule, statuses)
@@ -35,7 +35,7 @@ def test_other_findings_of_the_patient(entry: dict[str, Any], knowledge: Knowled
 def test_organ_protection_is_shown_next_to_the_order_hba1c_reminder(knowledge: Knowledge) -> None:
     (entry,) = [e for e in SCENARIOS if e["name"] == "hf-no-recent-a1c"]
     result = _result(entry, knowledge)
-    shown = {a.rule: a.status for a in result.assessments if a.card}
+    shown = {a.rule: a.status for a in result.findings if a.card}
     assert shown == {"t2d-a1c-above-target": "data-needed", "t2d-organ-protection": "add-on-evaluation"}
     assert len(cards_for(result)) == 2
 
@@ -44,7 +44,7 @@ def test_organ_protection_is_never_a_failure_of_the_line(knowledge: Knowledge) -
     """An add-on for organ protection neither says the line failed nor labels how the line ended."""
     for entry in SCENARIOS:
         result = _result(entry, knowledge)
-        for assessment in result.assessments:
+        for assessment in result.findings:
             if assessment.rule == "t2d-organ-protection":
                 assert assessment.status in ("add-on-evaluation", "monitor", "no-action"), entry["name"]
 
@@ -52,7 +52,7 @@ def test_organ_protection_is_never_a_failure_of_the_line(knowledge: Knowledge) -
 def test_one_card_carries_the_class_advice(knowledge: Knowledge) -> None:
     """With both cards shown, the HbA1c card defers the class to the organ-protection card instead of repeating it."""
     (entry,) = [e for e in SCENARIOS if e["name"] == "hf-above"]
-    by_rule = {a.rule: a for a in _result(entry, knowledge).assessments if a.card}
+    by_rule = {a.rule: a for a in _result(entry, knowledge).findings if a.card}
     a1c, organ = by_rule["t2d-a1c-above-target"], by_rule["t2d-organ-protection"]
     assert "SGLT2 inhibitor" in organ.summary
     assert not any("SGLT2" in r for r in a1c.recommendations)
@@ -71,7 +71,7 @@ def test_written_back_task_says_add_on_not_second_line(
 ) -> None:
     (entry,) = [e for e in SCENARIOS if e["name"] == name]
     result = _result(entry, knowledge)
-    (card, assessment) = next((c, a) for c, a in cards_with_findings(result) if a.rule == rule)
-    entries = guidance_entries(Finding(result.patient, assessment, card, entry["as_of"].isoformat()))
+    finding = next(f for f in result.actionable if f.rule == rule)
+    entries = guidance_entries(finding)
     (task,) = [e["resource"] for e in entries if e["resource"]["resourceType"] == "Task"]
     assert [c["code"] for c in task["code"]["coding"]] == [task_code]
