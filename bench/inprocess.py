@@ -34,14 +34,16 @@ class Pipeline:
         self.as_of = as_of
         self.loop = asyncio.new_event_loop()
         self.pool = FhirClientPool(self.settings)  # never used: every prefetch key is present
-        # As the service does once it has started (fhirsvc/app.py): what lives as long as the process (mappings,
+        # As the service does once it has started (fhirsvc/api/app.py): what lives as long as the process (mappings,
         # modules, fhir.resources' models) is kept out of the collections that every large request triggers.
         gc.collect()
         gc.freeze()
 
     def __call__(self, body: bytes) -> bytes:
         request = CdsRequest.model_validate(orjson.loads(body))
-        gathered = self.loop.run_until_complete(gather(request, self.pool, self.settings.fhir_max_pages))
+        gathered = self.loop.run_until_complete(
+            gather(request.patient_id, request.prefetch, None, None, self.settings.fhir_max_pages)
+        )
         result = evaluate_record(gathered.record, self.knowledge, self.as_of)
         return orjson.dumps(response_body(cards_for(result)))
 

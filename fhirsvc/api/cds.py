@@ -144,8 +144,10 @@ async def call_service(
         return operation_outcome(400, "fhirServer is not one of this service's FHIR servers", code="security")
     try:
         gathered = await gather(
-            cds_request,
-            pool,
+            cds_request.patient_id,
+            cds_request.prefetch,
+            pool.client(cds_request.fhirServer) if cds_request.fhirServer else None,
+            cds_request.fhirAuthorization.access_token if cds_request.fhirAuthorization else None,
             settings.fhir_max_pages,
             deadline=started_at(request) + settings.cds_time_budget * FETCH_SHARE,
             tolerate_upstream_faults=True,

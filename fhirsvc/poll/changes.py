@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 from fhirsvc.fhir.client import FhirClient
 from fhirsvc.fhir.quirks import adaptive_search
-from fhirsvc.record.model import PATIENT_TYPES, normalise_reference, subject_reference
+from fhirsvc.record.model import PATIENT_TYPES, filing_patient
 
 # Every type of the record definition: a new result, order, allergy or a death recorded on the Patient all change
 # what the patient's findings should be.
@@ -52,9 +52,9 @@ async def changed_patients(
         newest = cursor
         for resource in result.resources:
             changes.resources += 1
-            ref = subject_reference(resource)
-            if ref and normalise_reference(ref).startswith("Patient/"):
-                changes.patients.add(normalise_reference(ref).partition("/")[2])
+            patient, _ = filing_patient(resource)
+            if patient is not None:
+                changes.patients.add(patient.partition("/")[2])
             updated = (resource.get("meta") or {}).get("lastUpdated")
             if isinstance(updated, str) and (newest is None or _instant(updated) > _instant(newest)):
                 newest = updated

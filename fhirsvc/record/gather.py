@@ -1,20 +1,19 @@
-"""Prefetch semantics (CDS Hooks 2.0 §Prefetch): use what came, fetch what is absent, 412 when unobtainable."""
+"""A patient record from what a client sent (CDS Hooks prefetch) and what the FHIR server holds: use what came,
+fetch what is absent, say what could not be read (CDS Hooks 2.0 §Prefetch)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fhirsvc.cds.models import CdsRequest, FhirAuthorization
-from fhirsvc.cds.services import PREFETCH, REQUIRED, render
 from fhirsvc.fhir.client import FhirClient, FhirClientPool, SearchResult, bundle_total, next_link
 from fhirsvc.fhir.errors import FhirError, FhirInvalidResponse, FhirNotFound, FhirServerError, FhirTransportError
 from fhirsvc.fhir.quirks import adaptive_search
-from fhirsvc.fhir.resource_types import FHIR_RESOURCE_TYPES
-from fhirsvc.record.model import CLINICAL_TYPES, RECORD_PART_BY_KEY, PatientRecord, subject_reference
+from fhirsvc.record.model import RECORD_PART_BY_KEY, PatientRecord, filing_patient
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +79,10 @@ def _take(record: PatientRecord, resources: list[Any], expected: str) -> str | N
 
 
 async def gather(
-    request: CdsRequest,
-    pool: FhirClientPool,
+    patient_id: str,
+    prefetch: Mapping[str, Any] | None,
+    client: FhirClient | None,
+    token: str | None,
     max_pages: int,
     deadline: float | None = None,
     tolerate_upstream_faults: bool = False,
@@ -95,17 +96,14 @@ async def gather(
     short (page cap, a server-side limit) and an optional key lost to a fault are recorded in
     `record.incomplete`, so the findings that depend on them are withheld.
     """
-    patient_id = request.patient_id
     record = PatientRecord(patient_id)
     gathered = Gathered(record)
-    prefetch = request.prefetch or {}
-    token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
-    client = pool.client(request.fhirServer) if request.fhirServer else None
+    prefetch = prefetch or {}
     to_fetch: dict[str, str] = {}
     continuations: dict[str, dict[str, Any]] = {}
     unavailable: dict[str, str] = {}
 
-    for key in PREFETCH:
+    for key in RECORD_PART_BY_KEY:
         if key not in prefetch:
             to_fetch[key] = "absent from prefetch"
             continue
@@ -137,7 +135,7 @@ async def gather(
                     result = SearchResult(pages=1)
                     await client.follow_next(continuations[key], result, token, max_pages)
                     return key, result
-                query = render(PREFETCH[key], patient_id)
+                query = RECORD_PART_BY_KEY[key].query(patient_id)
                 if "?" not in query:
                     try:
                         return key, SearchResult(resources=[await client.get_json(query, token)], pages=1)
@@ -165,7 +163,7 @@ async def gather(
         upstream_fault = isinstance(outcome, (OutOfTime, *UPSTREAM_FAULTS))
         if upstream_fault and tolerate_upstream_faults:
             gathered.upstream_faults.append(key)
-        if key not in REQUIRED:
+        if not RECORD_PART_BY_KEY[key].required:
             gathered.failed[key] = why
             if outcome is not None:  # a fetch was tried and failed: the data exists but was not read
                 record.incomplete[resource_type] = why
@@ -227,42 +225,26 @@ def _short_of_total(bundle: dict[str, Any]) -> bool:
 
 
 def _add(record: PatientRecord, resource: dict[str, Any], expected: str) -> None:
-    """Keep the resources about this patient (`expected` = "Patient/<id>"); `_include`d or stray ones are ignored,
-    malformed ones counted."""
-    rtype = resource.get("resourceType")
-    if not isinstance(rtype, str):  # e.g. a list from a hostile server: unhashable, and not a resource
+    """Keep the resources about this patient (`expected` = "Patient/<id>"), filed by the one filing rule
+    (`filing_patient`); Medications are kept for `medicationReference`s, resources the pipeline does not read are
+    ignored, malformed ones and other patients' counted (a server that ignores an unsupported `patient` parameter
+    returns everyone's data)."""
+    if not isinstance(resource.get("resourceType"), str):  # e.g. a list from a hostile server: not a resource
         record.skipped += 1
         return
-    subject = resource.get("subject") or resource.get("patient")
-    if rtype in CLINICAL_TYPES and isinstance(subject, dict) and subject.get("reference") == expected:
-        record.add(resource)  # the common case, without normalising the reference
+    if resource["resourceType"] == "Medication":
+        if isinstance(resource.get("id"), str):
+            record.medications[f"Medication/{resource['id']}"] = resource
         return
-    if rtype == "Medication" and isinstance(resource.get("id"), str):
-        record.medications[f"Medication/{resource['id']}"] = resource
-        return
-    if rtype == "OperationOutcome":
-        return
-    if rtype not in FHIR_RESOURCE_TYPES:  # not FHIR at all: malformed, counted
+    patient, malformed = filing_patient(resource)
+    if patient == expected:
+        record.add(resource)
+    elif patient is not None or malformed:
         record.skipped += 1
-        return
-    # A server that ignores an unsupported `patient` parameter returns everyone's data: keep only this patient's.
-    if subject_reference(resource) != expected:
-        record.skipped += 1
-        return
-    record.add(resource)
 
 
 async def fetch_patient(
     pool: FhirClientPool, fhir_server: str, patient_id: str, token: str | None, max_pages: int
 ) -> Gathered:
-    """Everything the prefetch templates would hold, fetched from the server (the poller's view of a patient)."""
-    request = CdsRequest(hook="poll", hookInstance="poll", context={"patientId": patient_id}, fhirServer=fhir_server)
-    if token:
-        request.fhirAuthorization = FhirAuthorization(
-            access_token=token,
-            token_type="Bearer",  # noqa: S106 (the token type, not a password)
-            expires_in=300,
-            scope="system/*.read",
-            subject="fhirsvc",
-        )
-    return await gather(request, pool, max_pages)
+    """Everything a patient record holds, fetched from the server (the poller's view of a patient)."""
+    return await gather(patient_id, None, pool.client(fhir_server), token, max_pages)
