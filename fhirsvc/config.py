@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 from pydantic import AnyHttpUrl, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from fhirsvc.fhir.urls import normalise_base_url
+
 
 class ServerProfile(BaseModel):
     """What one FHIR server needs (fhirsvc/fhir/quirks.py); unknown servers start from the defaults and adapt."""
@@ -41,25 +43,6 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def normalise_base_url(url: str) -> str:
-    """Canonical form of an http(s) base URL (lower-case scheme and host, no default port, no trailing slash).
-
-    Raises ValueError for anything that is not a plain base URL: another scheme, user info, query or fragment.
-    """
-    parts = urlsplit(url.strip())
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an absolute http(s) URL: {url!r}")
-    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
-        raise ValueError(f"a base URL has no user info, query or fragment: {url!r}")
-    scheme, host = parts.scheme.lower(), parts.hostname.lower()
-    port = parts.port  # ValueError for a malformed port
-    if ":" in host:
-        host = f"[{host}]"
-    default = {"http": 80, "https": 443}[scheme]
-    netloc = host if port in (None, default) else f"{host}:{port}"
-    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
 def require_https(url: str) -> str:
@@ -178,11 +161,13 @@ class Settings(BaseSettings):
     server_profiles: dict[str, ServerProfile] = Field(default_factory=dict)
 
     def profile_for(self, base_url: str) -> ServerProfile:
-        wanted = base_url.rstrip("/")
-        for url, profile in self.server_profiles.items():
-            if url.rstrip("/") == wanted:
-                return profile
-        return ServerProfile()
+        return self.server_profiles.get(normalise_base_url(base_url)) or ServerProfile()
+
+    @field_validator("server_profiles")
+    @classmethod
+    def _profiles_by_server_identity(cls, value: dict[str, ServerProfile]) -> dict[str, ServerProfile]:
+        # Keyed like the client pool and the allowlist, so `https://FHIR.example.org:443/r4/` finds its profile.
+        return {normalise_base_url(url): profile for url, profile in value.items()}
 
     @field_validator("public_url")
     @classmethod

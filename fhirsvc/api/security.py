@@ -29,7 +29,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhirsvc.api.logs import annotate
 from fhirsvc.api.responses import operation_outcome
-from fhirsvc.config import CdsClientConfig, Settings, normalise_base_url
+from fhirsvc.config import CdsClientConfig, Settings
+from fhirsvc.fhir.urls import normalise_base_url
 from fhirsvc.store.db import Store
 from fhirsvc.store.models import SeenJti
 

@@ -37,8 +37,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from fhirsvc.config import Settings, require_tls_endpoint
-from fhirsvc.fhir.client import is_under, normalise_base
 from fhirsvc.fhir.errors import FhirError
+from fhirsvc.fhir.urls import is_under, normalise_base_url
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ class SmartBackendAuth(httpx.Auth):
     ) -> None:
         if not client_id:
             raise SmartConfigError("a SMART client_id is required")
-        self.fhir_base = normalise_base(fhir_base)
+        self.fhir_base = normalise_base_url(fhir_base)
         self.client_id = client_id
         self.key = key
         self.scope = scope

@@ -9,7 +9,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import httpx
 import orjson
@@ -23,6 +23,7 @@ from fhirsvc.fhir.errors import (
     FhirUnsafeLink,
     response_error,
 )
+from fhirsvc.fhir.urls import is_under, normalise_base_url
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +82,6 @@ def bundle_total(bundle: dict[str, Any]) -> int | None:
     return total if isinstance(total, int) and not isinstance(total, bool) else None
 
 
-def normalise_base(url: str) -> str:
-    return url.rstrip("/")
-
-
-def is_under(url: str, base: str) -> bool:
-    """True when `url` is on the same origin and under the base path (paging links must stay there)."""
-    target, root = urlsplit(url), urlsplit(base)
-    if (target.scheme, target.netloc.lower()) != (root.scheme, root.netloc.lower()):
-        return False
-    prefix = root.path.rstrip("/")
-    return target.path == prefix or target.path.startswith(prefix + "/") or (not prefix)
-
-
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
     """Retry-After as delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
     if not value:
@@ -113,7 +101,7 @@ class FhirClient:
     from the httpx client's auth (SMART Backend Services, the poller; see FhirClientPool.client)."""
 
     def __init__(self, base_url: str, http: httpx.AsyncClient, settings: Settings) -> None:
-        self.base_url = normalise_base(base_url)
+        self.base_url = normalise_base_url(base_url)
         self._http = http
         self._settings = settings
         self.profile = settings.profile_for(self.base_url)
@@ -273,7 +261,7 @@ class FhirClientPool:
     def client(self, base_url: str, auth: httpx.Auth | None = None) -> FhirClient:
         """The server's client. `auth` (e.g. SMART Backend Services for the poller) is fixed when the client is
         first made and then applies to every request on it; a per-call `token` still wins (CDS Hooks)."""
-        base = normalise_base(base_url)
+        base = normalise_base_url(base_url)  # FHIR.example.org, :443 and a trailing slash are one server
         existing = self._clients.get(base)
         if existing is not None:
             if auth is not None and existing.http.auth is not auth:
@@ -298,4 +286,4 @@ class FhirClientPool:
         self._clients.clear()
 
 
-__all__ = ["FhirClient", "FhirClientPool", "FhirError", "SearchResult", "is_under", "next_link"]
+__all__ = ["FhirClient", "FhirClientPool", "FhirError", "SearchResult", "next_link"]

@@ -15,8 +15,9 @@ from urllib.parse import urlencode
 import httpx
 import orjson
 
-from fhirsvc.fhir.client import FHIR_JSON, FhirClient, is_under, retry_after_seconds
+from fhirsvc.fhir.client import FHIR_JSON, FhirClient, retry_after_seconds
 from fhirsvc.fhir.errors import FhirError, FhirResponseError, FhirUnsafeLink, response_error
+from fhirsvc.fhir.urls import is_under
 from fhirsvc.record.model import PATIENT_TYPES
 
 

@@ -12,7 +12,7 @@ import respx
 
 from fhirsvc.config import Settings
 from fhirsvc.fhir import client as client_module
-from fhirsvc.fhir.client import FhirClientPool, is_under, retry_after_seconds
+from fhirsvc.fhir.client import FhirClientPool, retry_after_seconds
 from fhirsvc.fhir.errors import (
     FhirAuthError,
     FhirBadRequest,
@@ -22,6 +22,7 @@ from fhirsvc.fhir.errors import (
     FhirTransportError,
     FhirUnsafeLink,
 )
+from fhirsvc.fhir.urls import is_under
 
 BASE = "https://fhir.example.test/r4"
 OUTCOME = {
