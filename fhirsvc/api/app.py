@@ -15,12 +15,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 
 from fhirsvc.api.cds import router as cds_router
+from fhirsvc.api.client_jwt import CdsAuthenticator, Unauthorized, unauthorized
+from fhirsvc.api.issuer_keys import JWKS_TIMEOUT
 from fhirsvc.api.jwks import router as jwks_router
+from fhirsvc.api.limits import BodySizeLimit
 from fhirsvc.api.logs import RequestLog
 from fhirsvc.api.ops import RequestMetrics
 from fhirsvc.api.ops import router as ops_router
 from fhirsvc.api.responses import document_as_served, operation_outcome
-from fhirsvc.api.security import JWKS_TIMEOUT, BodySizeLimit, CdsAuthenticator, Unauthorized, unauthorized
 from fhirsvc.api.therapy import router as patients_router
 from fhirsvc.config import Settings, get_settings
 from fhirsvc.fhir.client import FhirClientPool

@@ -11,14 +11,15 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
+from fhirsvc.api.client_jwt import CdsClientIdentity, cds_client, discovery_client
 from fhirsvc.api.feedback import FeedbackItem, FeedbackRequest, filter_and_record, parse_feedback, store_feedback
 from fhirsvc.api.logs import annotate, annotate_patient, started_at
 from fhirsvc.api.responses import OrjsonResponse, operation_outcome, outcome
-from fhirsvc.api.security import CdsClientIdentity, cds_client, discovery_client, fhir_server_allowed
 from fhirsvc.cds.models import CdsRequest, CdsResponse, Discovery, inline_schema, response_body
 from fhirsvc.cds.services import PREFETCH, SERVICES
 from fhirsvc.config import Settings
 from fhirsvc.fhir.client import FhirClientPool
+from fhirsvc.fhir.urls import fhir_server_allowed
 from fhirsvc.pipeline import evaluate_record
 from fhirsvc.record.gather import DataUnavailable, gather
 from fhirsvc.record.model import bundle_resources

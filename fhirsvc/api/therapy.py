@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
+from fhirsvc.api.client_jwt import CdsClientIdentity, cds_client
 from fhirsvc.api.responses import OrjsonResponse, operation_outcome, outcome
-from fhirsvc.api.security import CdsClientIdentity, cds_client
 from fhirsvc.store.db import Store
 from fhirsvc.store.repository import therapy_history
 

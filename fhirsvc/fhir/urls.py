@@ -32,3 +32,11 @@ def is_under(url: str, base: str) -> bool:
         return False
     prefix = root.path.rstrip("/")
     return target.path == prefix or target.path.startswith(prefix + "/") or (not prefix)
+
+
+def fhir_server_allowed(url: str, allowed: list[str]) -> bool:
+    """True when `url` is one of the FHIRSVC_FHIR_SERVERS (already normalised; https or listed loopback)."""
+    try:
+        return normalise_base_url(url) in allowed
+    except ValueError:
+        return False
