@@ -31,6 +31,7 @@ lint: setup
 	$(BIN)/ruff check fhirsvc tests fixtures bench
 	$(BIN)/ruff format --check fhirsvc tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/fhirsvc mappings check
 
 test: setup hapi synthea lint
