@@ -16,7 +16,8 @@ from fhirsvc.api.serving import serve as run_service
 from fhirsvc.config import get_settings
 from fhirsvc.pipeline import evaluate_record
 from fhirsvc.record.files import load_records
-from fhirsvc.render.report import patient_report, patient_text
+from fhirsvc.render.report import patient_report
+from fhirsvc.render.text import patient_text
 from fhirsvc.terminology.knowledge import load_knowledge
 from fhirsvc.terminology.paths import data_dir
 

@@ -1,4 +1,4 @@
-"""The `evaluate` JSON contract and its readable text form."""
+"""The `evaluate` JSON contract: lines and findings per program, the cards, what was skipped or incomplete."""
 
 from __future__ import annotations
 
@@ -56,43 +56,11 @@ def patient_report(result: PatientResult) -> dict[str, Any]:
         "programs": [_program(p) for p in result.programs],
         "cards": [compact(c.model_dump(mode="json", exclude_none=True)) for c in cards_for(result)],
         "skipped_resources": result.skipped,
-        **({"deceased": _death(result.death)} if result.death else {}),
+        **({"deceased": death_date(result.death)} if result.death else {}),
         **({"incomplete": dict(sorted(result.incomplete.items()))} if result.incomplete else {}),
     }
 
 
-def _death(death: Death) -> str | bool:
+def death_date(death: Death) -> str | bool:
+    """The date of death, or true when the record says deceased without a date."""
     return death.date.isoformat() if death.date else True
-
-
-def patient_text(result: PatientResult) -> str:
-    """Per program: the line table, then each assessment with its evidence values, dates and guideline."""
-    out = [f"{result.patient} (as of {result.as_of.isoformat()})"]
-    if result.death:
-        out.append(f"  deceased {_death(result.death) if result.death.date else '(date not recorded)'}: no findings")
-    for what, why in sorted(result.incomplete.items()):
-        out.append(f"  incomplete {what}: {why}")
-    if not result.programs:
-        out.append("  no program applies")
-    for program in result.programs:
-        current = program.current_line
-        out.append(
-            f"  [{program.program.id}] {program.program.title}: current line {current.number if current else '-'}"
-        )
-        for line in program.lines:
-            end = line.end.isoformat() if line.end else "ongoing"
-            classes = "+".join(sorted({program.classes.get(d, "?") for d in line.drugs}))
-            reason = f"  ({line.end_reason})" if line.end_reason else ""
-            out.append(
-                f"    line {line.number}: {line.start.isoformat()} → {end}  {', '.join(sorted(line.drugs))}"
-                f"  [{classes}]{reason}"
-            )
-        for assessment in program.findings:
-            out.append(f"    {assessment.status.upper()}: {assessment.summary}")
-            for m in assessment.measurements:
-                out.append(f"      {m.date.isoformat()}  {m.shown:<28} {m.ref}")
-            if assessment.status != "no-action":
-                out.append(f"      guideline: {assessment.guideline.label} <{assessment.guideline.url}>")
-    if result.skipped:
-        out.append(f"  ({result.skipped} malformed resource(s) skipped)")
-    return "\n".join(out)

@@ -13,7 +13,8 @@ from fhirsvc.cli import app
 from fhirsvc.pipeline import evaluate_record
 from fhirsvc.record.files import index_records, load_records
 from fhirsvc.record.model import PatientRecord, bundle_resources
-from fhirsvc.render.report import patient_report, patient_text
+from fhirsvc.render.report import patient_report
+from fhirsvc.render.text import patient_text
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.conftest import FIXTURES, load_fixture
 
