@@ -268,7 +268,7 @@ def _fixtures() -> Path:
     except FileNotFoundError:
         typer.echo(
             "error: the example patients (fixtures/) are not part of this installation (the service image leaves "
-            "them out): run `fhirsvc demo` in a source checkout (`make demo`)",
+            "them out): run this in a source checkout of fhirsvc",
             err=True,
         )
         raise typer.Exit(2) from None
