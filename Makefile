@@ -1,9 +1,10 @@
-# Set-up and checks. `make demo` and `make test` work on a fresh machine (Python 3.11+, Java 17 + Maven for tests).
+# Set-up and checks. `make demo` and `make test` work on a fresh machine (Python 3.11+; for the tests also Java 17,
+# Maven and PostgreSQL's server, which `make test` checks first: tests/prerequisites.py says how to install them).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo serve test lint hapi synthea clean
+.PHONY: setup demo serve test prerequisites lint hapi synthea clean
 
 $(VENV)/.installed: requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +19,10 @@ demo: setup
 
 serve: setup
 	$(BIN)/fhirsvc serve
+
+# Java, Maven, PostgreSQL: stops at once with the command that installs what is missing.
+prerequisites:
+	$(PYTHON) -m tests.prerequisites
 
 hapi:
 	tests/hapi/run --build-only
@@ -34,7 +39,7 @@ lint: setup
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/fhirsvc mappings check
 
-test: setup hapi synthea lint
+test: prerequisites setup hapi synthea lint
 	$(BIN)/pytest
 
 clean:

@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections import Counter
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import orjson
 import typer
 
 from fhirsvc.api.serving import serve as run_service
-from fhirsvc.config import get_settings
-from fhirsvc.pipeline import evaluate_record
+from fhirsvc.config import Settings, get_settings
+from fhirsvc.pipeline import PatientResult, evaluate_record
 from fhirsvc.record.files import load_records
 from fhirsvc.render.report import patient_report
 from fhirsvc.render.text import patient_text
 from fhirsvc.terminology.knowledge import load_knowledge
 from fhirsvc.terminology.paths import data_dir
+from fhirsvc.terminology.programs import Status
 
+# Plain (click) help: typer's rich help prints a `<bool>` type placeholder beside every flag, --help included.
 app = typer.Typer(
-    help="fhirsvc: line-of-therapy state and CDS Hooks cards for second-line evaluation.", no_args_is_help=True
+    help="fhirsvc: line-of-therapy state and CDS Hooks cards for second-line evaluation.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 
@@ -52,8 +57,13 @@ def serve(
 
 @app.command()
 def evaluate(
-    paths: Annotated[list[Path], typer.Argument(help="FHIR Bundles (any type), directories of them, NDJSON files.")],
-    as_of: Annotated[str | None, typer.Option("--as-of", help="Evaluate as of this date (YYYY-MM-DD).")] = None,
+    paths: Annotated[
+        list[Path],
+        typer.Argument(metavar="PATH", help="FHIR Bundles (any type), directories of them, NDJSON files."),
+    ],
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", metavar="YYYY-MM-DD", help="Evaluate as of this date (default: today).")
+    ] = None,
     output: Annotated[OutputFormat, typer.Option("--format", help="json (the public contract) or text.")] = (
         OutputFormat.json
     ),
@@ -99,7 +109,9 @@ def poll(
     fhir_server: Annotated[str, typer.Option("--fhir-server", help="FHIR R4 base URL to watch.")],
     once: Annotated[bool, typer.Option("--once", help="Run one cycle and exit.")] = False,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between cycles.")] = 60.0,
-    since: Annotated[str | None, typer.Option("--since", help="First run: only data updated since this date.")] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", metavar="YYYY-MM-DD", help="First run: only data updated since this date.")
+    ] = None,
     token: Annotated[
         str | None,
         typer.Option("--token", help="Static bearer token for the FHIR server (instead of FHIRSVC_SMART_*)."),
@@ -165,13 +177,15 @@ def poll(
     raise typer.Exit(code)
 
 
-mappings_app = typer.Typer(help="Check the clinical content in mappings/.", no_args_is_help=True)
+mappings_app = typer.Typer(help="Check the clinical content in mappings/.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(mappings_app, name="mappings")
 
 
 @mappings_app.command("check")
 def mappings_check(
-    folder: Annotated[Path | None, typer.Argument(help="A mappings folder (default: the bundled one).")] = None,
+    folder: Annotated[
+        Path | None, typer.Argument(metavar="FOLDER", help="A mappings folder (default: the bundled one).")
+    ] = None,
     show_unverified: Annotated[bool, typer.Option("--unverified", help="List every unverified code.")] = False,
 ) -> None:
     """Validate program files, code formats and check digits, ICD-10-CM codes and drug verification."""
@@ -192,7 +206,9 @@ def mappings_check(
         raise typer.Exit(1)
 
 
-sandbox_app = typer.Typer(help="Try fhirsvc against a FHIR sandbox (HAPI, SMART, your own).", no_args_is_help=True)
+sandbox_app = typer.Typer(
+    help="Try fhirsvc against a FHIR sandbox (HAPI, SMART, your own).", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(sandbox_app, name="sandbox")
 TokenOption = Annotated[str | None, typer.Option("--token", help="Bearer token for servers that need one.")]
 
@@ -200,13 +216,15 @@ TokenOption = Annotated[str | None, typer.Option("--token", help="Bearer token f
 @sandbox_app.command("load")
 def sandbox_load(
     fhir_server: Annotated[str, typer.Option("--fhir-server", help="FHIR R4 base URL.")],
-    paths: Annotated[list[Path] | None, typer.Argument(help="Bundles or folders (default: bundled fixtures).")] = None,
+    paths: Annotated[
+        list[Path] | None, typer.Argument(metavar="PATH", help="Bundles or folders (default: bundled fixtures).")
+    ] = None,
     token: TokenOption = None,
 ) -> None:
     """Load example patients idempotently (conditional create on identifiers: loading twice creates nothing)."""
     from fhirsvc.sandbox import load
 
-    report = load(fhir_server, paths or [data_dir("fixtures")], token)
+    report = load(fhir_server, paths or [_fixtures()], token)
     typer.echo(f"{report.bundles} bundles: {report.created} resources created, {report.existing} already there")
     for fixture_id, server_id in sorted(report.patients.items()):
         typer.echo(f"  {fixture_id:<40} Patient/{server_id}")
@@ -232,35 +250,88 @@ def sandbox_call(
     typer.echo(format_cards(answer))
 
 
-DEMO_AS_OF = "2026-06-01"  # the date the bundled scenarios are written for
+DEMO_AS_OF = date(2026, 6, 1)  # the date the bundled scenarios are written for
+# fixtures/cds/ holds CDS Hooks requests (the README's worked example), not patient data.
+DEMO_REQUESTS = "cds"
+DEMO_REQUEST = f"{DEMO_REQUESTS}/patient-view-hiv-fail-basic.json"
+STATUSES: tuple[Status, ...] = get_args(Status)
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """The served demo: evaluates as of the table's date, CDS client authentication off (a local demo, e.g. for the
+    CDS Hooks sandbox, whose signing key is published with its source code anyway)."""
+    return settings.model_copy(update={"cds_auth": "off", "today": DEMO_AS_OF})
+
+
+def _fixtures() -> Path:
+    try:
+        return data_dir("fixtures")
+    except FileNotFoundError:
+        typer.echo(
+            "error: the example patients (fixtures/) are not part of this installation (the service image leaves "
+            "them out): run this in a source checkout of fhirsvc",
+            err=True,
+        )
+        raise typer.Exit(2) from None
+
+
+def _summary(results: list[PatientResult], programs: list[str]) -> list[str]:
+    """Patients per program, then findings per status (rows) and program (columns), with totals."""
+    columns = [*programs, "total"]
+    patients = Counter(p.program.id for r in results for p in r.programs)
+    patients["total"] = len(results)
+    findings = Counter((f.status, f.program) for r in results for f in r.findings)
+    for (status, _), count in list(findings.items()):
+        findings[(status, "total")] += count
+    width = max(len(s) for s in STATUSES)
+    lines = [f"{'':<{width}}" + "".join(f"{c:>7}" for c in columns)]
+    lines.append(f"{'patients':<{width}}" + "".join(f"{patients[c]:>7}" for c in columns))
+    for status in STATUSES:
+        lines.append(f"{status:<{width}}" + "".join(f"{findings[(status, c)]:>7}" for c in columns))
+    return lines
 
 
 @app.command()
 def demo(
     serve_too: Annotated[bool, typer.Option("--serve", help="Then start the service on localhost.")] = False,
     port: Annotated[int, typer.Option(help="Port for --serve.")] = 8000,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="List every finding, no-action included (default: actionable ones).")
+    ] = False,
 ) -> None:
-    """Evaluate the bundled example patients (fixtures/) and print a summary."""
+    """Evaluate the bundled example patients (fixtures/): a summary, then the actionable findings."""
+    fixtures = _fixtures()
     knowledge = load_knowledge()
-    loaded = load_records([data_dir("fixtures")])
-    day = date.fromisoformat(DEMO_AS_OF)
-    typer.echo(f"fhirsvc demo: {len(loaded.records)} example patients, evaluated as of {DEMO_AS_OF}\n")
+    folders = sorted(p for p in fixtures.iterdir() if p.is_dir() and p.name != DEMO_REQUESTS)
+    results = [evaluate_record(record, knowledge, DEMO_AS_OF) for record in load_records(folders).records]
+    typer.echo(f"fhirsvc demo: {len(results)} example patients, evaluated as of {DEMO_AS_OF}\n")
+    typer.echo("\n".join(_summary(results, [p.id for p in knowledge.programs])))
+    shown = [
+        (result, program, finding)
+        for result in results
+        for program in result.programs
+        for finding in program.findings
+        if show_all or finding.card
+    ]
+    if show_all:
+        typer.echo(f"\nEvery finding ({len(shown)}):")
+    else:
+        typer.echo(f"\nActionable findings ({len(shown)}; every finding, no-action included: fhirsvc demo --all):")
     typer.echo(f"{'patient':<40} {'program':<8} {'line':<5} finding")
-    for record in loaded.records:
-        result = evaluate_record(record, knowledge, day)
-        for program in result.programs:
-            current = program.current_line
-            for assessment in program.findings:
-                line = str(current.number) if current else "-"
-                typer.echo(
-                    f"{result.patient:<40} {program.program.id:<8} {line:<5} {assessment.status}: {assessment.summary}"
-                )
-    typer.echo("\nDetails: fhirsvc evaluate fixtures --as-of 2026-06-01 --format text")
+    for result, program, finding in shown:
+        line = str(program.current_line.number) if program.current_line else "-"
+        typer.echo(f"{result.patient:<40} {program.program.id:<8} {line:<5} {finding.status}: {finding.summary}")
+    typer.echo(f"\nDetails: fhirsvc evaluate fixtures/hiv --as-of {DEMO_AS_OF} --format text (a folder per program)")
     if serve_too:
-        typer.echo(f"\nCDS Hooks discovery: http://127.0.0.1:{port}/cds-services")
+        base = f"http://127.0.0.1:{port}"
+        typer.echo(f"\nCDS Hooks discovery: {base}/cds-services")
+        typer.echo(f"Evaluating as of {DEMO_AS_OF}, the date of the table above (FHIRSVC_TODAY pins it for `serve`).")
         typer.echo("CDS client authentication is OFF for this local demo (FHIRSVC_CDS_AUTH=off).")
-        # A local demo, e.g. for the CDS Hooks sandbox, whose signing key is published with its source code anyway.
-        run_service("127.0.0.1", port, get_settings().model_copy(update={"cds_auth": "off"}))
+        typer.echo(
+            f"Try: curl -s {base}/cds-services/second-line-patient-view -H 'Content-Type: application/json' "
+            f"--data-binary @{fixtures / DEMO_REQUEST}"
+        )
+        run_service("127.0.0.1", port, demo_settings(get_settings()))
 
 
 if __name__ == "__main__":

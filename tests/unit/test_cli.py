@@ -1,15 +1,18 @@
-"""CLI: the evaluate JSON contract, text output, NDJSON input, demo."""
+"""CLI: the evaluate JSON contract, text output, NDJSON input, demo, help."""
 
 from __future__ import annotations
 
+import re
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import typer
 from typer.testing import CliRunner
 
-from fhirsvc.cli import app
+from fhirsvc.cli import STATUSES, app
 from fhirsvc.record.model import bundle_resources
 from tests.conftest import FIXTURES, load_fixture
 
@@ -70,10 +73,82 @@ def test_missing_path_is_a_clear_error() -> None:
     assert result.exit_code == 2 and "no such file" in result.stderr
 
 
-def test_demo_summarises_the_bundled_patients() -> None:
+def _demo_rows(output: str) -> list[str]:
+    """The finding rows of `demo` output: one per finding, after the table's `patient` header."""
+    listing = output.split("\npatient ", 1)[1].split("\n\n", 1)[0]
+    return [line for line in listing.splitlines()[1:] if line.startswith("Patient/")]
+
+
+def _demo_counts(output: str) -> dict[str, dict[str, int]]:
+    """The summary table: row label (`patients` or a status) → column (program or `total`) → count."""
+    header, *rows = output.split("\n\n")[1].splitlines()
+    columns = header.split()
+    return {label: dict(zip(columns, map(int, counts), strict=True)) for label, *counts in map(str.split, rows)}
+
+
+def test_demo_summarises_and_lists_only_actionable_findings() -> None:
     result = runner.invoke(app, ["demo"])
-    assert result.exit_code == 0
-    assert "Patient/hiv-fail-basic" in result.stdout and "second-line-evaluation" in result.stdout
+    assert result.exit_code == 0, result.output
+    first = result.stdout.splitlines()[0]
+    assert first.endswith("example patients, evaluated as of 2026-06-01")
+    counts = _demo_counts(result.stdout)
+    assert counts["patients"]["total"] == int(first.split()[2])
+    assert set(counts) == {"patients", *STATUSES}
+    for status in STATUSES:  # each status row's total is the sum over the programs
+        assert counts[status]["total"] == sum(n for column, n in counts[status].items() if column != "total")
+    rows = _demo_rows(result.stdout)
+    actionable = sum(counts[status]["total"] for status in STATUSES if status != "no-action")
+    assert f"Actionable findings ({actionable};" in result.stdout and len(rows) == actionable
+    assert not any(" no-action: " in row for row in rows)
+    assert any(row.startswith("Patient/hiv-fail-basic ") and " second-line-evaluation: " in row for row in rows)
+
+
+def test_demo_all_lists_every_finding_counted_in_the_summary() -> None:
+    result = runner.invoke(app, ["demo", "--all"])
+    assert result.exit_code == 0, result.output
+    counts = _demo_counts(result.stdout)
+    rows = _demo_rows(result.stdout)
+    assert len(rows) == sum(counts[status]["total"] for status in STATUSES)
+    for status in STATUSES:
+        assert sum(f" {status}: " in row for row in rows) == counts[status]["total"], status
+    for program, patients in counts["patients"].items():
+        if program != "total":
+            listed = {row.split()[0] for row in rows if row.split()[1] == program}
+            assert len(listed) == patients, program  # every program in scope gives each patient a finding
+
+
+def test_demo_outside_a_source_checkout_says_what_it_needs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fhirsvc.cli
+
+    def no_fixtures(name: str) -> Path:
+        raise FileNotFoundError(name)
+
+    monkeypatch.setattr(fhirsvc.cli, "data_dir", no_fixtures)
+    result = runner.invoke(app, ["demo"])
+    assert result.exit_code == 2
+    assert "not part of this installation" in result.stderr and "source checkout" in result.stderr
+
+
+def _commands(command: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command's name path, groups included (typer builds them on its own copy of click)."""
+    found = [path]
+    if hasattr(command, "commands"):
+        for name, sub in command.commands.items():
+            found += _commands(sub, (*path, name))
+    return found
+
+
+def test_help_has_no_type_placeholders_on_flags() -> None:
+    """Every command's --help lists flags bare (`--serve`, `--all`), never as `--serve <bool>`."""
+    commands = _commands(typer.main.get_command(app))
+    assert ("demo",) in commands and ("mappings", "check") in commands
+    for path in commands:
+        result = runner.invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, path
+        assert "<bool>" not in result.stdout, path
+        assert "Usage: " in result.stdout and "--help" in result.stdout, path
+    demo_help = runner.invoke(app, ["demo", "--help"]).stdout
+    assert re.search(r"^  --all\s+List every finding", demo_help, flags=re.MULTILINE), demo_help
 
 
 def test_demo_serve_runs_without_client_auth_and_serve_logs_json(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,10 +164,14 @@ def test_demo_serve_runs_without_client_auth_and_serve_logs_json(monkeypatch: py
     demo = runner.invoke(app, ["demo", "--serve", "--port", "8123"])
     assert demo.exit_code == 0, demo.output
     assert "authentication is OFF" in demo.stdout
+    assert "Evaluating as of 2026-06-01, the date of the table above" in demo.stdout
+    assert "--data-binary @" in demo.stdout and "patient-view-hiv-fail-basic.json" in demo.stdout
     serve = runner.invoke(app, ["serve", "--port", "8124"])
     assert serve.exit_code == 0, serve.output
     (demo_app, demo_kwargs), (serve_app, serve_kwargs) = served
     assert demo_app.state.settings.cds_auth == "off" and demo_kwargs["port"] == 8123
+    assert demo_app.state.settings.today == date(2026, 6, 1)  # the table's date, not the machine's
+    assert serve_app.state.settings.today is None
     assert serve_app.state.settings.cds_auth == "on"  # the secure default
     assert serve_kwargs["log_config"] is None and serve_kwargs["access_log"] is False
     assert configured == [True, True]
