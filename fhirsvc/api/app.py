@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,7 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from fhirsvc.api.cds import router as cds_router
 from fhirsvc.api.jwks import router as jwks_router
-from fhirsvc.api.logs import RequestLog
+from fhirsvc.api.logs import Clock, RequestLog
 from fhirsvc.api.ops import RequestMetrics
 from fhirsvc.api.ops import router as ops_router
 from fhirsvc.api.responses import document_as_served, operation_outcome
@@ -35,10 +36,12 @@ def create_app(
     knowledge: Knowledge | None = None,
     fhir_transport: httpx.AsyncBaseTransport | None = None,
     jwks_transport: httpx.AsyncBaseTransport | None = None,
+    clock: Clock = time.monotonic,
 ) -> FastAPI:
     """Build the service. Everything per-process (mappings, HTTP pools) is made here, never per request.
 
     `fhir_transport` and `jwks_transport` replace the network for FHIR servers and CDS client JWKS URLs (tests).
+    `clock` (monotonic seconds) times requests and the CDS time budget; tests pass the event loop's virtual clock.
     """
     settings = settings or get_settings()
     knowledge = knowledge or load_knowledge(overrides=settings.thresholds, enabled=settings.programs)
@@ -70,6 +73,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.knowledge = knowledge
+    app.state.clock = clock
     app.state.metrics = RequestMetrics()
     # Unset, a random salt still keeps patient ids out of the logs; hashes then correlate within one process only.
     app.state.log_salt = settings.log_salt.get_secret_value() if settings.log_salt else secrets.token_hex(16)
@@ -82,7 +86,8 @@ def create_app(
         expose_headers=["X-Request-ID"],
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestLog, observer=app.state.metrics.observe)  # outermost: 401, 413 and CORS are logged too
+    # Outermost: 401, 413 and CORS are logged too.
+    app.add_middleware(RequestLog, observer=app.state.metrics.observe, clock=clock)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_: Request, exc: RequestValidationError) -> Response:
