@@ -25,14 +25,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from fastapi.testclient import TestClient
 
-from fhirsvc.api.app import create_app
-from fhirsvc.config import Settings
 from fhirsvc.fhir.auth import CLIENT_ASSERTION_TYPE, SigningKey, SmartBackendAuth, load_key_set
 from fhirsvc.sandbox import load
-from fhirsvc.terminology.knowledge import Knowledge
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, MakeClient
 from tests.integration.hapi import fhir_get
 from tests.integration.token_server import RegisteredClient, TokenServer
 
@@ -58,10 +54,9 @@ def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def published_jwks(key_file: Path, knowledge: Knowledge) -> dict[str, Any]:
+def published_jwks(key_file: Path, make_client: MakeClient) -> dict[str, Any]:
     """What an EHR administrator registers: fhirsvc's own /.well-known/jwks.json."""
-    settings = Settings(smart_client_id=CLIENT_ID, smart_private_key_file=key_file, smart_kid=KID)
-    with TestClient(create_app(settings, knowledge=knowledge)) as client:
+    with make_client(smart_client_id=CLIENT_ID, smart_private_key_file=key_file, smart_kid=KID) as client:
         response = client.get("/.well-known/jwks.json")
     assert response.status_code == 200
     jwks: dict[str, Any] = response.json()
