@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import io
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,6 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from fhirsvc.api.logs import configure_logging
 from fhirsvc.cli import app as cli_app
 from fhirsvc.config import Settings
 from tests.cds_helpers import (
@@ -102,20 +99,6 @@ TOLERATED: dict[str, Any] = {
     "condition code as a list": {"resourceType": "Condition", "id": "c", "subject": SUBJECT, "code": [1]},
     "an Encounter (FHIR, not read)": {"resourceType": "Encounter", "id": "e", "subject": SUBJECT},
 }
-
-
-@pytest.fixture
-def log_lines() -> Iterator[io.StringIO]:
-    root, httpx_logger = logging.getLogger(), logging.getLogger("httpx")
-    levels = (root.level, httpx_logger.level)
-    stream = io.StringIO()
-    handler = configure_logging(stream=stream)
-    yield stream
-    root.removeHandler(handler)
-    root.setLevel(levels[0])
-    httpx_logger.setLevel(levels[1])
-    logging.getLogger("httpcore").setLevel(logging.NOTSET)
-    logging.getLogger("uvicorn.access").disabled = False
 
 
 def request_line(stream: io.StringIO) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from fhirsvc.api.logs import configure_logging, hash_patient
+from fhirsvc.api.logs import hash_patient
 from fhirsvc.cds.services import PREFETCH
 from fhirsvc.config import Settings
 from fhirsvc.store.models import SeenJti
@@ -38,6 +39,7 @@ from tests.cds_helpers import (
     resources_of,
 )
 from tests.conftest import NO_NETWORK, MakeClient, load_fixture
+from tests.virtual_time import VirtualClock
 
 PATIENT_VIEW = "/cds-services/second-line-patient-view"
 FEEDBACK = PATIENT_VIEW + "/feedback"
@@ -445,20 +447,6 @@ def test_a_redirect_to_another_host_is_not_followed(make_app: MakeApp) -> None:
 # Logs and metrics --------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def log_lines() -> Iterator[io.StringIO]:
-    root, httpx_logger = logging.getLogger(), logging.getLogger("httpx")
-    levels = (root.level, httpx_logger.level)
-    stream = io.StringIO()
-    handler = configure_logging(stream=stream)
-    yield stream
-    root.removeHandler(handler)
-    root.setLevel(levels[0])
-    httpx_logger.setLevel(levels[1])
-    logging.getLogger("httpcore").setLevel(logging.NOTSET)
-    logging.getLogger("uvicorn.access").disabled = False
-
-
 def test_one_json_line_per_request_with_hashed_patient_and_no_secrets(
     make_app: MakeApp, log_lines: io.StringIO
 ) -> None:
@@ -503,6 +491,27 @@ def test_one_json_line_per_request_with_hashed_patient_and_no_secrets(
         assert secret not in output, secret
     assert '"resourceType"' not in output  # no FHIR payloads
     assert logging.getLogger("httpx").getEffectiveLevel() >= logging.WARNING
+
+
+def test_requests_are_timed_on_the_app_clock(make_client: MakeClient, log_lines: io.StringIO) -> None:
+    """The log line's duration and the metrics read the clock the app was given (here, a virtual one)."""
+    server = FakeFhirServer(resources_of(load_fixture("hiv/fail-basic.json")))
+
+    async def answer_after_a_quarter_second(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.25)
+        return server.handle(request)
+
+    clock = VirtualClock()
+    with make_client(httpx.MockTransport(answer_after_a_quarter_second), clock=clock) as client:
+        response = client.post(
+            PATIENT_VIEW, json=hook_request("hiv-fail-basic", None, fhir_server=FHIR_BASE, token=TOKEN)
+        )
+        metrics = client.get("/metrics").text
+    assert response.status_code == 200
+    served = next(line for line in map(json.loads, log_lines.getvalue().splitlines()) if line.get("method") == "POST")
+    assert served["status"] == 200 and served["duration_ms"] == 250.0
+    route = 'route="/cds-services/{service_id}"'
+    assert f'fhirsvc_http_request_duration_seconds_sum{{method="POST",{route},status="200"}} 0.25' in metrics
 
 
 def test_unsafe_request_ids_are_replaced(client: TestClient) -> None:
