@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Generator
-from datetime import date
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -14,14 +13,9 @@ import httpx2
 import jwt
 import orjson
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from fastapi.testclient import TestClient
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from fhirsvc.api.app import create_app
-from fhirsvc.api.cds import today
-from fhirsvc.config import Settings
 from fhirsvc.record.model import RECORD_PARTS, bundle_resources
-from fhirsvc.terminology.knowledge import Knowledge
 
 FHIR_BASE = "https://fhir.example.test/r4"
 TOKEN = "test-access-token"
@@ -191,23 +185,3 @@ class SignedCalls(httpx2.Auth):
 
 
 CLIENT = Signer()  # the trusted EHR of the API tests
-
-
-def trusted(**settings: Any) -> dict[str, Any]:
-    """Settings for a test app that trusts CLIENT and may fetch from FHIR_BASE (the secure defaults stay on)."""
-    return {"cds_clients": [CLIENT.client_config()], "fhir_servers": [FHIR_BASE], **settings}
-
-
-def signed_client(
-    knowledge: Knowledge,
-    transport: httpx.AsyncBaseTransport | None,
-    as_of: date = date(2026, 6, 1),
-    **settings: Any,
-) -> TestClient:
-    """The app in-process: trusts CLIENT and signs every call with it, reads FHIR through `transport` (None: real
-    HTTP), and evaluates as of `as_of` (the fixtures' date by default)."""
-    app = create_app(Settings(**trusted(**settings)), knowledge=knowledge, fhir_transport=transport)
-    app.dependency_overrides[today] = lambda: as_of
-    client = TestClient(app)
-    client.auth = SignedCalls(CLIENT)  # every call carries a fresh, valid CDS client JWT
-    return client

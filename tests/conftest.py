@@ -1,17 +1,50 @@
-"""Shared fixtures: the knowledge base loaded once, fixture bundles by name."""
+"""Shared fixtures: the knowledge base loaded once, fixture bundles by name, and the one factory of test apps."""
 
 from __future__ import annotations
 
+import time
+from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import httpx
 import orjson
 import pytest
+from fastapi.testclient import TestClient
 
+from fhirsvc.api.app import create_app
+from fhirsvc.api.cds import today
+from fhirsvc.config import Settings
 from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
+from tests.cds_helpers import CLIENT, FHIR_BASE, SignedCalls, Signer
+from tests.virtual_time import VirtualClock
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
+AS_OF = date(2026, 6, 1)  # the fixtures' evaluation date
+
+
+def _no_network(request: httpx.Request) -> httpx.Response:
+    raise AssertionError(f"unexpected outbound request to {request.url}")
+
+
+NO_NETWORK = httpx.MockTransport(_no_network)  # fails the test on any request that leaves the app
+# What a test app trusts unless told otherwise: CLIENT's JWTs and FHIR_BASE (the secure defaults stay on).
+TRUSTED: dict[str, Any] = {"cds_clients": [CLIENT.client_config()], "fhir_servers": [FHIR_BASE]}
+
+
+class MakeClient(Protocol):
+    def __call__(
+        self,
+        fhir: httpx.AsyncBaseTransport | None = NO_NETWORK,
+        *,
+        jwks: httpx.AsyncBaseTransport | None = NO_NETWORK,
+        signer: Signer | None = CLIENT,
+        as_of: date | None = AS_OF,
+        clock: VirtualClock | None = None,
+        knowledge: Knowledge | None = None,
+        **settings: Any,
+    ) -> TestClient: ...
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +57,42 @@ def _store_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
 @pytest.fixture(scope="session")
 def knowledge() -> Knowledge:
     return load_knowledge()
+
+
+@pytest.fixture(scope="session")
+def make_client(knowledge: Knowledge) -> MakeClient:
+    """The factory of every in-process app the tests call: `with make_client(...) as client:` starts it."""
+    default_knowledge = knowledge
+
+    def make(
+        fhir: httpx.AsyncBaseTransport | None = NO_NETWORK,
+        *,
+        jwks: httpx.AsyncBaseTransport | None = NO_NETWORK,
+        signer: Signer | None = CLIENT,
+        as_of: date | None = AS_OF,
+        clock: VirtualClock | None = None,
+        knowledge: Knowledge | None = None,
+        **settings: Any,
+    ) -> TestClient:
+        """The app trusting CLIENT and FHIR_BASE (`settings` override those and any other setting), reading FHIR
+        servers through `fhir` and CDS client JWKS URLs through `jwks` (None: the real network), evaluating as of
+        `as_of` (None: today). Every call is signed by `signer` (None: the test sends its own Authorization).
+        With `clock`, the app and its event loop run on that virtual clock. `knowledge`: other mappings."""
+        app = create_app(
+            Settings(**{**TRUSTED, **settings}),
+            knowledge=knowledge or default_knowledge,
+            fhir_transport=fhir,
+            jwks_transport=jwks,
+            clock=clock or time.monotonic,
+        )
+        if as_of is not None:
+            app.dependency_overrides[today] = lambda: as_of
+        client = TestClient(app, backend_options={"loop_factory": clock.new_loop} if clock else None)
+        if signer is not None:
+            client.auth = SignedCalls(signer)
+        return client
+
+    return make
 
 
 def load_fixture(relative: str) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,7 +20,7 @@ from fhirsvc.api.client_jwt import CdsAuthenticator, Unauthorized, unauthorized
 from fhirsvc.api.issuer_keys import JWKS_TIMEOUT
 from fhirsvc.api.jwks import router as jwks_router
 from fhirsvc.api.limits import BodySizeLimit
-from fhirsvc.api.logs import RequestLog
+from fhirsvc.api.logs import Clock, RequestLog
 from fhirsvc.api.ops import RequestMetrics
 from fhirsvc.api.ops import router as ops_router
 from fhirsvc.api.responses import document_as_served, operation_outcome
@@ -37,10 +38,12 @@ def create_app(
     knowledge: Knowledge | None = None,
     fhir_transport: httpx.AsyncBaseTransport | None = None,
     jwks_transport: httpx.AsyncBaseTransport | None = None,
+    clock: Clock = time.monotonic,
 ) -> FastAPI:
     """Build the service. Everything per-process (mappings, HTTP pools) is made here, never per request.
 
     `fhir_transport` and `jwks_transport` replace the network for FHIR servers and CDS client JWKS URLs (tests).
+    `clock` (monotonic seconds) times requests and the CDS time budget; tests pass the event loop's virtual clock.
     """
     settings = settings or get_settings()
     knowledge = knowledge or load_knowledge(overrides=settings.thresholds, enabled=settings.programs)
@@ -53,7 +56,7 @@ def create_app(
         app.state.store.upgrade()
         # JWKS fetches never follow redirects: only the registered jwks_url is trusted.
         jwks_http = httpx.AsyncClient(timeout=JWKS_TIMEOUT, follow_redirects=False, transport=jwks_transport)
-        app.state.cds_auth = CdsAuthenticator(settings, app.state.store, jwks_http)
+        app.state.cds_auth = CdsAuthenticator(settings, app.state.store, jwks_http, clock)
         # Mappings and pools live as long as the process: keep them out of every garbage collection
         # (large requests otherwise pay for scanning them again and again; bench/README.md finding 5).
         gc.freeze()
@@ -72,6 +75,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.knowledge = knowledge
+    app.state.clock = clock
     app.state.metrics = RequestMetrics()
     # Unset, a random salt still keeps patient ids out of the logs; hashes then correlate within one process only.
     app.state.log_salt = settings.log_salt.get_secret_value() if settings.log_salt else secrets.token_hex(16)
@@ -84,7 +88,8 @@ def create_app(
         expose_headers=["X-Request-ID"],
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestLog, observer=app.state.metrics.observe)  # outermost: 401, 413 and CORS are logged too
+    # Outermost: 401, 413 and CORS are logged too.
+    app.add_middleware(RequestLog, observer=app.state.metrics.observe, clock=clock)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_: Request, exc: RequestValidationError) -> Response:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from fhirsvc.api.client_jwt import CdsClientIdentity, cds_client, discovery_client
 from fhirsvc.api.feedback import FeedbackItem, FeedbackRequest, filter_and_record, parse_feedback, store_feedback
-from fhirsvc.api.logs import annotate, annotate_patient, started_at
+from fhirsvc.api.logs import Clock, annotate, annotate_patient, started_at
 from fhirsvc.api.responses import OrjsonResponse, operation_outcome, outcome
 from fhirsvc.cds.models import CdsRequest, CdsResponse, Discovery, inline_schema, response_body
 from fhirsvc.cds.services import PREFETCH, SERVICES
@@ -143,6 +143,7 @@ async def call_service(
     if cds_request.fhirServer and not fhir_server_allowed(cds_request.fhirServer, settings.fhir_servers):
         # Never a proxy: the bearer token and our requests go only to servers the operator listed.
         return operation_outcome(400, "fhirServer is not one of this service's FHIR servers", code="security")
+    clock: Clock = request.app.state.clock
     try:
         gathered = await gather(
             cds_request.patient_id,
@@ -151,6 +152,7 @@ async def call_service(
             cds_request.fhirAuthorization.access_token if cds_request.fhirAuthorization else None,
             settings.fhir_max_pages,
             deadline=started_at(request) + settings.cds_time_budget * FETCH_SHARE,
+            clock=clock,
             tolerate_upstream_faults=True,
         )
     except DataUnavailable as exc:

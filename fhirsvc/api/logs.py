@@ -24,9 +24,10 @@ access_log = logging.getLogger("fhirsvc.access")
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("fhirsvc_request_id", default=None)
 
 _FIELDS = "fhirsvc.log"  # ASGI scope key: what the routes add to the request's log line
-_STARTED = "fhirsvc.started"  # ASGI scope key: time.monotonic() when the request arrived
+_STARTED = "fhirsvc.started"  # ASGI scope key: the app clock's reading when the request arrived
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # anything else from a client is replaced, not logged
 _RESERVED = ("ts", "level", "logger", "msg")
+Clock = Callable[[], float]  # monotonic seconds: time.monotonic, or a test's virtual clock
 
 
 class JsonFormatter(logging.Formatter):
@@ -85,9 +86,12 @@ def annotate_patient(request: Request, patient_id: str) -> None:
 
 
 def started_at(request: Request) -> float:
-    """time.monotonic() when the request arrived (the CDS time budget counts from there)."""
+    """The app clock's reading (`app.state.clock`) when the request arrived: the CDS time budget counts from there."""
     started = request.scope.get(_STARTED)
-    return started if isinstance(started, float) else time.monotonic()
+    if isinstance(started, float):
+        return started
+    clock: Clock = request.app.state.clock
+    return clock()
 
 
 def _path_fields(scope: Scope) -> dict[str, str]:
@@ -111,9 +115,10 @@ class RequestLog:
     It logs the route template (`/cds-services/{service_id}`), never the raw path, query or headers.
     """
 
-    def __init__(self, app: ASGIApp, observer: Observer | None = None) -> None:
+    def __init__(self, app: ASGIApp, observer: Observer | None = None, clock: Clock = time.monotonic) -> None:
         self.app = app
         self.observer = observer
+        self.clock = clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -122,7 +127,7 @@ class RequestLog:
         offered = Headers(scope=scope).get("x-request-id", "")
         request_id = offered if _SAFE_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
-        started = time.monotonic()
+        started = self.clock()
         scope[_STARTED] = started
         status = 500  # unless the app answers: an exception escaping it becomes a 500
 
@@ -136,7 +141,7 @@ class RequestLog:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            seconds = time.monotonic() - started
+            seconds = self.clock() - started
             route = getattr(scope.get("route"), "path", None) or "<unmatched>"
             fields = {
                 "method": scope["method"],

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,11 +86,12 @@ async def gather(
     max_pages: int,
     deadline: float | None = None,
     tolerate_upstream_faults: bool = False,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Gathered:
     """Build the patient's record from prefetch, fetching absent or failed keys from `fhirServer` in parallel,
     then the Medication resources the record's medications reference.
 
-    `deadline` (time.monotonic()) cuts every fetch still running then. With `tolerate_upstream_faults`, required
+    `deadline` (read on `clock`) cuts every fetch still running then. With `tolerate_upstream_faults`, required
     keys lost to a slow, down or failing server land in `Gathered.missing` instead of raising DataUnavailable
     (the CDS call answers anyway; the poller must not act on partial data, so it keeps the default). A search cut
     short (page cap, a server-side limit) and an optional key lost to a fault are recorded in
@@ -123,7 +124,7 @@ async def gather(
             record.incomplete[RECORD_PART_BY_KEY[key].resource_type] = "the prefetch holds fewer results than its total"
 
     loop = asyncio.get_running_loop()
-    cutoff = None if deadline is None else loop.time() + (deadline - time.monotonic())
+    cutoff = None if deadline is None else loop.time() + (deadline - clock())
 
     async def fetch(key: str) -> tuple[str, SearchResult | FhirError | OutOfTime | None]:
         if client is None:

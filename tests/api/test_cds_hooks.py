@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import date
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from fastapi.testclient import TestClient
 
 from fhirsvc.cds.services import PREFETCH
-from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
+from fhirsvc.terminology.knowledge import load_knowledge
 from tests.cds_helpers import (
     FHIR_BASE,
     TOKEN,
@@ -21,26 +19,15 @@ from tests.cds_helpers import (
     prefetch_from,
     resources_of,
     searchset,
-    signed_client,
 )
-from tests.conftest import load_fixture
+from tests.conftest import MakeClient, load_fixture
 
-AS_OF = date(2026, 6, 1)
 PATIENT_VIEW = "/cds-services/second-line-patient-view"
 
 
-def make_client(knowledge: Knowledge, server: FakeFhirServer | None = None, **settings: Any) -> TestClient:
-    transport = server.transport if server else httpx.MockTransport(_no_network)
-    return signed_client(knowledge, transport, AS_OF, **settings)
-
-
-def _no_network(request: httpx.Request) -> httpx.Response:
-    raise AssertionError(f"unexpected outbound request to {request.url}")
-
-
 @pytest.fixture
-def client(knowledge: Knowledge) -> Iterator[TestClient]:
-    with make_client(knowledge) as test_client:
+def client(make_client: MakeClient) -> Iterator[TestClient]:
+    with make_client() as test_client:
         yield test_client
 
 
@@ -126,9 +113,9 @@ def test_data_needed_is_an_info_card(client: TestClient) -> None:
     assert card["indicator"] == "info" and "No HIV-1 RNA" in card["summary"]
 
 
-def test_who_threshold_is_a_configuration_change(knowledge: Knowledge) -> None:
+def test_who_threshold_is_a_configuration_change(make_client: MakeClient) -> None:
     who = load_knowledge(overrides={"hiv.failure_threshold": 1000})
-    with make_client(who) as who_client:
+    with make_client(knowledge=who) as who_client:
         cards = who_client.post(PATIENT_VIEW, json=fixture_request("fail-basic")).json()["cards"]
     # 450 and 900 copies/mL are failure under DHHS (200) but not under WHO (1000).
     assert all("second-line" not in c["summary"] for c in cards)
@@ -142,14 +129,14 @@ def test_null_and_empty_prefetch_mean_no_data_and_are_not_refetched(client: Test
     prefetch: dict[str, Any] = {key: None for key in PREFETCH}
     prefetch["medicationRequests"] = searchset([])
     request = hook_request("p1", prefetch, fhir_server=FHIR_BASE, token=TOKEN)
-    response = client.post(PATIENT_VIEW, json=request)  # _no_network fails the test on any fetch
+    response = client.post(PATIENT_VIEW, json=request)  # NO_NETWORK fails the test on any fetch
     assert response.status_code == 200 and response.json() == {"cards": []}
 
 
-def test_absent_keys_are_fetched_with_the_bearer_token(knowledge: Knowledge) -> None:
+def test_absent_keys_are_fetched_with_the_bearer_token(make_client: MakeClient) -> None:
     bundle = load_fixture("hiv/fail-basic.json")
     server = FakeFhirServer(resources_of(bundle))
-    with make_client(knowledge, server) as test_client:
+    with make_client(server.transport) as test_client:
         response = test_client.post(
             PATIENT_VIEW, json=hook_request("hiv-fail-basic", None, fhir_server=FHIR_BASE, token=TOKEN)
         )
@@ -163,12 +150,12 @@ def test_absent_keys_are_fetched_with_the_bearer_token(knowledge: Knowledge) -> 
     )
 
 
-def test_partial_prefetch_fetches_only_the_missing_keys(knowledge: Knowledge) -> None:
+def test_partial_prefetch_fetches_only_the_missing_keys(make_client: MakeClient) -> None:
     bundle = load_fixture("hiv/fail-basic.json")
     server = FakeFhirServer(resources_of(bundle))
     prefetch = prefetch_from(bundle)
     del prefetch["observations"]
-    with make_client(knowledge, server) as test_client:
+    with make_client(server.transport) as test_client:
         response = test_client.post(
             PATIENT_VIEW, json=hook_request("hiv-fail-basic", prefetch, fhir_server=FHIR_BASE, token=TOKEN)
         )
@@ -176,7 +163,7 @@ def test_partial_prefetch_fetches_only_the_missing_keys(knowledge: Knowledge) ->
     assert [r.url.path.rsplit("/", 1)[-1] for r in server.requests] == ["Observation"]
 
 
-def test_paginated_prefetch_is_followed_on_the_same_server(knowledge: Knowledge) -> None:
+def test_paginated_prefetch_is_followed_on_the_same_server(make_client: MakeClient) -> None:
     bundle = load_fixture("hiv/fail-basic.json")
     resources = resources_of(bundle)
     observations = [r for r in resources if r["resourceType"] == "Observation"]
@@ -184,7 +171,7 @@ def test_paginated_prefetch_is_followed_on_the_same_server(knowledge: Knowledge)
     prefetch = prefetch_from(bundle)
     # The client sent only the first page of observations; the rest is behind the `next` link.
     prefetch["observations"] = searchset(observations[:1], f"{FHIR_BASE}/Observation?patient=hiv-fail-basic&_offset=1")
-    with make_client(knowledge, server) as test_client:
+    with make_client(server.transport) as test_client:
         response = test_client.post(
             PATIENT_VIEW, json=hook_request("hiv-fail-basic", prefetch, fhir_server=FHIR_BASE, token=TOKEN)
         )
@@ -199,7 +186,7 @@ def test_next_link_to_another_server_is_refused_with_412(client: TestClient) -> 
     response = client.post(
         PATIENT_VIEW, json=hook_request("hiv-fail-basic", prefetch, fhir_server=FHIR_BASE, token=TOKEN)
     )
-    assert response.status_code == 412  # _no_network proves nothing was sent anywhere
+    assert response.status_code == 412  # NO_NETWORK proves nothing was sent anywhere
 
 
 def test_absent_required_data_without_fhir_server_is_412(client: TestClient) -> None:
@@ -220,17 +207,17 @@ def test_absent_optional_data_without_fhir_server_still_answers(client: TestClie
     assert response.json() == {"cards": []}
 
 
-def test_operation_outcome_prefetch_is_a_failed_fetch(knowledge: Knowledge) -> None:
+def test_operation_outcome_prefetch_is_a_failed_fetch(make_client: MakeClient) -> None:
     bundle = load_fixture("hiv/fail-basic.json")
     prefetch = prefetch_from(bundle)
     prefetch["observations"] = {
         "resourceType": "OperationOutcome",
         "issue": [{"severity": "error", "code": "timeout", "diagnostics": "upstream timeout"}],
     }
-    with make_client(knowledge) as no_server:
+    with make_client() as no_server:
         assert no_server.post(PATIENT_VIEW, json=hook_request("hiv-fail-basic", prefetch)).status_code == 412
     server = FakeFhirServer(resources_of(bundle))
-    with make_client(knowledge, server) as with_server:
+    with make_client(server.transport) as with_server:
         response = with_server.post(
             PATIENT_VIEW, json=hook_request("hiv-fail-basic", prefetch, fhir_server=FHIR_BASE, token=TOKEN)
         )
@@ -238,9 +225,9 @@ def test_operation_outcome_prefetch_is_a_failed_fetch(knowledge: Knowledge) -> N
     assert [r.url.path.rsplit("/", 1)[-1] for r in server.requests] == ["Observation"]
 
 
-def test_fhir_server_refusing_the_token_gives_412_not_500(knowledge: Knowledge) -> None:
+def test_fhir_server_refusing_the_token_gives_412_not_500(make_client: MakeClient) -> None:
     server = FakeFhirServer(resources_of(load_fixture("hiv/fail-basic.json")), token="another-token")
-    with make_client(knowledge, server) as test_client:
+    with make_client(server.transport) as test_client:
         response = test_client.post(
             PATIENT_VIEW, json=hook_request("hiv-fail-basic", None, fhir_server=FHIR_BASE, token=TOKEN)
         )

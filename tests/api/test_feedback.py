@@ -3,30 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from fhirsvc.api.app import create_app
-from fhirsvc.api.cds import today
-from fhirsvc.config import Settings
-from fhirsvc.terminology.knowledge import Knowledge
-from tests.cds_helpers import CLIENT, SignedCalls, hook_request, prefetch_from, trusted
-from tests.conftest import load_fixture
+from tests.cds_helpers import hook_request, prefetch_from
+from tests.conftest import MakeClient, load_fixture
 
 PATIENT_VIEW = "/cds-services/second-line-patient-view"
 
 
 @pytest.fixture
-def client(knowledge: Knowledge) -> Iterator[TestClient]:
-    settings = Settings(**trusted())
-    app = create_app(settings, knowledge=knowledge, fhir_transport=httpx.MockTransport(lambda r: httpx.Response(500)))
-    app.dependency_overrides[today] = lambda: date(2026, 6, 1)
-    with TestClient(app) as test_client:
-        test_client.auth = SignedCalls(CLIENT)
+def client(make_client: MakeClient) -> Iterator[TestClient]:
+    with make_client() as test_client:
         yield test_client
 
 

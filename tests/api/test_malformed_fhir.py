@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import copy
 import io
-import logging
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +18,8 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from fhirsvc.api.logs import configure_logging
 from fhirsvc.cli import app as cli_app
 from fhirsvc.config import Settings
-from fhirsvc.terminology.knowledge import Knowledge
 from tests.cds_helpers import (
     FHIR_BASE,
     TOKEN,
@@ -33,9 +28,8 @@ from tests.cds_helpers import (
     prefetch_from,
     resources_of,
     searchset,
-    signed_client,
 )
-from tests.conftest import load_fixture
+from tests.conftest import MakeClient, load_fixture
 
 PATIENT_VIEW = "/cds-services/second-line-patient-view"
 PATIENT = "hiv-fail-basic"
@@ -107,20 +101,6 @@ TOLERATED: dict[str, Any] = {
 }
 
 
-@pytest.fixture
-def log_lines() -> Iterator[io.StringIO]:
-    root, httpx_logger = logging.getLogger(), logging.getLogger("httpx")
-    levels = (root.level, httpx_logger.level)
-    stream = io.StringIO()
-    handler = configure_logging(stream=stream)
-    yield stream
-    root.removeHandler(handler)
-    root.setLevel(levels[0])
-    httpx_logger.setLevel(levels[1])
-    logging.getLogger("httpcore").setLevel(logging.NOTSET)
-    logging.getLogger("uvicorn.access").disabled = False
-
-
 def request_line(stream: io.StringIO) -> dict[str, Any]:
     """The last request log line of a CDS service call."""
     lines = [orjson.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]
@@ -128,10 +108,6 @@ def request_line(stream: io.StringIO) -> dict[str, Any]:
     assert calls, stream.getvalue()[-2000:]
     result: dict[str, Any] = calls[-1]
     return result
-
-
-def make_client(knowledge: Knowledge, server: FakeFhirServer | None = None) -> TestClient:
-    return signed_client(knowledge, server.transport if server else httpx.MockTransport(lambda r: httpx.Response(599)))
 
 
 def polluted_prefetch(*bad: Any) -> dict[str, Any]:
@@ -152,9 +128,9 @@ def call(client: TestClient, prefetch: dict[str, Any]) -> httpx.Response:
 
 
 def test_malformed_resources_in_prefetch_are_skipped_counted_and_change_nothing(
-    knowledge: Knowledge, log_lines: io.StringIO
+    make_client: MakeClient, log_lines: io.StringIO
 ) -> None:
-    with make_client(knowledge) as client:
+    with make_client() as client:
         clean = call(client, prefetch_from(BUNDLE))
         assert clean.status_code == 200 and clean.json()["cards"], clean.text
         assert "skipped_resources" not in request_line(log_lines)
@@ -165,9 +141,9 @@ def test_malformed_resources_in_prefetch_are_skipped_counted_and_change_nothing(
 
 
 @pytest.mark.parametrize("label", sorted(COUNTED) + sorted(TOLERATED))
-def test_each_malformed_resource_alone(label: str, knowledge: Knowledge, log_lines: io.StringIO) -> None:
+def test_each_malformed_resource_alone(label: str, make_client: MakeClient, log_lines: io.StringIO) -> None:
     resource = COUNTED.get(label, TOLERATED.get(label))
-    with make_client(knowledge) as client:
+    with make_client() as client:
         response = call(client, polluted_prefetch(resource))
     assert response.status_code == 200, response.text
     assert response.json()["cards"]  # the patient's failing first line is still found
@@ -186,16 +162,16 @@ def test_each_malformed_resource_alone(label: str, knowledge: Knowledge, log_lin
     ],
     ids=["entry-number", "entry-object", "entries-garbage", "link-number", "link-url-number"],
 )
-def test_broken_prefetch_bundles_do_not_break_the_call(knowledge: Knowledge, bundle: dict[str, Any]) -> None:
+def test_broken_prefetch_bundles_do_not_break_the_call(make_client: MakeClient, bundle: dict[str, Any]) -> None:
     prefetch = prefetch_from(BUNDLE)
     prefetch["allergies"] = bundle  # an optional key: the rest of the data still decides
-    with make_client(knowledge) as client:
+    with make_client() as client:
         response = call(client, prefetch)
     assert response.status_code == 200, response.text
     assert response.json()["cards"]
 
 
-def test_a_hostile_fhir_server_cannot_break_the_call(knowledge: Knowledge, log_lines: io.StringIO) -> None:
+def test_a_hostile_fhir_server_cannot_break_the_call(make_client: MakeClient, log_lines: io.StringIO) -> None:
     """Unhashable ids and types, entries and links of the wrong type, straight from the server."""
     server = FakeFhirServer(RESOURCES)
     observations = [r for r in RESOURCES if r["resourceType"] == "Observation"]
@@ -213,27 +189,26 @@ def test_a_hostile_fhir_server_cannot_break_the_call(knowledge: Knowledge, log_l
 
     server.overrides["Observation"] = answer
     body = hook_request(PATIENT, None, fhir_server=FHIR_BASE, token=TOKEN)
-    with make_client(knowledge, server) as client:
+    with make_client(server.transport) as client:
         response = client.post(PATIENT_VIEW, json=body)
     assert response.status_code == 200, response.text
     assert response.json()["cards"]
     assert request_line(log_lines)["skipped_resources"] >= len(hostile)
 
 
-def test_a_bundle_of_20000_entries_is_read_within_the_budget(knowledge: Knowledge, log_lines: io.StringIO) -> None:
-    """20,000 unreadable viral loads (about 7 MB, under the 20 MiB body limit) next to the two real ones."""
+def test_a_bundle_of_20000_entries_is_read_and_counted(make_client: MakeClient, log_lines: io.StringIO) -> None:
+    """20,000 unreadable viral loads (about 7 MB, under the 20 MiB body limit) next to the two real ones.
+
+    How fast is for `bench` to measure (bench/README.md), not for a wall-clock bound that depends on the machine."""
     junk = [variant(VIRAL_LOAD, n, effectiveDateTime="2024-02-30") for n in range(20_000)]
     prefetch = polluted_prefetch(*junk)
     body = orjson.dumps(hook_request(PATIENT, prefetch))
     assert len(body) < Settings().max_body_bytes
-    with make_client(knowledge) as client:
-        started = time.monotonic()
+    with make_client() as client:
         response = client.post(PATIENT_VIEW, content=body, headers={"Content-Type": "application/json"})
-        elapsed = time.monotonic() - started
     assert response.status_code == 200, response.text
     assert response.json()["cards"]
     assert request_line(log_lines)["skipped_resources"] == len(junk)
-    assert elapsed < 10, elapsed
 
 
 # fhirsvc evaluate --------------------------------------------------------------------------------------------------

@@ -22,12 +22,8 @@ from schemathesis.python.asgi import shutdown_lifespans
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fhirsvc.api.app import create_app
-from fhirsvc.api.cds import today
-from fhirsvc.config import Settings
-from fhirsvc.terminology.knowledge import Knowledge
-from tests.cds_helpers import CLIENT, FHIR_BASE, FakeFhirServer, hook_request, prefetch_from, resources_of, trusted
-from tests.conftest import load_fixture
+from tests.cds_helpers import CLIENT, FakeFhirServer, hook_request, prefetch_from, resources_of
+from tests.conftest import MakeClient, load_fixture
 
 SIGN_ME = "Bearer sign-me"  # replaced by a real client JWT for the exact URL the app sees
 MAX_EXAMPLES = int(os.environ.get("FHIRSVC_FUZZ_EXAMPLES", "25"))  # per operation and data kind; more: a deep run
@@ -71,7 +67,7 @@ def _key_file(folder: Path) -> Path:
     return path
 
 
-def build_app(mode: str, folder: Path, knowledge: Knowledge) -> Any:
+def build_app(mode: str, folder: Path, make_client: MakeClient) -> ASGIApp:
     fhir = FakeFhirServer(resources_of(load_fixture("hiv/fail-basic.json")))
     options: dict[str, Any] = {
         "store_url": f"sqlite:///{folder / 'fuzz.db'}",
@@ -80,12 +76,10 @@ def build_app(mode: str, folder: Path, knowledge: Knowledge) -> Any:
         "cds_time_budget": 1.0,
     }
     if mode == "auth":
-        settings = Settings(**trusted(cds_auth_discovery=True, **options))
+        client = make_client(fhir.transport, signer=None, cds_auth_discovery=True, **options)
     else:
-        settings = Settings(cds_auth="off", fhir_servers=[FHIR_BASE], **options)
-    app = create_app(settings, knowledge=knowledge, fhir_transport=fhir.transport)
-    app.dependency_overrides[today] = lambda: __import__("datetime").date(2026, 6, 1)
-    return app
+        client = make_client(fhir.transport, signer=None, cds_auth="off", cds_clients=[], **options)
+    return client.app  # schemathesis calls the app itself (SignRequests signs what needs a JWT)
 
 
 EXPECTED_OPERATIONS = {
@@ -113,8 +107,8 @@ def can_be_invalid(operation: Any) -> bool:
 # schemathesis.pytest.from_fixture() needs pytest's private Item._nodeid, gone in pytest 9.2: the operations and
 # their strategies are driven here with hypothesis directly instead (positive and negative data for each).
 @pytest.mark.parametrize("mode", ["auth", "open"])
-def test_every_operation_answers_as_documented(mode: str, tmp_path: Path, knowledge: Knowledge) -> None:
-    schema = load_schema(SignRequests(build_app(mode, tmp_path, knowledge)))
+def test_every_operation_answers_as_documented(mode: str, tmp_path: Path, make_client: MakeClient) -> None:
+    schema = load_schema(SignRequests(build_app(mode, tmp_path, make_client)))
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {f"{o.method.upper()} {o.path}" for o in operations} == EXPECTED_OPERATIONS
     headers = {"Authorization": SIGN_ME} if mode == "auth" else {}
@@ -147,9 +141,9 @@ def test_every_operation_answers_as_documented(mode: str, tmp_path: Path, knowle
 
 
 @pytest.mark.parametrize("fixture", ["hiv/fail-basic.json", "t2d/a1c-above.json", "hiv/suppressed.json"])
-def test_real_cards_conform_to_the_schema(fixture: str, tmp_path: Path, knowledge: Knowledge) -> None:
+def test_real_cards_conform_to_the_schema(fixture: str, tmp_path: Path, make_client: MakeClient) -> None:
     """Generated requests rarely get past validation to a card; real patients' cards must match the schema too."""
-    app = SignRequests(build_app("auth", tmp_path, knowledge))
+    app = SignRequests(build_app("auth", tmp_path, make_client))
     loaded = load_schema(app)
     operation = loaded["/cds-services/{service_id}"]["POST"]
     bundle = load_fixture(fixture)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -10,8 +11,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -21,13 +22,10 @@ from cryptography.hazmat.primitives import serialization
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from fhirsvc.api.app import create_app
-from fhirsvc.api.cds import today
-from fhirsvc.api.logs import configure_logging, hash_patient
+from fhirsvc.api.logs import hash_patient
 from fhirsvc.cds.services import PREFETCH
 from fhirsvc.config import Settings
 from fhirsvc.store.models import SeenJti
-from fhirsvc.terminology.knowledge import Knowledge
 from tests.cds_helpers import (
     CLIENT_ISS,
     FHIR_BASE,
@@ -40,7 +38,8 @@ from tests.cds_helpers import (
     prefetch_from,
     resources_of,
 )
-from tests.conftest import load_fixture
+from tests.conftest import NO_NETWORK, MakeClient, load_fixture
+from tests.virtual_time import VirtualClock
 
 PATIENT_VIEW = "/cds-services/second-line-patient-view"
 FEEDBACK = PATIENT_VIEW + "/feedback"
@@ -67,29 +66,21 @@ class JwksServer:
         return httpx.Response(200, json={"keys": [s.jwk() for s in self.signers]})
 
 
-def _no_network(request: httpx.Request) -> httpx.Response:
-    raise AssertionError(f"unexpected outbound request to {request.url}")
+ISSUERS = [ES384.client_config(JWKS_URL), RS384.client_config()]  # the EHRs this module's app trusts
+MakeApp = Callable[..., TestClient]
 
 
-def make_app(
-    knowledge: Knowledge,
-    jwks: JwksServer | None = None,
-    fhir: httpx.MockTransport | None = None,
-    **overrides: Any,
-) -> TestClient:
-    settings: dict[str, Any] = {
-        "cds_clients": [ES384.client_config(JWKS_URL), RS384.client_config()],
-        "fhir_servers": [FHIR_BASE],
-        **overrides,
-    }
-    app = create_app(
-        Settings(**settings),
-        knowledge=knowledge,
-        fhir_transport=fhir or httpx.MockTransport(_no_network),
-        jwks_transport=httpx.MockTransport((jwks or JwksServer(ES384)).handle),
-    )
-    app.dependency_overrides[today] = lambda: date(2026, 6, 1)
-    return TestClient(app)
+@pytest.fixture
+def make_app(make_client: MakeClient) -> MakeApp:
+    """The app trusting ISSUERS, their JWKS URL served by `jwks`; each test sends its own Authorization."""
+
+    def make(
+        jwks: JwksServer | None = None, fhir: httpx.AsyncBaseTransport = NO_NETWORK, **settings: Any
+    ) -> TestClient:
+        transport = httpx.MockTransport((jwks or JwksServer(ES384)).handle)
+        return make_client(fhir, jwks=transport, signer=None, **{"cds_clients": ISSUERS, **settings})
+
+    return make
 
 
 @pytest.fixture
@@ -98,8 +89,8 @@ def jwks() -> JwksServer:
 
 
 @pytest.fixture
-def client(knowledge: Knowledge, jwks: JwksServer) -> Iterator[TestClient]:
-    with make_app(knowledge, jwks) as test_client:
+def client(make_app: MakeApp, jwks: JwksServer) -> Iterator[TestClient]:
+    with make_app(jwks) as test_client:
         yield test_client
 
 
@@ -229,10 +220,10 @@ def test_jku_not_on_the_allowlist_is_refused_and_never_fetched(client: TestClien
     assert EVIL_JWKS not in jwks.requests and jwks.requests == []
 
 
-def test_unknown_kid_refreshes_the_jwks_at_most_once_a_minute(knowledge: Knowledge) -> None:
+def test_unknown_kid_refreshes_the_jwks_at_most_once_a_minute(make_app: MakeApp) -> None:
     rotated = Signer("ES384", kid="es-2")
     jwks = JwksServer(ES384)
-    with make_app(knowledge, jwks) as client:
+    with make_app(jwks) as client:
         assert call(client, ES384.token(PATIENT_VIEW)).status_code == 200
         assert len(jwks.requests) == 1
         issuer = client.app.state.cds_auth.issuers[CLIENT_ISS]  # type: ignore[attr-defined]
@@ -250,27 +241,23 @@ def test_unknown_kid_refreshes_the_jwks_at_most_once_a_minute(knowledge: Knowled
         assert call(client, ES384.token(PATIENT_VIEW)).status_code == 200  # the old key is still published
 
 
-def test_unknown_kid_on_first_use_is_one_fetch_then_refused(knowledge: Knowledge) -> None:
+def test_unknown_kid_on_first_use_is_one_fetch_then_refused(make_app: MakeApp) -> None:
     jwks = JwksServer(ES384)
-    with make_app(knowledge, jwks) as client:
+    with make_app(jwks) as client:
         assert_bare_401(call(client, Signer("ES384", kid="k-x").token(PATIENT_VIEW)))
         assert_bare_401(call(client, Signer("ES384", kid="k-y").token(PATIENT_VIEW)))
     assert jwks.requests == [JWKS_URL]
 
 
-def test_unreachable_jwks_refuses_and_is_not_hammered(knowledge: Knowledge) -> None:
+def test_unreachable_jwks_refuses_and_is_not_hammered(make_client: MakeClient) -> None:
     fetches: list[str] = []
 
     def down(request: httpx.Request) -> httpx.Response:
         fetches.append(str(request.url))
         raise httpx.ConnectError("refused")
 
-    app = create_app(
-        Settings(cds_clients=[ES384.client_config(JWKS_URL)]),
-        knowledge=knowledge,
-        jwks_transport=httpx.MockTransport(down),
-    )
-    with TestClient(app) as client:
+    jwks = httpx.MockTransport(down)
+    with make_client(jwks=jwks, signer=None, cds_clients=[ES384.client_config(JWKS_URL)]) as client:
         for _ in range(3):
             assert_bare_401(call(client, ES384.token(PATIENT_VIEW)))
     assert fetches == [JWKS_URL]
@@ -289,9 +276,9 @@ def test_expired_jti_rows_are_purged(client: TestClient) -> None:
 # Which endpoints need a token -------------------------------------------------------------------------------------
 
 
-def test_discovery_is_open_unless_configured(knowledge: Knowledge, client: TestClient) -> None:
+def test_discovery_is_open_unless_configured(make_app: MakeApp, client: TestClient) -> None:
     assert client.get("/cds-services").status_code == 200
-    with make_app(knowledge, cds_auth_discovery=True) as guarded:
+    with make_app(cds_auth_discovery=True) as guarded:
         assert_bare_401(guarded.get("/cds-services"))
         assert_bare_401(guarded.get("/cds-services", headers={"Authorization": f"Bearer {ES384.token(PATIENT_VIEW)}"}))
         ok = guarded.get("/cds-services", headers={"Authorization": f"Bearer {ES384.token('/cds-services')}"})
@@ -314,14 +301,14 @@ def test_probes_and_metrics_need_no_token(client: TestClient) -> None:
     assert client.get("/metrics").status_code == 200
 
 
-def test_no_clients_configured_refuses_everyone(knowledge: Knowledge, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING), make_app(knowledge, cds_clients=[]) as client:
+def test_no_clients_configured_refuses_everyone(make_app: MakeApp, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING), make_app(cds_clients=[]) as client:
         assert_bare_401(call(client, ES384.token(PATIENT_VIEW)))
     assert any("FHIRSVC_CDS_CLIENTS" in r.getMessage() for r in caplog.records)
 
 
-def test_auth_off_works_without_a_token_and_warns(knowledge: Knowledge, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING), make_app(knowledge, cds_auth="off", cds_clients=[]) as client:
+def test_auth_off_works_without_a_token_and_warns(make_app: MakeApp, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING), make_app(cds_auth="off", cds_clients=[]) as client:
         assert call(client, None).status_code == 200
         assert (
             client.post(
@@ -375,9 +362,9 @@ class Recorder:
         "https://fhir.example.test/r4-other",
     ],
 )
-def test_a_fhir_server_off_the_allowlist_is_400_and_nothing_leaves(knowledge: Knowledge, fhir_server: str) -> None:
+def test_a_fhir_server_off_the_allowlist_is_400_and_nothing_leaves(make_app: MakeApp, fhir_server: str) -> None:
     recorder = Recorder()
-    with make_app(knowledge, fhir=httpx.MockTransport(recorder.handle)) as client:
+    with make_app(fhir=httpx.MockTransport(recorder.handle)) as client:
         client.auth = SignedCalls(ES384)
         response = client.post(
             PATIENT_VIEW, json=hook_request("hiv-fail-basic", None, fhir_server=fhir_server, token=TOKEN)
@@ -397,18 +384,18 @@ def test_a_fhir_server_off_the_allowlist_is_400_and_nothing_leaves(knowledge: Kn
         ("https://FHIR.example.test:443/r4", FHIR_BASE),
     ],
 )
-def test_allowlisted_fhir_server_matches_after_normalisation(knowledge: Knowledge, listed: str, named: str) -> None:
+def test_allowlisted_fhir_server_matches_after_normalisation(make_app: MakeApp, listed: str, named: str) -> None:
     server = FakeFhirServer(resources_of(load_fixture("hiv/fail-basic.json")))
-    with make_app(knowledge, fhir=server.transport, fhir_servers=[listed]) as client:
+    with make_app(fhir=server.transport, fhir_servers=[listed]) as client:
         client.auth = SignedCalls(ES384)
         response = client.post(PATIENT_VIEW, json=hook_request("hiv-fail-basic", None, fhir_server=named, token=TOKEN))
     assert response.status_code == 200 and response.json()["cards"]
     assert len(server.requests) == len(PREFETCH)
 
 
-def test_no_allowlist_means_no_fhir_server_at_all(knowledge: Knowledge) -> None:
+def test_no_allowlist_means_no_fhir_server_at_all(make_app: MakeApp) -> None:
     recorder = Recorder()
-    with make_app(knowledge, fhir=httpx.MockTransport(recorder.handle), fhir_servers=[]) as client:
+    with make_app(fhir=httpx.MockTransport(recorder.handle), fhir_servers=[]) as client:
         client.auth = SignedCalls(ES384)
         response = client.post(PATIENT_VIEW, json=hook_request("p", None, fhir_server=FHIR_BASE, token=TOKEN))
     assert response.status_code == 400 and recorder.requests == []
@@ -427,7 +414,7 @@ def test_fhir_servers_setting(monkeypatch: pytest.MonkeyPatch) -> None:
             Settings()
 
 
-def test_explicitly_listed_loopback_server_may_use_http(knowledge: Knowledge) -> None:
+def test_explicitly_listed_loopback_server_may_use_http(make_app: MakeApp) -> None:
     loopback = "http://127.0.0.1:8080/fhir"
     seen: list[str] = []
 
@@ -435,13 +422,13 @@ def test_explicitly_listed_loopback_server_may_use_http(knowledge: Knowledge) ->
         seen.append(str(request.url))
         return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset", "entry": []})
 
-    with make_app(knowledge, fhir=httpx.MockTransport(handle), fhir_servers=[loopback]) as client:
+    with make_app(fhir=httpx.MockTransport(handle), fhir_servers=[loopback]) as client:
         client.auth = SignedCalls(ES384)
         response = client.post(PATIENT_VIEW, json=hook_request("p", None, fhir_server=loopback))
     assert response.status_code == 200 and seen and all(u.startswith(loopback) for u in seen)
 
 
-def test_a_redirect_to_another_host_is_not_followed(knowledge: Knowledge) -> None:
+def test_a_redirect_to_another_host_is_not_followed(make_app: MakeApp) -> None:
     seen: list[httpx.URL] = []
 
     def handle(request: httpx.Request) -> httpx.Response:
@@ -450,7 +437,7 @@ def test_a_redirect_to_another_host_is_not_followed(knowledge: Knowledge) -> Non
             raise AssertionError(f"followed a redirect to {request.url}")
         return httpx.Response(302, headers={"Location": "https://evil.example.test/collect"})
 
-    with make_app(knowledge, fhir=httpx.MockTransport(handle)) as client:
+    with make_app(fhir=httpx.MockTransport(handle)) as client:
         client.auth = SignedCalls(ES384)
         response = client.post(PATIENT_VIEW, json=hook_request("p", None, fhir_server=FHIR_BASE, token=TOKEN))
     assert response.status_code < 500
@@ -460,26 +447,12 @@ def test_a_redirect_to_another_host_is_not_followed(knowledge: Knowledge) -> Non
 # Logs and metrics --------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def log_lines() -> Iterator[io.StringIO]:
-    root, httpx_logger = logging.getLogger(), logging.getLogger("httpx")
-    levels = (root.level, httpx_logger.level)
-    stream = io.StringIO()
-    handler = configure_logging(stream=stream)
-    yield stream
-    root.removeHandler(handler)
-    root.setLevel(levels[0])
-    httpx_logger.setLevel(levels[1])
-    logging.getLogger("httpcore").setLevel(logging.NOTSET)
-    logging.getLogger("uvicorn.access").disabled = False
-
-
 def test_one_json_line_per_request_with_hashed_patient_and_no_secrets(
-    knowledge: Knowledge, log_lines: io.StringIO
+    make_app: MakeApp, log_lines: io.StringIO
 ) -> None:
     server = FakeFhirServer(resources_of(load_fixture("hiv/fail-basic.json")))
     jwt_token = ES384.token(PATIENT_VIEW)
-    with make_app(knowledge, fhir=server.transport, log_salt="pepper") as client:
+    with make_app(fhir=server.transport, log_salt="pepper") as client:
         response = client.post(
             PATIENT_VIEW,
             json=hook_request("hiv-fail-basic", None, fhir_server=FHIR_BASE, token=TOKEN),
@@ -520,6 +493,27 @@ def test_one_json_line_per_request_with_hashed_patient_and_no_secrets(
     assert logging.getLogger("httpx").getEffectiveLevel() >= logging.WARNING
 
 
+def test_requests_are_timed_on_the_app_clock(make_client: MakeClient, log_lines: io.StringIO) -> None:
+    """The log line's duration and the metrics read the clock the app was given (here, a virtual one)."""
+    server = FakeFhirServer(resources_of(load_fixture("hiv/fail-basic.json")))
+
+    async def answer_after_a_quarter_second(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.25)
+        return server.handle(request)
+
+    clock = VirtualClock()
+    with make_client(httpx.MockTransport(answer_after_a_quarter_second), clock=clock) as client:
+        response = client.post(
+            PATIENT_VIEW, json=hook_request("hiv-fail-basic", None, fhir_server=FHIR_BASE, token=TOKEN)
+        )
+        metrics = client.get("/metrics").text
+    assert response.status_code == 200
+    served = next(line for line in map(json.loads, log_lines.getvalue().splitlines()) if line.get("method") == "POST")
+    assert served["status"] == 200 and served["duration_ms"] == 250.0
+    route = 'route="/cds-services/{service_id}"'
+    assert f'fhirsvc_http_request_duration_seconds_sum{{method="POST",{route},status="200"}} 0.25' in metrics
+
+
 def test_unsafe_request_ids_are_replaced(client: TestClient) -> None:
     response = client.get("/livez", headers={"X-Request-ID": "x" * 500})
     assert response.headers["X-Request-ID"] != "x" * 500 and len(response.headers["X-Request-ID"]) == 32
@@ -542,8 +536,8 @@ def test_metrics_count_requests_per_route_template_and_status(client: TestClient
 # Body size limit --------------------------------------------------------------------------------------------------
 
 
-def test_body_over_the_limit_is_413_before_parsing(knowledge: Knowledge) -> None:
-    with make_app(knowledge, max_body_bytes=2048) as client:
+def test_body_over_the_limit_is_413_before_parsing(make_app: MakeApp) -> None:
+    with make_app(max_body_bytes=2048) as client:
         client.auth = SignedCalls(ES384)
         big = b'{"hook": "patient-view", "pad": "' + b"x" * 4096 + b'"}'
         response = client.post(PATIENT_VIEW, content=big, headers={"Content-Type": "application/json"})
@@ -555,14 +549,14 @@ def test_body_over_the_limit_is_413_before_parsing(knowledge: Knowledge) -> None
         assert small.status_code == 200
 
 
-def test_chunked_body_without_content_length_is_413(knowledge: Knowledge) -> None:
+def test_chunked_body_without_content_length_is_413(make_app: MakeApp) -> None:
     def chunks() -> Iterator[bytes]:
         yield b'{"hook": "patient-view", "pad": "'
         for _ in range(8):
             yield b"x" * 1024
         yield b'"}'
 
-    with make_app(knowledge, max_body_bytes=2048) as client:
+    with make_app(max_body_bytes=2048) as client:
         client.auth = SignedCalls(ES384)
         response = client.post(PATIENT_VIEW, content=chunks(), headers={"Content-Type": "application/json"})
     assert response.status_code == 413

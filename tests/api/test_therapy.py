@@ -8,21 +8,19 @@ from datetime import date
 import pytest
 from fastapi.testclient import TestClient
 
-from fhirsvc.api.app import create_app
-from fhirsvc.config import Settings
 from fhirsvc.pipeline import evaluate_record
 from fhirsvc.poll.worker import fingerprint
 from fhirsvc.record.model import RecordBuilder
 from fhirsvc.render.report import patient_report
 from fhirsvc.store.repository import save_state
 from fhirsvc.terminology.knowledge import Knowledge
-from tests.cds_helpers import CLIENT, SignedCalls, trusted
-from tests.conftest import load_fixture
+from tests.cds_helpers import CLIENT, SignedCalls
+from tests.conftest import MakeClient, load_fixture
 
 
 @pytest.fixture
-def client(knowledge: Knowledge) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(**trusted()), knowledge=knowledge)) as test_client:
+def client(make_client: MakeClient) -> Iterator[TestClient]:
+    with make_client(signer=None) as test_client:  # each test decides whether it calls as the trusted client
         yield test_client
 
 

@@ -13,10 +13,13 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.conftest import FIXTURES
 
 HAPI_DIR = Path(__file__).resolve().parents[1] / "hapi"
 RUN_SCRIPT = HAPI_DIR / "run"
@@ -203,6 +206,21 @@ def post_transaction(base_url: str, bundle: dict[str, Any], token: str | None = 
         )
     result: dict[str, Any] = response.json()
     return result
+
+
+def copies_of(names: list[str], folder: Path) -> tuple[list[Path], dict[str, str]]:
+    """Copies of example patients (`fixtures/hiv/<name>.json`) under ids no other test uses, written to `folder`:
+    loaded with `fhirsvc sandbox load`, their patients, findings and write-backs belong to one test alone on the
+    shared server. Returns the files and each name's fixture Patient id in them."""
+    suffix = uuid.uuid4().hex[:8]
+    paths, ids = [], {}
+    for name in names:
+        fixture_id = f"hiv-{name}"
+        ids[name] = f"{fixture_id}-{suffix}"
+        path = folder / f"{ids[name]}.json"
+        path.write_text((FIXTURES / "hiv" / f"{name}.json").read_text().replace(fixture_id, ids[name]))
+        paths.append(path)
+    return paths, ids
 
 
 def search_all(url: str, token: str | None = None, max_pages: int = 100) -> list[dict[str, Any]]:

@@ -9,12 +9,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from fhirsvc.api.app import create_app
-from fhirsvc.api.cds import today
-from fhirsvc.config import Settings
-from fhirsvc.terminology.knowledge import Knowledge
-from tests.cds_helpers import CLIENT, SignedCalls, hook_request, trusted
-from tests.conftest import load_fixture
+from tests.cds_helpers import hook_request
+from tests.conftest import MakeClient, load_fixture
 from tests.integration.hapi import post_transaction
 
 pytestmark = pytest.mark.hapi
@@ -24,14 +20,12 @@ FIXTURES = ["fail-basic", "medicationrequest-only", "suppressed", "already-switc
 
 
 @pytest.fixture(scope="module")
-def service(knowledge: Knowledge, hapi_base_url: str, hapi_token_server: tuple[str, str]) -> Iterator[TestClient]:
-    # Real httpx: every fetch goes to HAPI over loopback, which must be listed to be allowed. A generous time
-    # budget: these tests check what is read, not how fast a cold JVM answers.
-    settings = trusted(fhir_servers=[hapi_base_url, hapi_token_server[0]], cds_time_budget=60.0)
-    app = create_app(Settings(**settings), knowledge=knowledge)
-    app.dependency_overrides[today] = lambda: AS_OF
-    with TestClient(app) as client:
-        client.auth = SignedCalls(CLIENT)  # CDS client authentication stays on
+def service(make_client: MakeClient, hapi_base_url: str, hapi_token_server: tuple[str, str]) -> Iterator[TestClient]:
+    # Real httpx (no transport): every fetch goes to HAPI over loopback, which must be listed to be allowed. A
+    # generous time budget: these tests check what is read, not how fast a cold JVM answers. CDS client
+    # authentication stays on: every call is signed.
+    servers = [hapi_base_url, hapi_token_server[0]]
+    with make_client(None, fhir_servers=servers, cds_time_budget=60.0) as client:
         yield client
 
 

@@ -8,13 +8,13 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from fhirsvc.api.app import create_app
 from fhirsvc.config import Settings
 from fhirsvc.fhir.client import FhirClientPool
 from fhirsvc.pipeline import evaluate_record
 from fhirsvc.record.gather import fetch_patient
 from fhirsvc.terminology.knowledge import Knowledge
-from tests.cds_helpers import CLIENT, SignedCalls, hook_request, trusted
+from tests.cds_helpers import hook_request
+from tests.conftest import MakeClient
 from tests.integration import mcode
 from tests.integration.hapi import post_transaction
 
@@ -41,10 +41,8 @@ def patients(hapi_base_url: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def service(knowledge: Knowledge, hapi_base_url: str) -> Iterator[TestClient]:
-    app = create_app(Settings(**trusted(fhir_servers=[hapi_base_url], cds_time_budget=60.0)), knowledge=knowledge)
-    with TestClient(app) as client:
-        client.auth = SignedCalls(CLIENT)
+def service(make_client: MakeClient, hapi_base_url: str) -> Iterator[TestClient]:
+    with make_client(None, fhir_servers=[hapi_base_url], cds_time_budget=60.0) as client:
         yield client
 
 

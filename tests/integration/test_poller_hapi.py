@@ -22,8 +22,8 @@ from fhirsvc.sandbox import load
 from fhirsvc.store.db import Store
 from fhirsvc.store.models import WriteBack
 from fhirsvc.terminology.knowledge import Knowledge
-from tests.conftest import FIXTURES
-from tests.integration.hapi import post_transaction
+from tests.integration import hapi
+from tests.integration.hapi import copies_of, post_transaction
 
 pytestmark = [pytest.mark.hapi, pytest.mark.anyio]
 AS_OF = date(2026, 6, 1)
@@ -36,25 +36,17 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(scope="module")
-def loaded(hapi_base_url: str) -> dict[str, str]:
-    """Example patients loaded with `fhirsvc sandbox load` (conditional creates); fixture id → server id."""
-    paths = [FIXTURES / "hiv" / f"{name}.json" for name in FAILING + QUIET]
-    first = load(hapi_base_url, paths)
-    again = load(hapi_base_url, paths)
+def load_own(base: str, names: list[str], folder: Path) -> dict[str, str]:
+    """Copies of example patients that only the calling test reads and changes; name → server Patient id."""
+    paths, ids = copies_of(names, folder)
+    first = load(base, paths)
+    again = load(base, paths)  # conditional creates: loading twice creates nothing new
     assert first.created > 0 and again.created == 0, "loading twice must create nothing new"
-    return first.patients
+    return {name: first.patients[ids[name]] for name in names}
 
 
 def search_all(base: str, query: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    url: str | None = f"{base}/{query}"
-    with httpx.Client(timeout=30, headers={"Cache-Control": "no-cache"}) as http:
-        while url:
-            bundle = http.get(url).raise_for_status().json()
-            found += [e["resource"] for e in bundle.get("entry", [])]
-            url = next((link["url"] for link in bundle.get("link", []) if link["relation"] == "next"), None)
-    return found
+    return [entry["resource"] for entry in hapi.search_all(f"{base}/{query}")]
 
 
 def finding_identifiers(base: str, resource_type: str) -> Counter[str]:
@@ -79,8 +71,9 @@ async def run_cycle(base: str, knowledge: Knowledge, store: Store) -> Any:
 
 
 async def test_poll_writes_each_finding_once_and_closes_resolved_ones(
-    hapi_base_url: str, loaded: dict[str, str], knowledge: Knowledge, store: Store
+    hapi_base_url: str, knowledge: Knowledge, store: Store, tmp_path: Path
 ) -> None:
+    loaded = load_own(hapi_base_url, FAILING + QUIET, tmp_path)
     first = await run_cycle(hapi_base_url, knowledge, store)
     assert not first.failed and first.patients >= len(FAILING + QUIET)
     tasks = {
@@ -88,11 +81,11 @@ async def test_poll_writes_each_finding_once_and_closes_resolved_ones(
         for t in search_all(hapi_base_url, "Task?code=urn:fhirsvc:task|evaluate-second-line&_count=200")
     }
     for name in FAILING:
-        task = tasks[f"Patient/{loaded[f'hiv-{name}']}"]
+        task = tasks[f"Patient/{loaded[name]}"]
         assert task["status"] == "requested" and task["focus"]["reference"].startswith("GuidanceResponse/")
     for name in QUIET:
-        assert f"Patient/{loaded[f'hiv-{name}']}" not in tasks
-    guidance = search_all(hapi_base_url, f"GuidanceResponse?subject=Patient/{loaded['hiv-fail-basic']}")
+        assert f"Patient/{loaded[name]}" not in tasks
+    guidance = search_all(hapi_base_url, f"GuidanceResponse?subject=Patient/{loaded['fail-basic']}")
     (response,) = guidance
     assert response["result"]["reference"].startswith("RequestGroup/")
     assert {r["reference"].split("/")[0] for r in response["reasonReference"]} >= {"Observation"}
@@ -102,7 +95,7 @@ async def test_poll_writes_each_finding_once_and_closes_resolved_ones(
     assert all(count == 1 for count in finding_identifiers(hapi_base_url, "GuidanceResponse").values())
 
     # The viral load comes back suppressed: the open Task is cancelled with a reason.
-    patient = loaded["hiv-fail-basic"]
+    patient = loaded["fail-basic"]
     suppressed = {
         "resourceType": "Observation",
         "status": "final",
@@ -131,11 +124,10 @@ async def test_poll_writes_each_finding_once_and_closes_resolved_ones(
 
 
 async def test_a_death_recorded_on_the_patient_closes_its_open_tasks(
-    hapi_base_url: str, knowledge: Knowledge, store: Store
+    hapi_base_url: str, knowledge: Knowledge, store: Store, tmp_path: Path
 ) -> None:
     """Only the Patient changes (deceasedDateTime): the poller sees it, writes nothing new and closes the Task."""
-    # A patient of its own: the other tests count on theirs staying alive and failing.
-    patient = load(hapi_base_url, [FIXTURES / "hiv" / "line2-failing.json"]).patients["hiv-line2-failing"]
+    patient = load_own(hapi_base_url, ["line2-failing"], tmp_path)["line2-failing"]
     first = await run_cycle(hapi_base_url, knowledge, store)
     assert not first.failed
     (task,) = search_all(hapi_base_url, f"Task?patient=Patient/{patient}&status=requested")
@@ -152,10 +144,10 @@ async def test_a_death_recorded_on_the_patient_closes_its_open_tasks(
 
 
 async def test_a_search_cut_short_writes_and_closes_nothing(
-    hapi_base_url: str, knowledge: Knowledge, store: Store
+    hapi_base_url: str, knowledge: Knowledge, store: Store, tmp_path: Path
 ) -> None:
     """Orders beyond the page cap could hold the regimen change: the open Task stays open, nothing new is written."""
-    patient = load(hapi_base_url, [FIXTURES / "hiv" / "log10-above.json"]).patients["hiv-log10-above"]
+    patient = load_own(hapi_base_url, ["log10-above"], tmp_path)["log10-above"]
     assert not (await run_cycle(hapi_base_url, knowledge, store)).failed
     (task,) = search_all(hapi_base_url, f"Task?patient=Patient/{patient}&status=requested")
     other_drug = {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "29046"}]}
@@ -187,8 +179,9 @@ async def test_a_search_cut_short_writes_and_closes_nothing(
 
 
 def test_a_crash_between_write_back_and_cursor_loses_nothing_and_duplicates_nothing(
-    hapi_base_url: str, loaded: dict[str, str], tmp_path: Path
+    hapi_base_url: str, tmp_path: Path
 ) -> None:
+    failing = load_own(hapi_base_url, FAILING, tmp_path)
     env = {**os.environ, "FHIRSVC_STORE_URL": f"sqlite:///{tmp_path / 'crash.db'}", "FHIRSVC_TODAY": AS_OF.isoformat()}
     command = [sys.executable, "-m", "fhirsvc.cli", "poll", "--fhir-server", hapi_base_url, "--once"]
     crashed = subprocess.run(
@@ -204,6 +197,5 @@ def test_a_crash_between_write_back_and_cursor_loses_nothing_and_duplicates_noth
     assert counts and all(count == 1 for count in counts.values()), counts
     with store.session() as session:
         patients = {w.patient for w in session.query(WriteBack)}
-    still_failing = [name for name in FAILING if name != "fail-basic"]  # the other test re-suppressed fail-basic
-    assert {f"Patient/{loaded[f'hiv-{name}']}" for name in still_failing} <= patients
+    assert {f"Patient/{patient}" for patient in failing.values()} <= patients
     store.close()

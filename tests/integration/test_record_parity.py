@@ -16,8 +16,8 @@ from fhirsvc.pipeline import evaluate_record
 from fhirsvc.record.model import RecordBuilder
 from fhirsvc.render.cards import cards_for
 from fhirsvc.terminology.knowledge import Knowledge
-from tests.cds_helpers import hook_request, signed_client
-from tests.conftest import FIXTURES
+from tests.cds_helpers import hook_request
+from tests.conftest import FIXTURES, MakeClient
 from tests.integration.hapi import fhir_get, post_transaction
 
 pytestmark = pytest.mark.hapi
@@ -27,10 +27,10 @@ EXAMPLES = sorted(p for p in FIXTURES.glob("*/*.json") if p.parent.name != "cds"
 
 
 @pytest.fixture(scope="module")
-def service(knowledge: Knowledge, hapi_base_url: str) -> Iterator[TestClient]:
+def service(make_client: MakeClient, hapi_base_url: str) -> Iterator[TestClient]:
     for path in EXAMPLES:  # PUT with the fixtures' own ids: references in the cards compare as they are
         post_transaction(hapi_base_url, orjson.loads(path.read_bytes()))
-    with signed_client(knowledge, None, AS_OF, fhir_servers=[hapi_base_url], cds_time_budget=60.0) as client:
+    with make_client(None, as_of=AS_OF, fhir_servers=[hapi_base_url], cds_time_budget=60.0) as client:
         yield client
 
 

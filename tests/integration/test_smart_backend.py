@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +25,11 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from fastapi.testclient import TestClient
 
-from fhirsvc.api.app import create_app
-from fhirsvc.config import Settings
 from fhirsvc.fhir.auth import CLIENT_ASSERTION_TYPE, SigningKey, SmartBackendAuth, load_key_set
 from fhirsvc.sandbox import load
-from fhirsvc.terminology.knowledge import Knowledge
-from tests.conftest import FIXTURES
-from tests.integration.hapi import fhir_get
+from tests.conftest import MakeClient
+from tests.integration.hapi import copies_of, fhir_get
 from tests.integration.token_server import RegisteredClient, TokenServer
 
 pytestmark = [pytest.mark.hapi]
@@ -58,10 +54,9 @@ def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def published_jwks(key_file: Path, knowledge: Knowledge) -> dict[str, Any]:
+def published_jwks(key_file: Path, make_client: MakeClient) -> dict[str, Any]:
     """What an EHR administrator registers: fhirsvc's own /.well-known/jwks.json."""
-    settings = Settings(smart_client_id=CLIENT_ID, smart_private_key_file=key_file, smart_kid=KID)
-    with TestClient(create_app(settings, knowledge=knowledge)) as client:
+    with make_client(smart_client_id=CLIENT_ID, smart_private_key_file=key_file, smart_kid=KID) as client:
         response = client.get("/.well-known/jwks.json")
     assert response.status_code == 200
     jwks: dict[str, Any] = response.json()
@@ -77,13 +72,14 @@ def token_server(hapi_token_server: tuple[str, str], published_jwks: dict[str, A
     server.stop()
 
 
-def unique_patient(tmp_path: Path, name: str = "fail-basic") -> tuple[Path, str]:
-    """A copy of a fixture under new ids, so this test's patient and findings are its own on the shared server."""
-    fixture_id = f"hiv-{name}"
-    new_id = f"{fixture_id}-smart-{uuid.uuid4().hex[:8]}"
-    path = tmp_path / f"{new_id}.json"
-    path.write_text((FIXTURES / "hiv" / f"{name}.json").read_text().replace(fixture_id, new_id))
-    return path, new_id
+def load_own_patient(base: str, token: str, folder: Path) -> tuple[str, str]:
+    """A copy of fail-basic that only this test reads, and the server's own time of loading it: polling from then,
+    only what this test loads counts as changed (the server is shared with the other integration tests)."""
+    paths, ids = copies_of(["fail-basic"], folder)
+    patient = load(base, paths, token).patients[ids["fail-basic"]]
+    updated = fhir_get(f"{base}/Patient/{patient}", token).raise_for_status().json()["meta"]["lastUpdated"]
+    since = datetime.fromisoformat(updated.replace("Z", "+00:00")).astimezone(UTC)
+    return patient, since.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def poll_env(tmp_path: Path, key_file: Path, token_url: str) -> dict[str, str]:
@@ -113,11 +109,7 @@ def test_poll_with_backend_services_reads_and_writes_the_protected_server(
     hapi_token_server: tuple[str, str], token_server: TokenServer, key_file: Path, tmp_path: Path
 ) -> None:
     base, hapi_token = hapi_token_server
-    # Only what this test loads counts as changed (the server is shared with the other integration tests).
-    since = (datetime.now(UTC) - timedelta(seconds=2)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    path, fixture_id = unique_patient(tmp_path)
-    loaded = load(base, [path], hapi_token)
-    patient = loaded.patients[fixture_id]
+    patient, since = load_own_patient(base, hapi_token, tmp_path)
     assert fhir_get(f"{base}/Patient/{patient}").status_code == 401  # protected: no token, no data
 
     result = poll_once(base, poll_env(tmp_path, key_file, token_server.token_url), since)
@@ -139,9 +131,7 @@ def test_a_poller_whose_key_is_not_registered_gets_no_token_and_writes_nothing(
     hapi_token_server: tuple[str, str], token_server: TokenServer, tmp_path: Path
 ) -> None:
     base, hapi_token = hapi_token_server
-    since = (datetime.now(UTC) - timedelta(seconds=2)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    path, fixture_id = unique_patient(tmp_path)
-    patient = load(base, [path], hapi_token).patients[fixture_id]
+    patient, since = load_own_patient(base, hapi_token, tmp_path)
     impostor = tmp_path / "impostor.pem"  # same client id and kid, another private key
     impostor.write_bytes(_pem(ec.generate_private_key(ec.SECP384R1())))
     impostor.chmod(0o600)

@@ -141,6 +141,21 @@ async def test_bearer_token_and_accept_header_are_sent(pool: FhirClientPool) -> 
 
 
 @respx.mock
+async def test_every_search_page_asks_past_server_result_caches(pool: FhirClientPool) -> None:
+    """HAPI answers a repeated search from its 60 s result cache unless told not to: the poller and a CDS call must
+    see what was written a moment ago, on the first page and on every page after it."""
+    route = respx.get(f"{BASE}/Observation").mock(
+        side_effect=[
+            httpx.Response(200, json=bundle(1, f"{BASE}/Observation?page=2")),
+            httpx.Response(200, json=bundle(2)),
+        ]
+    )
+    await pool.client(BASE).search("Observation?patient=1")
+    assert route.call_count == 2
+    assert [call.request.headers.get("Cache-Control") for call in route.calls] == ["no-cache", "no-cache"]
+
+
+@respx.mock
 async def test_non_json_body_is_an_invalid_response(pool: FhirClientPool) -> None:
     respx.get(f"{BASE}/Patient/1").mock(return_value=httpx.Response(200, text="<html>login</html>"))
     with pytest.raises(FhirInvalidResponse):

@@ -86,15 +86,6 @@ def test_accepted_connections_get_tcp_nodelay(host: str) -> None:
     assert asyncio.run(_accepted_nodelay(listener)) != 0
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="whether TCP_NODELAY starts off is the platform's default")
-def test_a_listener_made_like_uvicorns_leaves_tcp_nodelay_off() -> None:
-    # uvicorn's Config.bind_socket: the family only, so proto stays 0 and asyncio does not set TCP_NODELAY.
-    listener = socket.socket(socket.AF_INET)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((LOOPBACK, 0))
-    assert asyncio.run(_accepted_nodelay(listener)) == 0
-
-
 def test_reuse_port_listeners_share_a_port() -> None:
     with listening_socket(LOOPBACK, 0, reuse_port=True) as first:
         first.listen()

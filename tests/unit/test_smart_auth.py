@@ -16,12 +16,10 @@ import pytest
 import respx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from fastapi.testclient import TestClient
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from fhirsvc.api.app import create_app
 from fhirsvc.cli import app as cli_app
 from fhirsvc.config import DEFAULT_SMART_SCOPE, Settings
 from fhirsvc.fhir.auth import (
@@ -38,7 +36,7 @@ from fhirsvc.fhir.auth import (
 )
 from fhirsvc.fhir.client import FhirClientPool
 from fhirsvc.fhir.errors import FhirAuthError
-from fhirsvc.terminology.knowledge import Knowledge
+from tests.conftest import MakeClient
 
 BASE = "https://fhir.example.test/r4"
 DISCOVERY = f"{BASE}/.well-known/smart-configuration"
@@ -464,8 +462,13 @@ def test_a_key_file_readable_by_others_is_warned_about(tmp_path: Path, caplog: p
 # Settings, the CLI and the JWKS route ---------------------------------------------------------------------------
 
 
+def smart_options(tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    """The SMART settings of a poller whose key is EC_KEY, written to `tmp_path`/key.pem."""
+    return {"smart_client_id": CLIENT_ID, "smart_private_key_file": write(tmp_path, "key.pem", pem(EC_KEY)), **extra}
+
+
 def smart_settings(tmp_path: Path, **extra: Any) -> Settings:
-    return Settings(smart_client_id=CLIENT_ID, smart_private_key_file=write(tmp_path, "key.pem", pem(EC_KEY)), **extra)
+    return Settings(**smart_options(tmp_path, **extra))
 
 
 def test_settings_need_the_client_id_and_the_key_together_and_a_tls_token_url(tmp_path: Path) -> None:
@@ -501,28 +504,25 @@ def test_poll_refuses_an_unusable_smart_key(tmp_path: Path, monkeypatch: pytest.
     assert "at least 2048" in result.output
 
 
-def test_jwks_route_publishes_public_keys_only(tmp_path: Path, knowledge: Knowledge) -> None:
-    settings = smart_settings(tmp_path, smart_kid="poller-1")
-    with TestClient(create_app(settings, knowledge=knowledge)) as client:
+def test_jwks_route_publishes_public_keys_only(tmp_path: Path, make_client: MakeClient) -> None:
+    options = smart_options(tmp_path, smart_kid="poller-1")
+    with make_client(**options) as client:
         response = client.get("/.well-known/jwks.json")
     assert response.status_code == 200 and "max-age" in response.headers["Cache-Control"]
     (key,) = response.json()["keys"]
     assert key["kid"] == "poller-1" and key["alg"] == "ES384" and key["kty"] == "EC" and key["crv"] == "P-384"
     assert not PRIVATE_MEMBERS & set(key)
     # The published key verifies what the poller signs.
-    auth = SmartBackendAuth(
-        BASE, CLIENT_ID, load_key_set(settings.smart_private_key_file or Path(), "poller-1").signing, "s"
-    )
+    auth = SmartBackendAuth(BASE, CLIENT_ID, load_key_set(options["smart_private_key_file"], "poller-1").signing, "s")
     assertion = auth.assertion(TOKEN_URL)
     jwt.decode(assertion, jwt.PyJWK(key).key, algorithms=["ES384"], audience=TOKEN_URL)
 
 
-def test_jwks_route_without_a_key_is_404_and_with_a_broken_one_503(tmp_path: Path, knowledge: Knowledge) -> None:
-    with TestClient(create_app(Settings(), knowledge=knowledge)) as client:
+def test_jwks_route_without_a_key_is_404_and_with_a_broken_one_503(tmp_path: Path, make_client: MakeClient) -> None:
+    with make_client() as client:
         assert client.get("/.well-known/jwks.json").status_code == 404
-    settings = smart_settings(tmp_path)
-    assert settings.smart_private_key_file is not None
-    settings.smart_private_key_file.write_bytes(b"garbage")
-    with TestClient(create_app(settings, knowledge=knowledge)) as client:
+    options = smart_options(tmp_path)
+    options["smart_private_key_file"].write_bytes(b"garbage")
+    with make_client(**options) as client:
         response = client.get("/.well-known/jwks.json")
     assert response.status_code == 503 and "garbage" not in response.text
