@@ -10,7 +10,7 @@ from fhirsvc.deceased import Death, death_by
 from fhirsvc.facts import PatientFacts, extract_facts
 from fhirsvc.findings import Finding
 from fhirsvc.lot.engine import DrugEra, Line, build_lines, drug_eras, regimen_keys
-from fhirsvc.lot.exposures import indicated_eras, program_diagnoses, program_exposures
+from fhirsvc.lot.exposures import CoverageTable, indicated_eras, program_diagnoses, program_exposures
 from fhirsvc.record.model import MEDICATION_TYPES, PatientRecord
 from fhirsvc.rules import activity, confirmed_threshold, progression, targets, triggers  # noqa: F401 (registers kinds)
 from fhirsvc.rules.base import RULE_KINDS, ProgramContext
@@ -77,7 +77,7 @@ def evaluate_program(
         as_of = min(as_of, death.date)
     if not _in_scope(program, facts, classes, as_of):
         return None
-    coverage = knowledge.coverage(program)
+    coverage = CoverageTable(program.lines.coverage, classes) if program.lines.coverage else None
     counted, ends, named = program_exposures(facts.started_by(as_of), program, classes, as_of, coverage)
     eras = drug_eras(counted, classes.keys(), program.lines.era_gap_days, in_order=True, ends=ends)
     diagnoses = program_diagnoses(program, facts.diagnoses, facts.ended_diagnoses)

@@ -7,9 +7,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from fhirsvc.facts import ObservationFilter
-from fhirsvc.lot.exposures import CoverageTable
 from fhirsvc.terminology.catalog import Drug, DrugCatalog, load_catalog
+from fhirsvc.terminology.observation_filter import ObservationFilter
 from fhirsvc.terminology.paths import data_dir
 from fhirsvc.terminology.programs import Program, load_program, load_yaml
 from fhirsvc.terminology.safety import SafetyTables, load_safety
@@ -46,17 +45,6 @@ class Knowledge:
     def program_drugs(self, program: Program) -> dict[str, str]:
         """Ingredient → class for the program's catalog condition (computed once at load)."""
         return self.drug_classes[program.id]
-
-    @cached_property
-    def _coverage_tables(self) -> dict[str, CoverageTable | None]:
-        return {
-            p.id: CoverageTable(p.lines.coverage, self.drug_classes[p.id]) if p.lines.coverage else None
-            for p in self.programs
-        }
-
-    def coverage(self, program: Program) -> CoverageTable | None:
-        """How long the program's medication records without an end cover (resolved over its classes once)."""
-        return self._coverage_tables[program.id]
 
 
 def _with_triggers(data: dict[str, Any], triggers: dict[str, Any]) -> dict[str, Any]:
