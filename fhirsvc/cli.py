@@ -17,6 +17,7 @@ from fhirsvc.config import get_settings
 from fhirsvc.pipeline import evaluate_record
 from fhirsvc.record.files import load_records
 from fhirsvc.render.report import patient_report, patient_text
+from fhirsvc.rules.registry import RULE_KINDS
 from fhirsvc.terminology.knowledge import load_knowledge
 from fhirsvc.terminology.paths import data_dir
 
@@ -64,7 +65,7 @@ def evaluate(
 
     day = _as_of(as_of)
     settings = get_settings()
-    knowledge = load_knowledge(overrides=settings.thresholds, enabled=settings.programs)
+    knowledge = load_knowledge(overrides=settings.thresholds, enabled=settings.programs, rule_kinds=RULE_KINDS)
     try:
         index = index_records(paths)
     except FileNotFoundError as exc:
@@ -127,7 +128,7 @@ def poll(
         except SmartConfigError as exc:
             typer.echo(f"error: SMART Backend Services: {exc}", err=True)
             raise typer.Exit(2) from None
-    knowledge = load_knowledge(overrides=settings.thresholds, enabled=settings.programs)
+    knowledge = load_knowledge(overrides=settings.thresholds, enabled=settings.programs, rule_kinds=RULE_KINDS)
     store = Store(settings.store_url)
     store.upgrade()
 
@@ -176,7 +177,7 @@ def mappings_check(
     """Validate program files, code formats and check digits, ICD-10-CM codes and drug verification."""
     from fhirsvc.terminology.check import check_mappings
 
-    report = check_mappings(folder)
+    report = check_mappings(folder, rule_kinds=RULE_KINDS)
     typer.echo(f"ICD-10-CM table: {report.icd10cm_release}")
     for error in report.errors:
         typer.echo(f"error: {error}", err=True)
@@ -240,7 +241,7 @@ def demo(
     port: Annotated[int, typer.Option(help="Port for --serve.")] = 8000,
 ) -> None:
     """Evaluate the bundled example patients (fixtures/) and print a summary."""
-    knowledge = load_knowledge()
+    knowledge = load_knowledge(rule_kinds=RULE_KINDS)
     loaded = load_records([data_dir("fixtures")])
     day = date.fromisoformat(DEMO_AS_OF)
     typer.echo(f"fhirsvc demo: {len(loaded.records)} example patients, evaluated as of {DEMO_AS_OF}\n")

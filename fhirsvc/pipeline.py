@@ -12,8 +12,8 @@ from fhirsvc.findings import Finding
 from fhirsvc.lot.engine import DrugEra, Line, build_lines, drug_eras, regimen_keys
 from fhirsvc.lot.exposures import CoverageTable, indicated_eras, program_diagnoses, program_exposures
 from fhirsvc.record.model import MEDICATION_TYPES, PatientRecord
-from fhirsvc.rules import activity, confirmed_threshold, progression, targets, triggers  # noqa: F401 (registers kinds)
-from fhirsvc.rules.base import RULE_KINDS, ProgramContext
+from fhirsvc.rules.base import ProgramContext
+from fhirsvc.rules.registry import RULE_KINDS
 from fhirsvc.terminology.knowledge import Knowledge
 from fhirsvc.terminology.programs import Program, Rule
 
@@ -102,18 +102,13 @@ def evaluate_program(
 
 
 # What every rule reads: the patient, the diagnoses that put them in the program, and the lines built from every
-# medication type. Rule kinds that also read results, allergies or goals add those (RULE_EXTRA_INPUTS).
+# medication type. Each rule kind adds what else it reads (results, allergies, goals: `RuleKind.reads`).
 _LINE_INPUTS = frozenset({"Patient", "Condition", "Medication", *MEDICATION_TYPES})
-RULE_EXTRA_INPUTS: dict[str, frozenset[str]] = {
-    "intolerance": frozenset({"AllergyIntolerance"}),
-    "interaction": frozenset(),
-    "latest-above-target": frozenset({"Observation", "Goal"}),
-}
 
 
 def rule_inputs(rule: Rule) -> frozenset[str]:
-    """The resource types a rule's finding depends on (results unless its kind is known not to read them)."""
-    return _LINE_INPUTS | RULE_EXTRA_INPUTS.get(rule.kind, frozenset({"Observation"}))
+    """The resource types a rule's finding depends on."""
+    return _LINE_INPUTS | RULE_KINDS[rule.kind].reads
 
 
 def withheld(assessment: Finding, missing: list[str]) -> Finding:

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
+from fhirsvc.rules.registry import RULE_KINDS
 from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +24,7 @@ def _store_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
 
 @pytest.fixture(scope="session")
 def knowledge() -> Knowledge:
-    return load_knowledge()
+    return load_knowledge(rule_kinds=RULE_KINDS)
 
 
 def load_fixture(relative: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from fhirsvc.api.security import JWKS_TIMEOUT, BodySizeLimit, CdsAuthenticator, 
 from fhirsvc.api.therapy import router as patients_router
 from fhirsvc.config import Settings, get_settings
 from fhirsvc.fhir.client import FhirClientPool
+from fhirsvc.rules.registry import RULE_KINDS
 from fhirsvc.store.db import Store
 from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
 
@@ -41,7 +42,9 @@ def create_app(
     `fhir_transport` and `jwks_transport` replace the network for FHIR servers and CDS client JWKS URLs (tests).
     """
     settings = settings or get_settings()
-    knowledge = knowledge or load_knowledge(overrides=settings.thresholds, enabled=settings.programs)
+    knowledge = knowledge or load_knowledge(
+        overrides=settings.thresholds, enabled=settings.programs, rule_kinds=RULE_KINDS
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

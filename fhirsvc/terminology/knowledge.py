@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
 from fhirsvc.terminology.catalog import Drug, DrugCatalog, load_catalog
 from fhirsvc.terminology.observation_filter import ObservationFilter
 from fhirsvc.terminology.paths import data_dir
-from fhirsvc.terminology.programs import Program, load_program, load_yaml
+from fhirsvc.terminology.program_files import ProgramError, drug_name_problems, load_program, load_yaml
+from fhirsvc.terminology.programs import Program
+from fhirsvc.terminology.rule_params import RuleKinds
 from fhirsvc.terminology.safety import SafetyTables, load_safety
 
 # Catalog "condition" under which drugs known only to the safety tables are filed (they belong to no program).
@@ -70,8 +72,11 @@ def load_knowledge(
     overrides: dict[str, float] | None = None,
     enabled: list[str] | None = None,
     extra_programs: list[Path] | None = None,
+    *,
+    rule_kinds: RuleKinds,
 ) -> Knowledge:
-    """Read mappings/ (or another folder of the same layout); unknown override keys fail loudly."""
+    """Read mappings/ (or another folder of the same layout) and check it against the rule kinds (the rule
+    registry): unknown override keys and content that does not check (ProgramError) fail loudly, here."""
     root = mappings or data_dir("mappings")
     catalog = load_catalog(root / "drugs")
     safety, extra_drugs = load_safety(root / "drugs")
@@ -84,11 +89,21 @@ def load_knowledge(
     triggers_path = root / "triggers.yaml"
     triggers = load_yaml(triggers_path.read_text(encoding="utf-8")) if triggers_path.exists() else {}
     paths = sorted((root / "programs").glob("*.yaml")) + list(extra_programs or [])
-    programs = [
-        load_program(path, overrides, lambda d: _with_triggers(d, triggers), root / "valuesets") for path in paths
-    ]
+    with_triggers = partial(_with_triggers, triggers=triggers)
+    loaded: list[tuple[str, Program]] = []
+    problems: list[str] = []
+    for path in paths:
+        try:
+            program = load_program(path, rule_kinds, overrides, with_triggers, root / "valuesets")
+        except ProgramError as exc:
+            problems += exc.problems  # every file's problems at once
+            continue
+        loaded.append((path.name, program))
+    if problems:
+        raise ProgramError(problems)
     if enabled:
-        programs = [p for p in programs if p.id in enabled]
+        loaded = [(name, p) for name, p in loaded if p.id in enabled]
+    programs = [program for _, program in loaded]
     known = {p.id for p in programs}
     for key in overrides or {}:
         if key.partition(".")[0] not in known:
@@ -105,4 +120,9 @@ def load_knowledge(
                 if code:
                     by_code.setdefault(code, set()).add(inline.name)
     merged = DrugCatalog(drugs, {code: frozenset(names) for code, names in by_code.items()}, dict(catalog.aliases))
-    return Knowledge(merged.with_aliases(aliases), tuple(programs), safety)
+    knowledge = Knowledge(merged.with_aliases(aliases), tuple(programs), safety)
+    for name, program in loaded:
+        problems += [f"{name}: {problem}" for problem in drug_name_problems(program, knowledge.program_drugs(program))]
+    if problems:
+        raise ProgramError(problems)
+    return knowledge
