@@ -53,7 +53,7 @@ class RuleKind(Generic[P]):
     def __call__(self, rule: Rule, ctx: ProgramContext) -> Finding:
         params = rule.params
         if not isinstance(params, self.params):  # only a program built without load_program gets here
-            raise TypeError(f"rule {rule.id}: parameters are not checked {rule.kind} parameters")
+            raise TypeError(f"rule {rule.id}: parameters not checked against kind {rule.kind} (use load_program)")
         return self.evaluate(rule, params, ctx)
 
 
