@@ -22,6 +22,7 @@ from fhirsvc.pipeline import evaluate_record
 from fhirsvc.record.gather import gather
 from fhirsvc.record.model import bundle_resources
 from fhirsvc.render.cards import cards_for
+from fhirsvc.rules.registry import RULE_KINDS
 from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
 
 
@@ -30,7 +31,7 @@ class Pipeline:
 
     def __init__(self, knowledge: Knowledge | None = None, as_of: date = AS_OF) -> None:
         self.settings = Settings(today=as_of)
-        self.knowledge = knowledge or load_knowledge()
+        self.knowledge = knowledge or load_knowledge(rule_kinds=RULE_KINDS)
         self.as_of = as_of
         self.loop = asyncio.new_event_loop()
         self.pool = FhirClientPool(self.settings)  # never used: every prefetch key is present

@@ -19,6 +19,7 @@ from fhirsvc.pipeline import PatientResult, evaluate_record
 from fhirsvc.record.files import load_records
 from fhirsvc.render.report import patient_report
 from fhirsvc.render.text import patient_text
+from fhirsvc.rules.registry import RULE_KINDS
 from fhirsvc.terminology.knowledge import load_knowledge
 from fhirsvc.terminology.paths import data_dir
 from fhirsvc.terminology.programs import Status
@@ -75,7 +76,7 @@ def evaluate(
 
     day = _as_of(as_of)
     settings = get_settings()
-    knowledge = load_knowledge(overrides=settings.thresholds, enabled=settings.programs)
+    knowledge = load_knowledge(overrides=settings.thresholds, enabled=settings.programs, rule_kinds=RULE_KINDS)
     try:
         index = index_records(paths)
     except FileNotFoundError as exc:
@@ -140,7 +141,7 @@ def poll(
         except SmartConfigError as exc:
             typer.echo(f"error: SMART Backend Services: {exc}", err=True)
             raise typer.Exit(2) from None
-    knowledge = load_knowledge(overrides=settings.thresholds, enabled=settings.programs)
+    knowledge = load_knowledge(overrides=settings.thresholds, enabled=settings.programs, rule_kinds=RULE_KINDS)
     store = Store(settings.store_url)
     store.upgrade()
 
@@ -191,7 +192,7 @@ def mappings_check(
     """Validate program files, code formats and check digits, ICD-10-CM codes and drug verification."""
     from fhirsvc.terminology.check import check_mappings
 
-    report = check_mappings(folder)
+    report = check_mappings(folder, rule_kinds=RULE_KINDS)
     typer.echo(f"ICD-10-CM table: {report.icd10cm_release}")
     for error in report.errors:
         typer.echo(f"error: {error}", err=True)
@@ -301,7 +302,7 @@ def demo(
 ) -> None:
     """Evaluate the bundled example patients (fixtures/): a summary, then the actionable findings."""
     fixtures = _fixtures()
-    knowledge = load_knowledge()
+    knowledge = load_knowledge(rule_kinds=RULE_KINDS)
     folders = sorted(p for p in fixtures.iterdir() if p.is_dir() and p.name != DEMO_REQUESTS)
     results = [evaluate_record(record, knowledge, DEMO_AS_OF) for record in load_records(folders).records]
     typer.echo(f"fhirsvc demo: {len(results)} example patients, evaluated as of {DEMO_AS_OF}\n")

@@ -10,10 +10,10 @@ from fhirsvc.deceased import Death, death_by
 from fhirsvc.facts import PatientFacts, extract_facts
 from fhirsvc.findings import Finding
 from fhirsvc.lot.engine import DrugEra, Line, build_lines, drug_eras, regimen_keys
-from fhirsvc.lot.exposures import indicated_eras, program_diagnoses, program_exposures
+from fhirsvc.lot.exposures import CoverageTable, indicated_eras, program_diagnoses, program_exposures
 from fhirsvc.record.model import MEDICATION_TYPES, PatientRecord
-from fhirsvc.rules import activity, confirmed_threshold, progression, targets, triggers  # noqa: F401 (registers kinds)
-from fhirsvc.rules.base import RULE_KINDS, ProgramContext
+from fhirsvc.rules.base import ProgramContext
+from fhirsvc.rules.registry import RULE_KINDS
 from fhirsvc.terminology.knowledge import Knowledge
 from fhirsvc.terminology.programs import Program, Rule
 
@@ -77,7 +77,7 @@ def evaluate_program(
         as_of = min(as_of, death.date)
     if not _in_scope(program, facts, classes, as_of):
         return None
-    coverage = knowledge.coverage(program)
+    coverage = CoverageTable(program.lines.coverage, classes) if program.lines.coverage else None
     counted, ends, named = program_exposures(facts.started_by(as_of), program, classes, as_of, coverage)
     eras = drug_eras(counted, classes.keys(), program.lines.era_gap_days, in_order=True, ends=ends)
     diagnoses = program_diagnoses(program, facts.diagnoses, facts.ended_diagnoses)
@@ -102,18 +102,13 @@ def evaluate_program(
 
 
 # What every rule reads: the patient, the diagnoses that put them in the program, and the lines built from every
-# medication type. Rule kinds that also read results, allergies or goals add those (RULE_EXTRA_INPUTS).
+# medication type. Each rule kind adds what else it reads (results, allergies, goals: `RuleKind.reads`).
 _LINE_INPUTS = frozenset({"Patient", "Condition", "Medication", *MEDICATION_TYPES})
-RULE_EXTRA_INPUTS: dict[str, frozenset[str]] = {
-    "intolerance": frozenset({"AllergyIntolerance"}),
-    "interaction": frozenset(),
-    "latest-above-target": frozenset({"Observation", "Goal"}),
-}
 
 
 def rule_inputs(rule: Rule) -> frozenset[str]:
-    """The resource types a rule's finding depends on (results unless its kind is known not to read them)."""
-    return _LINE_INPUTS | RULE_EXTRA_INPUTS.get(rule.kind, frozenset({"Observation"}))
+    """The resource types a rule's finding depends on."""
+    return _LINE_INPUTS | RULE_KINDS[rule.kind].reads
 
 
 def withheld(assessment: Finding, missing: list[str]) -> Finding:

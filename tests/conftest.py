@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from fhirsvc.api.app import create_app
 from fhirsvc.api.cds import today
 from fhirsvc.config import Settings
+from fhirsvc.rules.registry import RULE_KINDS
 from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
 from tests.cds_helpers import CLIENT, FHIR_BASE, SignedCalls, Signer
 from tests.virtual_time import VirtualClock
@@ -56,7 +57,7 @@ def _store_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
 
 @pytest.fixture(scope="session")
 def knowledge() -> Knowledge:
-    return load_knowledge()
+    return load_knowledge(rule_kinds=RULE_KINDS)
 
 
 @pytest.fixture(scope="session")

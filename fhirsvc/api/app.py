@@ -27,6 +27,7 @@ from fhirsvc.api.responses import document_as_served, operation_outcome
 from fhirsvc.api.therapy import router as patients_router
 from fhirsvc.config import Settings, get_settings
 from fhirsvc.fhir.client import FhirClientPool
+from fhirsvc.rules.registry import RULE_KINDS
 from fhirsvc.store.db import Store
 from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
 
@@ -46,7 +47,9 @@ def create_app(
     `clock` (monotonic seconds) times requests and the CDS time budget; tests pass the event loop's virtual clock.
     """
     settings = settings or get_settings()
-    knowledge = knowledge or load_knowledge(overrides=settings.thresholds, enabled=settings.programs)
+    knowledge = knowledge or load_knowledge(
+        overrides=settings.thresholds, enabled=settings.programs, rule_kinds=RULE_KINDS
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

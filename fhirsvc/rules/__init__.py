@@ -1,1 +1,1 @@
-"""Rule kinds (Python) applied to rule instances (program YAML) → Assessments."""
+"""Rule kinds (Python, every one listed in registry.py) applied to rule instances (program YAML) → Findings."""

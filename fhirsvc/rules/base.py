@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -277,18 +277,6 @@ def _measure(lab: LabResult, unit: str, log_scale: bool, convert: Any, decimals:
     shown = f"{prefix}{format_number(lab.value)} {shown_unit}"
     converted = f"{prefix}{format_number(value, decimals)} {unit}"
     return Measurement(lab.ref, lab.date, value, unit, lab.comparator, lab.not_detected, shown, converted)
-
-
-RuleKind = Callable[[Rule, ProgramContext], Finding]
-RULE_KINDS: dict[str, RuleKind] = {}
-
-
-def rule_kind(name: str) -> Callable[[RuleKind], RuleKind]:
-    def register(func: RuleKind) -> RuleKind:
-        RULE_KINDS[name] = func
-        return func
-
-    return register
 
 
 def make_finding(

@@ -2,28 +2,45 @@
 
 from __future__ import annotations
 
+from pydantic import Field, model_validator
+
 from fhirsvc.findings import Finding, Measurement
-from fhirsvc.rules.base import ProgramContext, format_number, make_finding, number, rule_kind
+from fhirsvc.rules.base import ProgramContext, format_number, make_finding, number
 from fhirsvc.terminology.programs import Rule
+from fhirsvc.terminology.rule_params import ObservationName, RuleParams
 
 
-@rule_kind("confirmed-threshold")
-def confirmed_threshold(rule: Rule, ctx: ProgramContext) -> Finding:
+class ConfirmedThresholdParams(RuleParams):
+    """`confirmed-threshold`: the measure, its failure threshold and suppression limit, and the time on the line."""
+
+    observation: ObservationName
+    threshold: float = Field(gt=0)
+    suppressed_below: float = Field(ge=0)
+    min_days_on_line: int = Field(ge=0)
+    result_expected_after_days: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _suppressed_below_threshold(self) -> ConfirmedThresholdParams:
+        if self.suppressed_below > self.threshold:
+            raise ValueError(f"suppressed_below {self.suppressed_below} is above threshold {self.threshold}")
+        return self
+
+
+def confirmed_threshold(rule: Rule, params: ConfirmedThresholdParams, ctx: ProgramContext) -> Finding:
     """DHHS-style virologic failure, generalised.
 
     Failure: the two most recent results on the current line are both ≥ threshold, on different days, both taken
     at least `min_days_on_line` after the line started (consecutive, so no suppressed result between them).
     One elevated result → repeat; confirmed detectable-but-below-threshold results → low-level monitoring.
     """
-    program = ctx.program
-    threshold = float(program.param(rule, "threshold"))
-    suppressed_below = float(program.param(rule, "suppressed_below"))
-    min_days = int(program.param(rule, "min_days_on_line"))
-    expected_after = int(program.param(rule, "result_expected_after_days"))
+    threshold = params.threshold
+    suppressed_below = params.suppressed_below
+    min_days = params.min_days_on_line
+    expected_after = params.result_expected_after_days
     line = ctx.current_line
     if line is None:
         return make_finding(rule, ctx, "no-therapy", {})
-    observation = str(program.param(rule, "observation"))
+    observation = params.observation
     # A result drawn on the line's first day is its baseline (drawn before the first dose), not a response to it.
     results = [m for m in ctx.measurements(observation) if m.date > line.start]
     base = {"threshold": number(threshold)}
@@ -45,7 +62,7 @@ def confirmed_threshold(rule: Rule, ctx: ProgramContext) -> Finding:
     previous = results[-2] if len(results) >= 2 else None
     values = {
         **base,
-        "value": format_number(latest.value, program.observations[observation].decimals)
+        "value": format_number(latest.value, ctx.program.observations[observation].decimals)
         if latest.value is not None
         else latest.shown,
         "date": latest.date.isoformat(),

@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from fhirsvc.findings import Finding
-from fhirsvc.rules.base import ProgramContext, make_finding, rule_kind
+from fhirsvc.rules.base import ProgramContext, make_finding
 from fhirsvc.terminology.programs import Rule
+from fhirsvc.terminology.rule_params import ObservationName, RuleParams, ValueSetOfObservation
 
 
-@rule_kind("progression")
-def progression(rule: Rule, ctx: ProgramContext) -> Finding:
+class ProgressionParams(RuleParams):
+    """`progression`: the coded disease-status measure and its answers that mean progression."""
+
+    observation: ObservationName
+    progression_values: ValueSetOfObservation
+
+
+class MonitoringOverdueParams(RuleParams):
+    """`monitoring-overdue`: the monitored measure and the longest gap between results on a line."""
+
+    observation: ObservationName
+    max_days: int = Field(ge=1)
+
+
+def progression(rule: Rule, params: ProgressionParams, ctx: ProgramContext) -> Finding:
     """A progression result (mCODE disease status "worsened", RECIST progressive disease) during the line.
 
     Counts results dated after the current line started (or, off therapy, after the most recent line started):
     progression that led to the line does not count against it.
     """
-    program = ctx.program
-    observation = str(program.param(rule, "observation"))
-    value_set = str(program.param(rule, "progression_values"))
+    observation = params.observation
+    value_set = params.progression_values
     line = ctx.current_line or ctx.last_line
     if line is None:
         return make_finding(rule, ctx, "no-therapy", {})
@@ -30,15 +45,13 @@ def progression(rule: Rule, ctx: ProgramContext) -> Finding:
     return make_finding(rule, ctx, "progression", values, [latest], line)
 
 
-@rule_kind("monitoring-overdue")
-def monitoring_overdue(rule: Rule, ctx: ProgramContext) -> Finding:
+def monitoring_overdue(rule: Rule, params: MonitoringOverdueParams, ctx: ProgramContext) -> Finding:
     """No result of a monitored measure for more than `max_days` while a line has run longer than that.
 
     With no result since the line started the outcome is `never-recorded` (its own sentence: there is no date).
     """
-    program = ctx.program
-    observation = str(program.param(rule, "observation"))
-    max_days = int(program.param(rule, "max_days"))
+    observation = params.observation
+    max_days = params.max_days
     line = ctx.current_line
     if line is None:
         return make_finding(rule, ctx, "no-therapy", {})

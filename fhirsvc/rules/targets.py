@@ -2,27 +2,85 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pydantic import Field, model_validator
 
 from fhirsvc.findings import Finding, Measurement
-from fhirsvc.rules.base import FlagHit, ProgramContext, format_number, make_finding, rule_kind
+from fhirsvc.rules.base import FlagHit, ProgramContext, format_number, make_finding
 from fhirsvc.terminology.programs import Rule
+from fhirsvc.terminology.rule_params import (
+    DrugClassName,
+    DrugName,
+    FlagName,
+    ObservationName,
+    ParamGroup,
+    RuleParams,
+)
 
 
-@rule_kind("latest-above-target")
-def latest_above_target(rule: Rule, ctx: ProgramContext) -> Finding:
+class LatestAboveTargetParams(RuleParams):
+    """`latest-above-target`: the measure, its default target, the look-back window and the time on the line."""
+
+    observation: ObservationName
+    target: float
+    lookback_days: int = Field(ge=1)
+    min_days_on_line: int = Field(ge=0)
+    plausible_from: float | None = Field(
+        default=None, description="Below this a result is questioned (outcome `implausible`), not judged."
+    )
+
+    def conditional_outcomes(self) -> frozenset[str]:
+        return frozenset({"implausible"}) if self.plausible_from is not None else frozenset()
+
+
+class ComorbidityIndication(ParamGroup):
+    """A comorbidity flag and the classes it calls for, in order of preference."""
+
+    flag: FlagName
+    classes: list[DrugClassName] = Field(min_length=1)
+    first_only: bool = Field(default=False, description="Name only the first usable class.")
+
+
+class ComorbidityPreferenceParams(RuleParams):
+    """`comorbidity-preference`: the indications, the flags that close a class, and how a card names a class."""
+
+    indications: list[ComorbidityIndication] = Field(min_length=1)
+    class_gates: dict[DrugClassName, FlagName] = Field(
+        default_factory=dict, description="A class never proposed while its flag holds."
+    )
+    class_names: dict[DrugClassName, str] = Field(default_factory=dict)
+    observation: ObservationName | None = Field(default=None, description="A measure shown as context.")
+
+
+class DrugBelowFloorParams(RuleParams):
+    """`drug-below-floor`: the drugs, the measure, the floors to continue and to start, and how recent is recent."""
+
+    drugs: list[DrugName] = Field(min_length=1)
+    observation: ObservationName
+    contraindicated_below: float
+    start_below: float
+    within_days: int = Field(ge=1)
+    new_within_days: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _start_floor_not_below_floor(self) -> DrugBelowFloorParams:
+        if self.start_below < self.contraindicated_below:
+            floor = self.contraindicated_below
+            raise ValueError(f"start_below {self.start_below} is below contraindicated_below {floor}")
+        return self
+
+
+def latest_above_target(rule: Rule, params: LatestAboveTargetParams, ctx: ProgramContext) -> Finding:
     """The latest on-treatment result within a look-back window at or above target, after enough time on the line.
 
     ADA: metformin for ≥ 3 months and the latest HbA1c ≥ the patient's target → add an agent. A patient's active
     Goal for the same measure replaces the default target. A result dated on or before the line's first day is the
     line's baseline (shown for context), never an on-treatment result: the drug cannot have acted on it yet.
     """
-    program = ctx.program
-    observation = str(program.param(rule, "observation"))
-    spec = program.observations[observation]
-    target = float(program.param(rule, "target"))
-    lookback = int(program.param(rule, "lookback_days"))
-    min_days = int(program.param(rule, "min_days_on_line"))
+    observation = params.observation
+    spec = ctx.program.observations[observation]
+    target = params.target
+    lookback = params.lookback_days
+    min_days = params.min_days_on_line
     line = ctx.current_line
     if line is None:
         return make_finding(rule, ctx, "no-therapy", {})
@@ -45,7 +103,7 @@ def latest_above_target(rule: Rule, ctx: ProgramContext) -> Finding:
     latest = on_line[-1]
     days = (latest.date - line.start).days
     values |= {"value": _beside_target(latest, target, spec.decimals), "date": latest.date.isoformat(), "days": days}
-    plausible_from = float(program.param(rule, "plausible_from")) if "plausible_from" in rule.params else None
+    plausible_from = params.plausible_from
     if latest.value is not None and plausible_from is not None and latest.value < plausible_from:
         outcome = "implausible"
     elif latest.value is not None and latest.value >= target:
@@ -66,10 +124,9 @@ def _beside_target(measured: Measurement, target: float, decimals: int | None) -
     return f"{format_number(value, decimals + 1)} {measured.unit}"
 
 
-def _indications(rule: Rule, ctx: ProgramContext) -> list[tuple[str, list[str], bool]]:
+def _indications(params: ComorbidityPreferenceParams) -> list[tuple[str, list[str], bool]]:
     """(flag, classes in order of preference, whether only the first usable class is named) per indication."""
-    raw: list[dict[str, Any]] = list(ctx.program.param(rule, "indications"))
-    return [(str(i["flag"]), [str(c) for c in i["classes"]], bool(i.get("first_only", False))) for i in raw]
+    return [(i.flag, list(i.classes), i.first_only) for i in params.indications]
 
 
 def _cited(ctx: ProgramContext, flag: str, hit: FlagHit) -> str:
@@ -77,8 +134,7 @@ def _cited(ctx: ProgramContext, flag: str, hit: FlagHit) -> str:
     return f"{label[:1].upper()}{label[1:]} ({hit.cite})"
 
 
-@rule_kind("comorbidity-preference")
-def comorbidity_preference(rule: Rule, ctx: ProgramContext) -> Finding:
+def comorbidity_preference(rule: Rule, params: ComorbidityPreferenceParams, ctx: ProgramContext) -> Finding:
     """Organ protection: a comorbidity that calls for a drug class the regimen lacks, whatever the HbA1c says.
 
     ADA: heart failure → SGLT2 inhibitor; CKD → SGLT2 inhibitor, a GLP-1 RA when one cannot be used; ASCVD → GLP-1
@@ -87,13 +143,13 @@ def comorbidity_preference(rule: Rule, ctx: ProgramContext) -> Finding:
     indication already served by a class in the regimen, or by the class chosen for an earlier one, asks nothing.
     """
     program = ctx.program
-    gates = {str(c): str(f) for c, f in dict(program.param(rule, "class_gates")).items()}
-    names = {str(c): str(n) for c, n in dict(program.param(rule, "class_names")).items()}
+    gates = params.class_gates
+    names = params.class_names
     line = ctx.current_line
     if line is None:
         return make_finding(rule, ctx, "no-therapy", {})
     hits = ctx.flag_hits()
-    present = [ind for ind in _indications(rule, ctx) if ind[0] in hits]
+    present = [ind for ind in _indications(params) if ind[0] in hits]
     if not present:
         return make_finding(rule, ctx, "not-indicated", {}, [], line)
     taking = {ctx.classes.get(d) for d in ctx.program_drugs_active()}
@@ -119,8 +175,8 @@ def comorbidity_preference(rule: Rule, ctx: ProgramContext) -> Finding:
     for name in [*cited, *closed]:
         measured += hits[name].measurements
         refs += hits[name].refs
-    if "observation" in rule.params:  # the HbA1c, shown because the advice does not depend on it
-        measured += [m for m in ctx.measurements(str(program.param(rule, "observation"))) if m.value is not None][-1:]
+    if params.observation is not None:  # the HbA1c, shown because the advice does not depend on it
+        measured += [m for m in ctx.measurements(params.observation) if m.value is not None][-1:]
     reason = _cited(ctx, cited[0], hits[cited[0]])
     if len(cited) > 1:
         reason += " and " + ", ".join(program.flags[f].label for f in cited[1:])
@@ -137,22 +193,20 @@ def comorbidity_preference(rule: Rule, ctx: ProgramContext) -> Finding:
     return make_finding(rule, ctx, "not-startable", values, unique, line, refs)
 
 
-@rule_kind("drug-below-floor")
-def drug_below_floor(rule: Rule, ctx: ProgramContext) -> Finding:
+def drug_below_floor(rule: Rule, params: DrugBelowFloorParams, ctx: ProgramContext) -> Finding:
     """A drug of the regimen with the latest result under its labelled floor.
 
     Metformin (FDA label, 2016 safety communication): contraindicated at eGFR < 30; starting it at eGFR 30-45 is not
     recommended, judged on the latest result on or before the start, for a drug started within `new_within_days`
     or ordered now (a draft order starts today).
     """
-    program = ctx.program
-    drugs = {str(d) for d in program.param(rule, "drugs")}
-    observation = str(program.param(rule, "observation"))
-    spec = program.observations[observation]
-    floor = float(program.param(rule, "contraindicated_below"))
-    start_floor = float(program.param(rule, "start_below"))
-    within = int(program.param(rule, "within_days"))
-    new_within = int(program.param(rule, "new_within_days"))
+    drugs = set(params.drugs)
+    observation = params.observation
+    spec = ctx.program.observations[observation]
+    floor = params.contraindicated_below
+    start_floor = params.start_below
+    within = params.within_days
+    new_within = params.new_within_days
     line = ctx.current_line
     on = [d for d in ctx.program_drugs_active() if d in drugs]
     if line is None or not on:

@@ -4,16 +4,35 @@ from __future__ import annotations
 
 from datetime import date
 
+from pydantic import Field
+
 from fhirsvc.findings import Finding, Measurement
 from fhirsvc.lot.engine import Line
-from fhirsvc.rules.base import ProgramContext, make_finding, rule_kind
+from fhirsvc.rules.base import ProgramContext, make_finding
 from fhirsvc.terminology.programs import Rule
+from fhirsvc.terminology.rule_params import ConditionSetName, ObservationName, RuleParams, ValueSetOfObservation
 
 NOT_TOLERATED = "407563006"  # SNOMED "Treatment not tolerated" (mCODE TreatmentTerminationReasonVS)
 
 
-@rule_kind("intolerance")
-def intolerance(rule: Rule, ctx: ProgramContext) -> Finding:
+class PregnancyParams(RuleParams):
+    """`pregnancy-contraindication`: pregnancy diagnoses, the pregnancy-status measure and how recent it must be."""
+
+    conditions: ConditionSetName
+    observation: ObservationName
+    status_within_days: int = Field(ge=1)
+    pregnant_values: ValueSetOfObservation = Field(
+        default="pregnant", description="The measure's coded answers that mean pregnant."
+    )
+
+
+class InteractionParams(RuleParams):
+    """`interaction`: how recently one of the interacting drugs must have started (a planned order always counts)."""
+
+    new_within_days: int = Field(ge=0)
+
+
+def intolerance(rule: Rule, params: RuleParams, ctx: ProgramContext) -> Finding:
     """A drug of the line stopped as not tolerated, or an allergy/intolerance recorded to it, with no switch yet.
 
     When the line goes on without it (the other drugs still active, a complete regimen), the finding stays inside
@@ -88,19 +107,17 @@ def _substitutes(ctx: ProgramContext, culprits: frozenset[str]) -> list[str]:
     return found
 
 
-@rule_kind("pregnancy-contraindication")
-def pregnancy_contraindication(rule: Rule, ctx: ProgramContext) -> Finding:
+def pregnancy_contraindication(rule: Rule, params: PregnancyParams, ctx: ProgramContext) -> Finding:
     """Pregnancy (a Condition, or a recent pregnancy-status result) while the regimen holds a flagged drug."""
-    program = ctx.program
     line = ctx.current_line
     if line is None:
         return make_finding(rule, ctx, "no-therapy", {})
-    recent = int(program.param(rule, "status_within_days"))
-    evidence = [d.ref for d in ctx.diagnoses(str(program.param(rule, "conditions"))) if d.clinical_status == "active"]
-    observation = str(program.param(rule, "observation"))
+    recent = params.status_within_days
+    evidence = [d.ref for d in ctx.diagnoses(params.conditions) if d.clinical_status == "active"]
+    observation = params.observation
     used: list[Measurement] = []
     for lab in ctx.results(observation):
-        if (ctx.as_of - lab.date).days <= recent and ctx.has_value(lab, observation, "pregnant"):
+        if (ctx.as_of - lab.date).days <= recent and ctx.has_value(lab, observation, params.pregnant_values):
             used.append(ctx.as_measurement(lab))
     if not evidence and not used:
         return make_finding(rule, ctx, "not-pregnant", {}, [], line)
@@ -113,11 +130,9 @@ def pregnancy_contraindication(rule: Rule, ctx: ProgramContext) -> Finding:
     return make_finding(rule, ctx, "contraindicated", values, used, line, evidence + drug_refs)
 
 
-@rule_kind("interaction")
-def interaction(rule: Rule, ctx: ProgramContext) -> Finding:
+def interaction(rule: Rule, params: InteractionParams, ctx: ProgramContext) -> Finding:
     """A newly started drug that interacts with the current regimen (either side may be the new one)."""
-    program = ctx.program
-    new_within = int(program.param(rule, "new_within_days"))
+    new_within = params.new_within_days
     line = ctx.current_line
     if line is None:
         return make_finding(rule, ctx, "no-therapy", {})

@@ -15,7 +15,9 @@ from pydantic import BaseModel, ValidationError
 
 from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
 from fhirsvc.terminology.paths import data_dir
+from fhirsvc.terminology.program_files import ProgramError
 from fhirsvc.terminology.programs import CodeRef
+from fhirsvc.terminology.rule_params import RuleKinds
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
@@ -148,14 +150,18 @@ def icd10cm_release() -> str:
     return f"{package} ({table})" if table else package
 
 
-def check_mappings(mappings: Path | None = None) -> CheckReport:
+def check_mappings(mappings: Path | None = None, *, rule_kinds: RuleKinds) -> CheckReport:
+    """Everything the service checks when it loads (rules against their kinds included), then codes and drugs."""
     import simple_icd_10_cm  # imported here: it loads the whole code table
 
     from fhirsvc.fhir.resources import InvalidResource, validate
 
     report = CheckReport(icd10cm_release=icd10cm_release())
     try:
-        knowledge: Knowledge = load_knowledge(mappings)
+        knowledge: Knowledge = load_knowledge(mappings, rule_kinds=rule_kinds)
+    except ProgramError as exc:
+        report.errors += [f"schema: {problem}" for problem in exc.problems]
+        return report
     except (ValidationError, ValueError, yaml.YAMLError) as exc:
         report.errors.append(f"schema: {exc}")
         return report

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
-from fhirsvc.facts import ObservationFilter
-from fhirsvc.lot.exposures import CoverageTable
 from fhirsvc.terminology.catalog import Drug, DrugCatalog, load_catalog
+from fhirsvc.terminology.observation_filter import ObservationFilter
 from fhirsvc.terminology.paths import data_dir
-from fhirsvc.terminology.programs import Program, load_program, load_yaml
+from fhirsvc.terminology.program_files import ProgramError, drug_name_problems, load_program, load_yaml
+from fhirsvc.terminology.programs import Program
+from fhirsvc.terminology.rule_params import RuleKinds
 from fhirsvc.terminology.safety import SafetyTables, load_safety
 
 # Catalog "condition" under which drugs known only to the safety tables are filed (they belong to no program).
@@ -47,17 +48,6 @@ class Knowledge:
         """Ingredient → class for the program's catalog condition (computed once at load)."""
         return self.drug_classes[program.id]
 
-    @cached_property
-    def _coverage_tables(self) -> dict[str, CoverageTable | None]:
-        return {
-            p.id: CoverageTable(p.lines.coverage, self.drug_classes[p.id]) if p.lines.coverage else None
-            for p in self.programs
-        }
-
-    def coverage(self, program: Program) -> CoverageTable | None:
-        """How long the program's medication records without an end cover (resolved over its classes once)."""
-        return self._coverage_tables[program.id]
-
 
 def _with_triggers(data: dict[str, Any], triggers: dict[str, Any]) -> dict[str, Any]:
     """Append the general trigger rules (mappings/triggers.yaml) to a program, unless it opts out."""
@@ -82,8 +72,11 @@ def load_knowledge(
     overrides: dict[str, float] | None = None,
     enabled: list[str] | None = None,
     extra_programs: list[Path] | None = None,
+    *,
+    rule_kinds: RuleKinds,
 ) -> Knowledge:
-    """Read mappings/ (or another folder of the same layout); unknown override keys fail loudly."""
+    """Read mappings/ (or another folder of the same layout) and check it against the rule kinds (the rule
+    registry): unknown override keys and content that does not check (ProgramError) fail loudly, here."""
     root = mappings or data_dir("mappings")
     catalog = load_catalog(root / "drugs")
     safety, extra_drugs = load_safety(root / "drugs")
@@ -96,11 +89,21 @@ def load_knowledge(
     triggers_path = root / "triggers.yaml"
     triggers = load_yaml(triggers_path.read_text(encoding="utf-8")) if triggers_path.exists() else {}
     paths = sorted((root / "programs").glob("*.yaml")) + list(extra_programs or [])
-    programs = [
-        load_program(path, overrides, lambda d: _with_triggers(d, triggers), root / "valuesets") for path in paths
-    ]
+    with_triggers = partial(_with_triggers, triggers=triggers)
+    loaded: list[tuple[str, Program]] = []
+    problems: list[str] = []
+    for path in paths:
+        try:
+            program = load_program(path, rule_kinds, overrides, with_triggers, root / "valuesets")
+        except ProgramError as exc:
+            problems += exc.problems  # every file's problems at once
+            continue
+        loaded.append((path.name, program))
+    if problems:
+        raise ProgramError(problems)
     if enabled:
-        programs = [p for p in programs if p.id in enabled]
+        loaded = [(name, p) for name, p in loaded if p.id in enabled]
+    programs = [program for _, program in loaded]
     known = {p.id for p in programs}
     for key in overrides or {}:
         if key.partition(".")[0] not in known:
@@ -117,4 +120,9 @@ def load_knowledge(
                 if code:
                     by_code.setdefault(code, set()).add(inline.name)
     merged = DrugCatalog(drugs, {code: frozenset(names) for code, names in by_code.items()}, dict(catalog.aliases))
-    return Knowledge(merged.with_aliases(aliases), tuple(programs), safety)
+    knowledge = Knowledge(merged.with_aliases(aliases), tuple(programs), safety)
+    for name, program in loaded:
+        problems += [f"{name}: {problem}" for problem in drug_name_problems(program, knowledge.program_drugs(program))]
+    if problems:
+        raise ProgramError(problems)
+    return knowledge

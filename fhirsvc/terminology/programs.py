@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from functools import cached_property
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+
+from fhirsvc.terminology.rule_params import RuleParams
 
 # add-on-evaluation: add an agent for a reason other than failure of the line (organ protection in diabetes).
 Status = Literal[
@@ -277,7 +275,9 @@ class Rule(_Strict):
     kind: str
     title: str
     guideline: Guideline
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: RuleParams = Field(
+        default_factory=RuleParams, description="Typed by the rule kind's parameter model when the program loads."
+    )
     outcomes: dict[str, Outcome]
     line_end_label: str | None = Field(default=None, description="Why a line ended when this rule fired on it.")
     suppressed_by: list[str] = Field(
@@ -323,83 +323,25 @@ class Program(_Strict):
                 for recommendation in outcome.recommendations:
                     when = recommendation.when
                     named = [f for f in (when.flags_any + when.flags_all + when.flags_none if when else [])]
-                    if any(f not in self.flags for f in named):
-                        raise ValueError(f"rule {rule.id}: a recommendation names unknown flags {named}")
+                    unknown_flags = [f for f in named if f not in self.flags]
+                    if unknown_flags:
+                        raise ValueError(f"rule {rule.id}: a recommendation names unknown flags {unknown_flags}")
                     later = [r for r in (when.cards_any + when.cards_none if when else []) if r not in earlier]
                     if later:
                         raise ValueError(f"rule {rule.id}: a recommendation depends on {later}, not earlier rules")
+                    variant = self.observations.get("genetic_variant")
+                    if when and when.genes_wild_type and (variant is None or "absent" not in variant.values):
+                        raise ValueError(
+                            f"rule {rule.id}: genes_wild_type reads observation genetic_variant and its value set "
+                            "absent, which the program does not define"
+                        )
+                    observed = [o for o in ((when.observation_present, when.observation_absent) if when else ()) if o]
+                    unknown_observations = [o for o in observed if o not in self.observations]
+                    if unknown_observations:
+                        raise ValueError(
+                            f"rule {rule.id}: a recommendation names unknown observations {unknown_observations}"
+                        )
                 missing = [s for s in outcome.suggestions if s not in self.suggestions]
                 if missing:
                     raise ValueError(f"rule {rule.id}: unknown suggestions {missing}")
-            for name, value in rule.params.items():
-                if isinstance(value, str) and value.startswith("$") and value[1:] not in self.parameters:
-                    raise ValueError(f"rule {rule.id}: param {name} names unknown parameter {value}")
         return self
-
-    def param(self, rule: Rule, name: str) -> Any:
-        """A rule parameter, resolving `$name` against the program's (overridable) parameters."""
-        value = rule.params[name]
-        if isinstance(value, str) and value.startswith("$"):
-            return self.parameters[value[1:]]
-        return value
-
-
-# libyaml's loader parses the program files about 11 times faster than the pure-Python one (start-up time).
-_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader (CSafeLoader or SafeLoader)
-
-
-def expansion_codes(path: Path) -> list[dict[str, Any]]:
-    """The codes of a ValueSet expansion file, each citing the ValueSet URL and version as its source."""
-    valueset = json.loads(path.read_text(encoding="utf-8"))
-    source = f"{valueset.get('url', path.name)} version {valueset.get('version', '?')}"
-    return [
-        {"system": c["system"], "code": c["code"], "display": c.get("display", ""), "source": source}
-        for c in valueset.get("expansion", {}).get("contains", [])
-    ]
-
-
-def _expand_codesets(node: Any, valueset_dir: Path) -> None:
-    """Fill every CodeSet's `codes` from its `valuesets` files (in place, before validation)."""
-    if isinstance(node, dict):
-        if "valuesets" in node and "source" in node:
-            known = {(c.get("system"), c.get("code")) for c in node.setdefault("codes", [])}
-            for name in node["valuesets"]:
-                for code in expansion_codes(valueset_dir / name):
-                    if (code["system"], code["code"]) not in known:
-                        node["codes"].append(code)
-        for value in node.values():
-            _expand_codesets(value, valueset_dir)
-    elif isinstance(node, list):
-        for value in node:
-            _expand_codesets(value, valueset_dir)
-
-
-def load_program(
-    path: Path,
-    overrides: dict[str, float] | None = None,
-    transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-    valueset_dir: Path | None = None,
-) -> Program:
-    """Parse one program YAML; `overrides` ("<program>.<parameter>" → value) replace parameters."""
-    data = load_yaml(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError(f"{path.name}: a program file must hold a mapping")
-    # Top-level keys starting with "_" only hold YAML anchors shared inside the file.
-    data = {key: value for key, value in data.items() if not key.startswith("_")}
-    if transform is not None:
-        data = transform(data)
-    _expand_codesets(data, valueset_dir or path.parent.parent / "valuesets")
-    program_id = data.get("id")
-    for key, value in (overrides or {}).items():
-        prefix, _, name = key.partition(".")
-        if prefix != program_id:
-            continue
-        parameters = data.setdefault("parameters", {})
-        if name not in parameters:
-            raise ValueError(f"override {key}: program {program_id} has no parameter {name!r}")
-        parameters[name] = value
-    return Program.model_validate(data)

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fhirsvc.cds.services import PREFETCH
+from fhirsvc.rules.registry import RULE_KINDS
 from fhirsvc.terminology.knowledge import load_knowledge
 from tests.cds_helpers import (
     FHIR_BASE,
@@ -114,7 +115,7 @@ def test_data_needed_is_an_info_card(client: TestClient) -> None:
 
 
 def test_who_threshold_is_a_configuration_change(make_client: MakeClient) -> None:
-    who = load_knowledge(overrides={"hiv.failure_threshold": 1000})
+    who = load_knowledge(overrides={"hiv.failure_threshold": 1000}, rule_kinds=RULE_KINDS)
     with make_client(knowledge=who) as who_client:
         cards = who_client.post(PATIENT_VIEW, json=fixture_request("fail-basic")).json()["cards"]
     # 450 and 900 copies/mL are failure under DHHS (200) but not under WHO (1000).

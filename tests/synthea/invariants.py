@@ -286,7 +286,7 @@ def _window(program: ProgramResult, assessment: Finding, as_of: date) -> tuple[d
     start = line.start if line is not None else None
 
     def param(name: str) -> int:
-        return int(program.program.param(rule, name))
+        return int(getattr(rule.params, name))
 
     if rule.kind == "confirmed-threshold" and start is not None:
         return start, as_of, "results on the current regimen (on or after the line start)"
@@ -311,7 +311,7 @@ def _is_baseline(program: ProgramResult, assessment: Finding, measurement_date: 
     line = assessment.line
     if rule.kind != "latest-above-target" or line is None:
         return False
-    lookback = int(program.program.param(rule, "lookback_days"))
+    lookback = int(rule.params.lookback_days)
     return line.start - timedelta(days=lookback) <= measurement_date <= line.start
 
 
@@ -320,7 +320,7 @@ def _recent_enough(program: ProgramResult, assessment: Finding, as_of: date) -> 
     rule = next(r for r in program.program.rules if r.id == assessment.rule)
     if rule.kind != "disease-activity" or assessment.outcome != "breakthrough" or not assessment.measurements:
         return None
-    window = int(program.program.param(rule, "window_days"))
+    window = int(rule.params.window_days)
     newest = max(m.date for m in assessment.measurements)
     if (as_of - newest).days > window:
         return f"newest result cited {newest}, more than {window} days before as-of"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+from fhirsvc.rules.registry import RULE_KINDS
 from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
 from tests.synthea import invariants
 from tests.synthea.cohort import COHORTS, REFERENCE_DATE, REPO, SYNTHEA_VERSION, generate
@@ -244,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cohorts", "--programs", nargs="+", default=list(DEFAULT_COHORTS), help="NAME or NAME=N")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "synthea-sweep.md")
     args = parser.parse_args(argv)
-    knowledge = load_knowledge()
+    knowledge = load_knowledge(rule_kinds=RULE_KINDS)
     reports = []
     for name, size in _cohorts(args.cohorts, args.population):
         report = sweep_cohort(name, args.seed, size, knowledge)

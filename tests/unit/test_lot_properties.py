@@ -25,6 +25,7 @@ from fhirsvc.facts import Diagnosis, MedicationExposure
 from fhirsvc.fhir.concepts import Coding
 from fhirsvc.lot.engine import STOP_REASON_LABELS, DrugEra, Line, build_lines, drug_eras, regimen_keys
 from fhirsvc.lot.exposures import CoverageTable, indicated_eras, program_exposures
+from fhirsvc.rules.registry import RULE_KINDS
 from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
 from fhirsvc.terminology.programs import Program
 
@@ -34,7 +35,7 @@ settings.register_profile(
 settings.register_profile("deep", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-KNOWLEDGE: Knowledge = load_knowledge()
+KNOWLEDGE: Knowledge = load_knowledge(rule_kinds=RULE_KINDS)
 PROGRAMS: dict[str, Program] = {p.id: p for p in sorted(KNOWLEDGE.programs, key=lambda p: p.id)}
 EPOCH = date(2020, 1, 1)
 AS_OF = date(2026, 6, 1)

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fhirsvc.cli import app
+from fhirsvc.rules.registry import RULE_KINDS
 from fhirsvc.terminology.check import ICD10CM, check_mappings, code_problem, loinc_check_digit, verhoeff_valid
 from fhirsvc.terminology.knowledge import load_knowledge
 from fhirsvc.terminology.paths import data_dir
@@ -49,7 +50,7 @@ def test_malformed_codes_are_reported(tmp_path: Path, relative: str, good: str, 
     text = target.read_text()
     assert good in text
     target.write_text(text.replace(good, bad, 1))
-    report = check_mappings(copy)
+    report = check_mappings(copy, rule_kinds=RULE_KINDS)
     assert not report.ok
     assert any(message in error for error in report.errors), report.errors
 
@@ -59,19 +60,19 @@ def test_schema_errors_are_reported(tmp_path: Path) -> None:
     shutil.copytree(data_dir("mappings"), copy)
     hiv = copy / "programs" / "hiv.yaml"
     hiv.write_text(hiv.read_text().replace("kind: confirmed-threshold", "kind: confirmed-threshold\n    colour: red"))
-    report = check_mappings(copy)
+    report = check_mappings(copy, rule_kinds=RULE_KINDS)
     assert not report.ok and report.errors[0].startswith("schema:")
 
 
 def test_check_names_the_installed_icd10cm_release() -> None:
     result = CliRunner().invoke(app, ["mappings", "check"])
     assert "ICD-10-CM table: simple-icd-10-cm" in result.stdout
-    assert "2026" in check_mappings().icd10cm_release
+    assert "2026" in check_mappings(rule_kinds=RULE_KINDS).icd10cm_release
 
 
 @pytest.mark.parametrize("code", ["G35.A", "G35.B0", "G35.B1", "G35.B2", "G35.C0", "G35.C1", "G35.C2", "G35.D"])
 def test_ms_program_lists_every_fy2026_ms_leaf(code: str) -> None:
-    ms = next(p for p in load_knowledge().programs if p.id == "ms")
+    ms = next(p for p in load_knowledge(rule_kinds=RULE_KINDS).programs if p.id == "ms")
     assert f"{ICD10CM}|{code}" in ms.scope.diagnosis.keys
     assert f"{ICD10CM}|{code}" in ms.conditions["ms"].keys
 
@@ -88,12 +89,13 @@ def _ms_with(tmp_path: Path, old: str, new: str) -> Path:
 
 def test_g35_unmarked_is_reported_as_a_heading(tmp_path: Path) -> None:
     marked = "code: G35, display: Multiple sclerosis, heading: true,"
-    report = check_mappings(_ms_with(tmp_path, marked, "code: G35, display: Multiple sclerosis,"))
+    unmarked = _ms_with(tmp_path, marked, "code: G35, display: Multiple sclerosis,")
+    report = check_mappings(unmarked, rule_kinds=RULE_KINDS)
     assert any("G35: an ICD-10-CM heading" in e for e in report.errors), report.errors
 
 
 def test_another_heading_is_reported_too(tmp_path: Path) -> None:
-    report = check_mappings(_ms_with(tmp_path, "code: G35.B0,", "code: G35.B,"))
+    report = check_mappings(_ms_with(tmp_path, "code: G35.B0,", "code: G35.B,"), rule_kinds=RULE_KINDS)
     headings = [e for e in report.errors if "heading" in e]
     assert headings and all("|G35.B:" in e for e in headings), report.errors
 
@@ -117,11 +119,11 @@ def test_a_brand_naming_a_drug_outside_the_catalog_is_an_error(tmp_path: Path) -
     shutil.copytree(data_dir("mappings"), copy)
     with (copy / "drugs" / "brand-names.csv").open("a", encoding="utf-8") as handle:
         handle.write("Notadrug,nosuchinib,,test,true\n")
-    report = check_mappings(copy)
+    report = check_mappings(copy, rule_kinds=RULE_KINDS)
     assert any("Notadrug names drugs not in the catalog" in e for e in report.errors), report.errors
 
 
 def test_unchecked_brands_are_listed_as_unverified() -> None:
-    unverified = check_mappings().unverified
+    unverified = check_mappings(rule_kinds=RULE_KINDS).unverified
     assert any(line.startswith("brand Xeloda -> capecitabine") for line in unverified)
     assert not any(line.startswith("brand Lantus ") for line in unverified)  # from RxNorm SBD names in VSAC

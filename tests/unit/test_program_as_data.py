@@ -11,6 +11,7 @@ import pytest
 from fhirsvc.pipeline import evaluate_record
 from fhirsvc.record.model import PatientRecord
 from fhirsvc.render.cards import cards_for
+from fhirsvc.rules.registry import RULE_KINDS
 from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
 
 RA = Path(__file__).resolve().parent.parent / "data" / "programs" / "ra.yaml"
@@ -20,7 +21,7 @@ AS_OF = date(2026, 6, 1)
 
 @pytest.fixture(scope="module")
 def with_ra() -> Knowledge:
-    return load_knowledge(extra_programs=[RA])
+    return load_knowledge(extra_programs=[RA], rule_kinds=RULE_KINDS)
 
 
 def record(*extra: dict[str, Any], das28: list[tuple[str, float]]) -> PatientRecord:

@@ -26,8 +26,9 @@ def order(drug: str, start: date, status: str = "stopped", reasons: tuple[Coding
 def hiv(knowledge: Knowledge) -> tuple[Program, dict[str, str], CoverageTable]:
     program = next(p for p in knowledge.programs if p.id == "hiv")
     classes = knowledge.program_drugs(program)
-    table = knowledge.coverage(program)
-    assert table is not None and table.renewal_days == 400
+    assert program.lines.coverage is not None
+    table = CoverageTable(program.lines.coverage, classes)
+    assert table.renewal_days == 400
     return program, classes, table
 
 
