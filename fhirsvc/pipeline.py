@@ -79,7 +79,7 @@ def evaluate_program(
         return None
     coverage = knowledge.coverage(program)
     counted, ends, named = program_exposures(facts.started_by(as_of), program, classes, as_of, coverage)
-    eras = drug_eras(counted, classes.keys(), program.lines.era_gap_days, in_order=True, ends=ends)
+    eras = drug_eras(counted, classes.keys(), program.lines.era_gap_days, ends=ends)
     diagnoses = program_diagnoses(program, facts.diagnoses, facts.ended_diagnoses)
     eras = indicated_eras(eras, program, classes, diagnoses, named, as_of)
     lines = build_lines(eras, regimen_keys(program.lines, classes), program.lines, as_of, classes)
