@@ -144,19 +144,10 @@ def _end_lines_at_death(lines: list[Line], eras: list[DrugEra], death_day: date 
 
 def _label_line_ends(rule: Rule, ctx: ProgramContext) -> None:
     """Explain why earlier lines ended: re-run the rule as of each line's end, with that line still current."""
-    for index, line in enumerate(ctx.lines):
+    for line in ctx.lines:
         if line.end is None or line.end_reason not in ("new-line", "discontinued"):
             continue
-        past = replace(
-            ctx,
-            as_of=line.end,
-            lines=[*ctx.lines[:index], replace(line, end=None)],
-            findings={},
-            _flags=None,
-            _results={},
-            _measurements={},
-        )
-        finding = RULE_KINDS[rule.kind](rule, past)
+        finding = RULE_KINDS[rule.kind](rule, ctx.at_end_of(line))
         if finding.status in ("second-line-evaluation", "next-line-evaluation"):
             line.end_reason = rule.line_end_label
 
