@@ -15,7 +15,7 @@ import typer
 from fhirsvc.api.serving import serve as run_service
 from fhirsvc.config import get_settings
 from fhirsvc.pipeline import evaluate_record
-from fhirsvc.record.files import load_records
+from fhirsvc.record.files import index_records
 from fhirsvc.render.report import patient_report, patient_text
 from fhirsvc.terminology.knowledge import load_knowledge
 from fhirsvc.terminology.paths import data_dir
@@ -59,8 +59,6 @@ def evaluate(
 ) -> None:
     """Evaluate patients from files and print one result per patient."""
     import gc
-
-    from fhirsvc.record.files import index_records
 
     day = _as_of(as_of)
     settings = get_settings()
@@ -241,11 +239,11 @@ def demo(
 ) -> None:
     """Evaluate the bundled example patients (fixtures/) and print a summary."""
     knowledge = load_knowledge()
-    loaded = load_records([data_dir("fixtures")])
+    examples = index_records([data_dir("fixtures")])
     day = date.fromisoformat(DEMO_AS_OF)
-    typer.echo(f"fhirsvc demo: {len(loaded.records)} example patients, evaluated as of {DEMO_AS_OF}\n")
+    typer.echo(f"fhirsvc demo: {len(examples)} example patients, evaluated as of {DEMO_AS_OF}\n")
     typer.echo(f"{'patient':<40} {'program':<8} {'line':<5} finding")
-    for record in loaded.records:
+    for record in examples.records():
         result = evaluate_record(record, knowledge, day)
         for program in result.programs:
             current = program.current_line
