@@ -80,8 +80,8 @@ class RecordIndex:
     sources: list[Source] = field(default_factory=list)
     # patient id -> (source number, byte offset, length) for each of its NDJSON lines and sources, in the order
     # read; offset and length are 0 for a source that is not NDJSON. Flat int64 arrays rather than lists of
-    # tuples: at 10,000 patients of 40 resources they take 12 MB instead of 56 MB (tracemalloc), most of
-    # `fhirsvc evaluate`'s peak (bench/README.md).
+    # tuples: at 10,000 patients of 40 resources the index takes 12 MB instead of about 56 MB (tracemalloc),
+    # where the whole `fhirsvc evaluate` run peaks at 61 MB (bench/README.md, "Clarity back").
     _where: dict[str, array[int]] = field(default_factory=dict)
 
     def __len__(self) -> int:
