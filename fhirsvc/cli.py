@@ -16,7 +16,7 @@ import typer
 from fhirsvc.api.serving import serve as run_service
 from fhirsvc.config import Settings, get_settings
 from fhirsvc.pipeline import PatientResult, evaluate_record
-from fhirsvc.record.files import load_records
+from fhirsvc.record.files import index_records
 from fhirsvc.render.report import patient_report
 from fhirsvc.render.text import patient_text
 from fhirsvc.rules.registry import RULE_KINDS
@@ -71,8 +71,6 @@ def evaluate(
 ) -> None:
     """Evaluate patients from files and print one result per patient."""
     import gc
-
-    from fhirsvc.record.files import index_records
 
     day = _as_of(as_of)
     settings = get_settings()
@@ -304,7 +302,7 @@ def demo(
     fixtures = _fixtures()
     knowledge = load_knowledge(rule_kinds=RULE_KINDS)
     folders = sorted(p for p in fixtures.iterdir() if p.is_dir() and p.name != DEMO_REQUESTS)
-    results = [evaluate_record(record, knowledge, DEMO_AS_OF) for record in load_records(folders).records]
+    results = [evaluate_record(record, knowledge, DEMO_AS_OF) for record in index_records(folders).records()]
     typer.echo(f"fhirsvc demo: {len(results)} example patients, evaluated as of {DEMO_AS_OF}\n")
     typer.echo("\n".join(_summary(results, [p.id for p in knowledge.programs])))
     shown = [

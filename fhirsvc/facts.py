@@ -58,9 +58,10 @@ class MedicationExposure:
         return self.asserted if self.asserted is not None and self.asserted > self.start else self.start
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class LabResult:
-    """One Observation value; `value` is None for results without a number (coded or text)."""
+    """One Observation value; `value` is None for results without a number (coded or text). Fourteen fields: built
+    by keyword only."""
 
     ref: str
     codes: frozenset[str]  # "system|code"
@@ -291,7 +292,16 @@ def exposure_from(
         reasons = tuple(codings(stated))
     elif stated:
         reasons = tuple(c for concept_ in stated for c in codings(concept_))
-    exposure = MedicationExposure(_ref(resource), drugs, start, end, status, concept_text(concept), reasons, planned)
+    exposure = MedicationExposure(
+        ref=_ref(resource),
+        drugs=drugs,
+        start=start,
+        end=end,
+        status=status,
+        text=concept_text(concept),
+        stop_reasons=reasons,
+        planned=planned,
+    )
     if asserted is not None:
         exposure.asserted = asserted
     if supply is not None:
@@ -364,20 +374,20 @@ def lab_from(resource: Resource) -> LabResult | None:
         )
     keys, text = _keys_and_text(resource.get("code"))
     return LabResult(
-        _ref(resource),
-        keys,
-        when,
-        value,
-        unit,
-        comparator,
-        not_detected,
-        status,
-        coded,
-        unit_text,
-        interpretation,
-        components,
-        text,
-        value_text,
+        ref=_ref(resource),
+        codes=keys,
+        date=when,
+        value=value,
+        unit=unit,
+        comparator=comparator,
+        not_detected=not_detected,
+        status=status,
+        coded_values=coded,
+        unit_text=unit_text,
+        interpretation=interpretation,
+        components=components,
+        text=text,
+        value_text=value_text,
     )
 
 

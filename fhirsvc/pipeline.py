@@ -79,7 +79,7 @@ def evaluate_program(
         return None
     coverage = CoverageTable(program.lines.coverage, classes) if program.lines.coverage else None
     counted, ends, named = program_exposures(facts.started_by(as_of), program, classes, as_of, coverage)
-    eras = drug_eras(counted, classes.keys(), program.lines.era_gap_days, in_order=True, ends=ends)
+    eras = drug_eras(counted, classes.keys(), program.lines.era_gap_days, ends=ends)
     diagnoses = program_diagnoses(program, facts.diagnoses, facts.ended_diagnoses)
     eras = indicated_eras(eras, program, classes, diagnoses, named, as_of)
     lines = build_lines(eras, regimen_keys(program.lines, classes), program.lines, as_of, classes)
@@ -139,19 +139,10 @@ def _end_lines_at_death(lines: list[Line], eras: list[DrugEra], death_day: date 
 
 def _label_line_ends(rule: Rule, ctx: ProgramContext) -> None:
     """Explain why earlier lines ended: re-run the rule as of each line's end, with that line still current."""
-    for index, line in enumerate(ctx.lines):
+    for line in ctx.lines:
         if line.end is None or line.end_reason not in ("new-line", "discontinued"):
             continue
-        past = replace(
-            ctx,
-            as_of=line.end,
-            lines=[*ctx.lines[:index], replace(line, end=None)],
-            findings={},
-            _flags=None,
-            _results={},
-            _measurements={},
-        )
-        finding = RULE_KINDS[rule.kind](rule, past)
+        finding = RULE_KINDS[rule.kind](rule, ctx.at_end_of(line))
         if finding.status in ("second-line-evaluation", "next-line-evaluation"):
             line.end_reason = rule.line_end_label
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Generic, TypeVar, cast
+from typing import TypeVar
 
 import orjson
 
+from fhirsvc.memo import MAX_BYTES, SizedMemo
+
 T = TypeVar("T")
-_UNSEEN = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,34 +67,16 @@ def concept_text(concept: object) -> str:
     return " / ".join(c.display for c in codings(concept) if c.display)
 
 
-class ConceptMemo(Generic[T]):
+class ConceptMemo(SizedMemo[object, T]):
     """Keeps answers computed from a CodeableConcept alone, keyed by the concept's JSON.
 
     A chart repeats a few dozen concepts (routine labs, everyday drugs) hundreds of times, so reading each once per
-    process replaces per-resource Python with one `orjson.dumps` and a dict look-up (bench/README.md, "What was fixed").
-    Bounded: concepts are untrusted input, so past `limit` distinct concepts new answers are computed, not kept.
+    process replaces per-resource Python with one `orjson.dumps` and a look-up (bench/README.md, "What was fixed").
+    Concepts are untrusted input: what is kept is bounded in bytes (SizedMemo), and input that is not JSON-shaped
+    (a Python caller's object) is computed every time.
     """
 
-    __slots__ = ("_answers", "_compute", "_limit")
+    __slots__ = ()
 
-    def __init__(self, compute: Callable[[object], T], limit: int = 20_000) -> None:
-        self._compute = compute
-        self._answers: dict[bytes, T] = {}
-        self._limit = limit
-
-    def __call__(self, concept: object) -> T:
-        try:
-            key = orjson.dumps(concept)
-        except TypeError:  # not JSON-shaped (a Python caller's object): nothing to key on
-            return self._compute(concept)
-        answers = self._answers
-        answer = answers.get(key, _UNSEEN)
-        if answer is not _UNSEEN:
-            return cast(T, answer)
-        answer = self._compute(concept)
-        if len(answers) < self._limit:
-            answers[key] = answer
-        return answer
-
-    def __len__(self) -> int:
-        return len(self._answers)
+    def __init__(self, compute: Callable[[object], T], max_bytes: int = MAX_BYTES) -> None:
+        super().__init__(compute, key=orjson.dumps, max_bytes=max_bytes)

@@ -67,25 +67,22 @@ def drug_eras(
     exposures: Iterable[MedicationExposure],
     drugs_in_program: AbstractSet[str],
     era_gap_days: int,
-    in_order: bool = False,
     ends: Mapping[str, date | None] | None = None,
 ) -> list[DrugEra]:
     """Merge each ingredient's exposures into eras; exposures starting after `as_of` must be filtered out first.
 
-    `in_order`: the exposures already come in `exposure_order` (PatientFacts.started_by), so none is sorted again.
     `ends`: by exposure ref, the end to use instead of the recorded one (a record's expected duration).
     """
+    # A total order: exposures arrive in whatever order the server paged them, and ties on dates must not decide
+    # which refs (evidence) and stop reasons an era carries. Sorted once, before they are split by drug.
+    relevant = sorted((e for e in exposures if not e.drugs.isdisjoint(drugs_in_program)), key=exposure_order)
     by_drug: defaultdict[str, list[MedicationExposure]] = defaultdict(list)
-    for exposure in exposures:
+    for exposure in relevant:
         for drug in exposure.drugs & drugs_in_program:
             by_drug[drug].append(exposure)
     eras: list[DrugEra] = []
     gap = timedelta(days=era_gap_days)
     for drug, items in by_drug.items():
-        # A total order: exposures arrive in whatever order the server paged them, and ties on dates must not
-        # decide which refs (evidence) and stop reasons an era carries.
-        if not in_order:
-            items.sort(key=exposure_order)
         current: DrugEra | None = None
         for exposure in items:
             end = ends.get(exposure.ref, exposure.end) if ends else exposure.end

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 
@@ -43,9 +43,20 @@ class ProgramContext:
     classes: dict[str, str] = field(default_factory=dict)
     safety: SafetyTables = field(default_factory=lambda: SafetyTables({}, ()))
     findings: dict[str, Finding] = field(default_factory=dict)  # earlier rules' findings, by rule id
-    _flags: dict[str, FlagHit] | None = None
-    _results: dict[str, list[LabResult]] = field(default_factory=dict)  # per observation name, for this as_of
-    _measurements: dict[str, list[Measurement]] = field(default_factory=dict)
+    # Answers for this context's `as_of`, computed on first use; never passed in, so a context for another date
+    # (`at_end_of`) starts without them.
+    _flags: dict[str, FlagHit] | None = field(default=None, init=False, repr=False, compare=False)
+    _results: dict[str, list[LabResult]] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _measurements: dict[str, list[Measurement]] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def at_end_of(self, line: Line) -> ProgramContext:
+        """The context as it stood on the last day of an ended `line`, with that line still current and no later
+        line begun: for asking a rule what it would have said then. Findings and cached answers start empty."""
+        if line.end is None:
+            raise ValueError(f"line {line.number} has not ended")
+        index = next(i for i, known in enumerate(self.lines) if known is line)
+        earlier = [*self.lines[:index], replace(line, end=None)]
+        return ProgramContext(self.program, self.facts, line.end, earlier, self.eras, self.classes, self.safety)
 
     @property
     def current_line(self) -> Line | None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fhirsvc.fhir.concepts import ConceptMemo, codings, concept_text
+from fhirsvc.memo import SizedMemo
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 # Product code → ingredient tables: fixed-dose combinations, and every product of the shipped VSAC drug value sets
@@ -48,8 +49,8 @@ class DrugCatalog:
         # Longest first, so "tenofovir alafenamide" wins over "tenofovir".
         self._names = sorted(names.items(), key=lambda item: -len(item[0]))
         # Drugs outside every program (statins, ACE inhibitors) fall back to text matching on every record:
-        # the same few texts recur, so the answer is kept (bounded, as texts are unbounded input).
-        self._text_cache: dict[str, frozenset[str]] = {}
+        # the same few texts recur, so the answer is kept (bounded in bytes, as texts are unbounded input).
+        self._text_matches: SizedMemo[str, frozenset[str]] = SizedMemo(self._match_text)
         self.ingredients_for_concept: ConceptMemo[frozenset[str]] = ConceptMemo(self._concept_ingredients)
 
     def ingredients_for_code(self, code: str) -> frozenset[str]:
@@ -65,13 +66,7 @@ class DrugCatalog:
 
     def ingredients_for_text(self, text: str) -> frozenset[str]:
         """Whole-word name matching for text-only medications (e.g. "Biktarvy (bictegravir/...) tablet")."""
-        cached = self._text_cache.get(text)
-        if cached is not None:
-            return cached
-        found = self._match_text(text)
-        if len(self._text_cache) < 10_000:
-            self._text_cache[text] = found
-        return found
+        return self._text_matches(text)
 
     def _match_text(self, text: str) -> frozenset[str]:
         haystack = normalise_name(text)

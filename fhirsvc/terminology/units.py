@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache
+
+from fhirsvc.memo import SizedMemo
 
 # UCUM codes and the free-text spellings labs send for "copies per millilitre".
 _COPIES = frozenset({"{copies}/ml", "copies/ml", "cp/ml", "{cp}/ml", "/ml", "1/ml", "{#}/ml", "#/ml", ""})
@@ -37,8 +38,7 @@ _PER_MINUTE = frozenset({"", "ml/min", "ml/min/1.73m2", "ml/min/1.73", "ml/mn/1.
 _PER_SECOND = frozenset({"ml/s/1.73m2", "ml/sec/1.73m2", "ml/s", "ml/sec"})
 
 
-@lru_cache(maxsize=256)  # a handful of spellings recur on every result; bounded, as units are free text
-def _egfr_unit_key(unit: str) -> str:
+def _egfr_spelling(unit: str) -> str:
     key = unit.strip().lower().replace(" per ", "/").replace("²", "2").replace("^2", "2").replace("**2", "2")
     for noise in (" ", "{", "}", "(", ")", "_"):
         key = key.replace(noise, "")
@@ -46,6 +46,10 @@ def _egfr_unit_key(unit: str) -> str:
     for square in ("sq.m.", "sq.m", "sqm", "m.sq", "msq", "m*2"):
         key = key.replace(square, "m2")
     return key
+
+
+# A handful of spellings recur on every result; bounded in bytes, as units are free text.
+_egfr_unit_key: SizedMemo[str, str] = SizedMemo(_egfr_spelling)
 
 
 def egfr(value: float, unit: str, log_scale: bool) -> float | None:

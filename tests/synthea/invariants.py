@@ -12,7 +12,7 @@ from typing import Any
 from fhirsvc.cds.models import Card
 from fhirsvc.findings import Finding
 from fhirsvc.pipeline import PatientResult, ProgramResult, evaluate_record
-from fhirsvc.record.files import index_records, load_records
+from fhirsvc.record.files import index_records
 from fhirsvc.record.model import PatientRecord, normalise_reference
 from fhirsvc.render.cards import cards_with_findings
 from fhirsvc.terminology.knowledge import Knowledge
@@ -80,8 +80,8 @@ def records(folder: Path) -> Iterator[tuple[PatientRecord, int]]:
     bundles = sorted(folder.glob("*.json"))
     if bundles and not any(folder.glob("*.ndjson")):  # a bulk export also holds a parameters.json
         for bundle in bundles:
-            loaded = load_records([bundle])
-            for record in loaded.records:
+            loaded = index_records([bundle])
+            for record in loaded.records():
                 yield record, loaded.skipped + record.skipped
         return
     index = index_records([folder])

@@ -1,4 +1,4 @@
-"""CodeableConcept helpers and ConceptMemo: answers per distinct concept, bounded, never wrong for odd input."""
+"""CodeableConcept helpers and ConceptMemo: answers per distinct concept, bounded in bytes, right for odd input."""
 
 from __future__ import annotations
 
@@ -36,16 +36,24 @@ def test_different_concepts_get_their_own_answers() -> None:
     assert memo(other) == frozenset({"http://loinc.org|4548-4"})
 
 
-def test_past_the_limit_answers_are_computed_not_kept() -> None:
+def test_kept_answers_stay_within_the_byte_budget_and_evicted_ones_are_recomputed() -> None:
     compute = Counting()
-    memo = ConceptMemo(compute, limit=2)
-    concepts = [{"text": f"drug {n}"} for n in range(4)]
+    memo = ConceptMemo(compute, max_bytes=4_000)
+    concepts = [{"coding": [{"system": "http://loinc.org", "code": f"{n}-0", "display": "x" * 200}]} for n in range(40)]
     for concept in concepts:
         memo(concept)
-    for concept in concepts:
-        memo(concept)
-    assert len(memo) == 2
-    assert len(compute.asked) == 6  # 4 first times, then only the 2 that were not kept
+    assert 0 < len(memo) < len(concepts) and memo.kept_bytes <= 4_000
+    memo(concepts[0])  # the first was evicted to make room: asked again
+    assert len(compute.asked) == len(concepts) + 1
+
+
+def test_a_huge_concept_is_answered_but_never_kept() -> None:
+    compute = Counting()
+    memo = ConceptMemo(compute)
+    huge = {"text": "m" * 2_000_000}  # a 2 MB medication text
+    memo(huge)
+    memo(huge)
+    assert len(compute.asked) == 2 and len(memo) == 0 and memo.kept_bytes == 0
 
 
 def test_input_that_is_not_json_is_computed_every_time() -> None:

@@ -1,4 +1,4 @@
-"""Streaming `evaluate`: the offset index gives the same records, and the same output bytes, as loading everything."""
+"""The one file reader: its index gives the records RecordBuilder files from every resource at once, one at a time."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from fhirsvc.cli import app
 from fhirsvc.pipeline import evaluate_record
-from fhirsvc.record.files import index_records, load_records
-from fhirsvc.record.model import PatientRecord, bundle_resources
+from fhirsvc.record.files import NDJSON_SUFFIXES, index_records, iter_files
+from fhirsvc.record.model import PatientRecord, RecordBuilder, bundle_resources
 from fhirsvc.render.report import patient_report
 from fhirsvc.render.text import patient_text
 from fhirsvc.terminology.knowledge import Knowledge
@@ -32,6 +32,25 @@ def _ndjson(path: Path, resources: list[Any], extra: tuple[bytes, ...] = ()) -> 
 
 def _snapshot(records: list[PatientRecord]) -> list[tuple[str, dict[str, list[Any]]]]:
     return [(r.patient_id, {t: list(rs) for t, rs in r.resources.items()}) for r in records]
+
+
+def _filed_at_once(root: Path) -> tuple[list[PatientRecord], int]:
+    """Every file's content handed to one RecordBuilder, all in memory: the records (and the count of what was
+    skipped) the streaming index must reproduce."""
+    builder = RecordBuilder()
+    unreadable = 0
+    for path in iter_files([root]):
+        chunks = path.read_bytes().splitlines() if path.suffix in NDJSON_SUFFIXES else [path.read_bytes()]
+        for chunk in chunks:
+            if not chunk.strip():
+                continue
+            try:
+                data = orjson.loads(chunk)
+            except orjson.JSONDecodeError:
+                unreadable += 1
+                continue
+            builder.add_all(data if isinstance(data, list) and path.suffix not in NDJSON_SUFFIXES else [data])
+    return builder.build(), unreadable + builder.skipped
 
 
 def _mixed_directory(root: Path) -> Path:
@@ -80,16 +99,16 @@ def _mixed_directory(root: Path) -> Path:
 
 def test_streamed_records_equal_the_in_memory_ones_on_a_mixed_directory(tmp_path: Path) -> None:
     root = _mixed_directory(tmp_path / "mixed")
-    loaded = load_records([root])
+    filed, skipped = _filed_at_once(root)
     index = index_records([root])
     streamed = list(index.records())
-    assert _snapshot(streamed) == _snapshot(loaded.records)
-    assert (index.files, index.skipped) == (loaded.files, loaded.skipped)
-    assert index.skipped == 4  # broken.json, "{broken", the JSON list, the orphan Observation
-    assert len(index) == len(streamed) == len(loaded.records) >= 5
+    assert _snapshot(streamed) == _snapshot(filed)
+    assert index.skipped == skipped == 4  # broken.json, "{broken", the JSON list, the orphan Observation
+    assert index.files == len(list(iter_files([root])))
+    assert len(index) == len(streamed) == len(filed) >= 5
     assert (
         streamed[0].medications
-        == loaded.records[0].medications
+        == filed[0].medications
         == {"Medication/med-1": {"resourceType": "Medication", "id": "med-1", "code": {"text": "dolutegravir 50 MG"}}}
     )
 
@@ -121,7 +140,7 @@ def test_patients_come_out_one_at_a_time_in_patient_order(tmp_path: Path) -> Non
 
 def test_evaluate_output_is_byte_identical_to_the_in_memory_list(tmp_path: Path, knowledge: Knowledge) -> None:
     root = _mixed_directory(tmp_path / "mixed")
-    results = [evaluate_record(r, knowledge, AS_OF) for r in load_records([root]).records]
+    results = [evaluate_record(r, knowledge, AS_OF) for r in _filed_at_once(root)[0]]
     as_json = runner.invoke(app, ["evaluate", str(root), "--as-of", AS_OF.isoformat()])
     assert as_json.exit_code == 0, as_json.output
     expected = orjson.dumps([patient_report(r) for r in results], option=orjson.OPT_INDENT_2) + b"\n"

@@ -166,3 +166,16 @@ def test_lines_are_ordered_and_do_not_overlap() -> None:
     assert [line.number for line in result] == [1, 2, 3, 4]
     for before, after in itertools.pairwise(result):
         assert before.end is not None and before.end <= after.start
+
+
+def test_drug_eras_put_exposures_in_order_themselves() -> None:
+    """Refills of one drug as a server may page them (newest first): the era and its evidence are the same."""
+    refills = [
+        exposure("dolutegravir", "2025-01-01", "2025-03-31"),
+        exposure("dolutegravir", "2025-04-01", "2025-06-30"),
+        exposure("dolutegravir", "2025-07-01", "2025-09-30", (NOT_TOLERATED,)),
+    ]
+    (era,) = drug_eras(reversed(refills), set(CLASSES), HIV.era_gap_days)
+    assert (era.start, era.end) == (date(2025, 1, 1), date(2025, 9, 30))
+    assert era.refs == [e.ref for e in refills]
+    assert era.stop_reasons == [NOT_TOLERATED]  # the last refill's reason, not the first one read

@@ -38,7 +38,7 @@ def eras_of(
     program, classes, table = hiv(knowledge)
     records = sorted(records, key=lambda e: (e.start, e.ref))
     kept, ends, _ = program_exposures(records, program, classes, as_of, table)
-    eras = drug_eras(kept, classes.keys(), program.lines.era_gap_days, in_order=True, ends=ends)
+    eras = drug_eras(kept, classes.keys(), program.lines.era_gap_days, ends=ends)
     return [(e.drug, e.start, e.end) for e in eras]
 
 
