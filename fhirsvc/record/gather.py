@@ -13,7 +13,7 @@ from typing import Any
 from fhirsvc.fhir.client import FhirClient, FhirClientPool, SearchResult, bundle_total, next_link
 from fhirsvc.fhir.errors import FhirError, FhirInvalidResponse, FhirNotFound, FhirServerError, FhirTransportError
 from fhirsvc.fhir.quirks import adaptive_search
-from fhirsvc.record.model import RECORD_PART_BY_KEY, PatientRecord, filing_patient
+from fhirsvc.record.model import CLINICAL_TYPES, RECORD_PART_BY_KEY, PatientRecord, filing_patient
 
 log = logging.getLogger(__name__)
 
@@ -230,10 +230,17 @@ def _add(record: PatientRecord, resource: dict[str, Any], expected: str) -> None
     (`filing_patient`); Medications are kept for `medicationReference`s, resources the pipeline does not read are
     ignored, malformed ones and other patients' counted (a server that ignores an unsupported `patient` parameter
     returns everyone's data)."""
-    if not isinstance(resource.get("resourceType"), str):  # e.g. a list from a hostile server: not a resource
+    rtype = resource.get("resourceType")
+    if not isinstance(rtype, str):  # e.g. a list from a hostile server: not a resource
         record.skipped += 1
         return
-    if resource["resourceType"] == "Medication":
+    subject = resource.get("subject") or resource.get("patient")
+    if isinstance(subject, dict) and subject.get("reference") == expected and rtype in CLINICAL_TYPES:
+        # What filing_patient decides for a reference that is already "Patient/<id>", without normalising it: the
+        # common case, and at 10,000 resources the full rule cost 12 % of the in-process evaluation (bench.profile).
+        record.add(resource)
+        return
+    if rtype == "Medication":
         if isinstance(resource.get("id"), str):
             record.medications[f"Medication/{resource['id']}"] = resource
         return
