@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import AnyHttpUrl, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from fhirsvc.fhir.urls import normalise_base_url
+from fhirsvc.fhir.urls import normalise_base_url, origin
 
 
 class ServerProfile(BaseModel):
@@ -24,6 +24,22 @@ class ServerProfile(BaseModel):
         default_factory=list, description="Search Observations once per category (Epic requires a category)."
     )
     page_size: int | None = Field(default=None, ge=1, description="_count to ask for.")
+    bulk_storage_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins (https://host[:port]) besides the server's own that Bulk Data export files may come "
+        "from, e.g. the object store its manifests link to; files anywhere else are never downloaded.",
+    )
+
+    @field_validator("bulk_storage_origins")
+    @classmethod
+    def _bare_origins(cls, value: list[str]) -> list[str]:
+        origins = []
+        for url in value:
+            normalised = require_https(url)
+            if normalised != origin(normalised):
+                raise ValueError(f"a storage origin is scheme://host[:port], without a path: {url!r}")
+            origins.append(normalised)
+        return origins
 
 
 # ---- Trust and failure: helpers for the settings block at the end of Settings ----------------------------------------

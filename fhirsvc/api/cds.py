@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
@@ -22,7 +23,7 @@ from fhirsvc.fhir.client import FhirClientPool
 from fhirsvc.fhir.urls import fhir_server_allowed
 from fhirsvc.pipeline import evaluate_record
 from fhirsvc.record.gather import DataUnavailable, gather
-from fhirsvc.record.model import bundle_resources
+from fhirsvc.record.model import RECORD_PART_BY_KEY, bundle_resources
 from fhirsvc.render.cards import by_resource_type, cards_with_findings, incomplete_card
 from fhirsvc.store.db import Store
 from fhirsvc.terminology.knowledge import Knowledge
@@ -108,10 +109,10 @@ def discovery(_client: DiscoveryClientDep) -> dict[str, Any]:
     "/cds-services/{service_id}",
     response_model=CdsResponse,
     responses={
-        400: outcome("Malformed request, or a fhirServer not on the allowlist"),
+        400: outcome("Malformed request"),
         **_UNAUTHORIZED,
         404: outcome("Unknown service"),
-        412: outcome("Required data unobtainable"),
+        412: outcome("Required data unobtainable (or to be fetched from a fhirServer not on the allowlist)"),
         413: _TOO_LARGE,
     },
     openapi_extra=_HOOK_REQUEST,
@@ -140,25 +141,41 @@ async def call_service(
     annotate_patient(request, cds_request.patient_id)
     if cds_request.hook != service.hook:
         return operation_outcome(400, f"service {service.id!r} answers hook {service.hook!r}, not {cds_request.hook!r}")
-    if cds_request.fhirServer and not fhir_server_allowed(cds_request.fhirServer, settings.fhir_servers):
-        # Never a proxy: the bearer token and our requests go only to servers the operator listed.
-        return operation_outcome(400, "fhirServer is not one of this service's FHIR servers", code="security")
+    # Never a proxy: the bearer token and our requests go only to servers the operator listed. A server off the
+    # list is never contacted: a complete prefetch is evaluated as it came, and what it lacks is a 412.
+    server = cds_request.fhirServer
+    unlisted = bool(server) and not fhir_server_allowed(server or "", settings.fhir_servers)
+    if unlisted:
+        annotate(request, fhir_server="not-allowlisted", **_host_field(server or ""))
+        absent = [key for key in RECORD_PART_BY_KEY if key not in (cds_request.prefetch or {})]
+        if absent:
+            return _not_fetched_from_unlisted_server(absent)
+    client = pool.client(server) if server and not unlisted else None
+    authorization = cds_request.fhirAuthorization
     clock: Clock = request.app.state.clock
     try:
         gathered = await gather(
             cds_request.patient_id,
             cds_request.prefetch,
-            pool.client(cds_request.fhirServer) if cds_request.fhirServer else None,
-            cds_request.fhirAuthorization.access_token if cds_request.fhirAuthorization else None,
+            client,
+            authorization.access_token if client and authorization else None,
             settings.fhir_max_pages,
             deadline=started_at(request) + settings.cds_time_budget * FETCH_SHARE,
             clock=clock,
             tolerate_upstream_faults=True,
         )
     except DataUnavailable as exc:
+        if unlisted:  # a failed client fetch or a paged prefetch: the rest is on that server
+            return _not_fetched_from_unlisted_server(sorted(exc.keys))
         return operation_outcome(412, f"required data unavailable: {exc}", code="not-found")
     except ValueError as exc:
         return operation_outcome(400, str(exc))
+    if unlisted:
+        if gathered.failed:
+            return _not_fetched_from_unlisted_server(sorted(gathered.failed))
+        if gathered.record.missing_medications():
+            # Read by id from the FHIR server when allowed; here they stay unread, like a failed read.
+            gathered.record.incomplete["Medication"] = "referenced medications are on a FHIR server not listed"
     if gathered.upstream_faults:
         annotate(request, fhir_unavailable=sorted(gathered.upstream_faults))
     if gathered.missing:
@@ -209,6 +226,24 @@ async def feedback(service_id: str, request: Request, _client: ClientDep, store:
     stored, duplicates = await run_in_threadpool(store_feedback, store, service_id, items)
     log.info("feedback stored=%d duplicates=%d", stored, duplicates)
     return Response(status_code=200)
+
+
+def _host_field(fhir_server: str) -> dict[str, str]:
+    """The unlisted server's host for the log line: never the URL, whose path or query may carry a secret."""
+    try:
+        host = urlsplit(fhir_server).hostname
+    except ValueError:
+        return {}
+    return {"fhir_server_host": host[:253]} if host else {}
+
+
+def _not_fetched_from_unlisted_server(keys: list[str]) -> Response:
+    return operation_outcome(
+        412,
+        "fhirServer is not one of this service's FHIR servers, so nothing is fetched from it, and the prefetch "
+        f"lacks: {', '.join(keys)}",
+        code="security",
+    )
 
 
 def _draft_medication_orders(draft_orders: object) -> list[dict[str, Any]]:

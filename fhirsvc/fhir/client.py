@@ -23,7 +23,7 @@ from fhirsvc.fhir.errors import (
     FhirUnsafeLink,
     response_error,
 )
-from fhirsvc.fhir.urls import is_under, normalise_base_url
+from fhirsvc.fhir.urls import link_under, normalise_base_url
 
 log = logging.getLogger(__name__)
 
@@ -215,9 +215,12 @@ class FhirClient:
                 result.truncated = True
                 log.warning("stopped paging after %d pages", cap)
                 return
-            if not is_under(link, self.base_url):
+            # Compared and requested in normalised form: `../` segments are resolved before the check, as httpx
+            # resolves them before the request, so the token never goes to another path.
+            under = link_under(link, self.base_url)
+            if under is None:
                 raise FhirUnsafeLink("next link leaves the FHIR server; not followed")
-            bundle = await self.get_json(link, token)
+            bundle = await self.get_json(under, token)
             self.absorb(bundle, result)
 
 

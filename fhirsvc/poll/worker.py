@@ -20,9 +20,9 @@ import orjson
 
 from fhirsvc.config import Settings
 from fhirsvc.fhir.client import FhirClient, FhirClientPool
-from fhirsvc.fhir.errors import FhirError
+from fhirsvc.fhir.errors import FhirError, FhirUnsafeLink
 from fhirsvc.pipeline import PatientResult, evaluate_record
-from fhirsvc.poll.bulk import bulk_export, supports_export
+from fhirsvc.poll.bulk import BulkExportFailed, bulk_export, supports_export
 from fhirsvc.poll.changes import POLLED_TYPES, Changes, changed_patients
 from fhirsvc.record.gather import DataUnavailable, fetch_patient
 from fhirsvc.record.model import PatientRecord, RecordBuilder
@@ -127,20 +127,32 @@ class Poller:
     async def _backfill(
         self, client: FhirClient, token: str | None, since: str | None
     ) -> tuple[Changes, dict[str, PatientRecord]] | None:
-        """First run on a server that offers Bulk Data: one `$export` instead of a search per resource type."""
+        """First run on a server that offers Bulk Data: one `$export` instead of a search per resource type.
+
+        None (backfill with searches instead) when the server offers no export or the export fails: a malformed
+        manifest, a file off the server, a fault. What a failed export delivered is dropped, never half-used.
+        """
         try:
             capability = await client.get_json("metadata", token)
         except FhirError:
             return None
         if not supports_export(capability):
             return None
-        resources, transaction_time = await bulk_export(client, client.http, token, since)
-        builder = RecordBuilder()
-        builder.add_all(resources)
+        builder = RecordBuilder()  # resources go in line by line as the files stream
+        try:
+            export = await bulk_export(client, client.http, token, builder.add_resource, since)
+        except FhirError as exc:
+            # Our own messages name what is wrong and never a URL (signed storage links carry credentials); a
+            # server's answer may quote patient data, so only its class is logged.
+            reason = str(exc) if isinstance(exc, (BulkExportFailed, FhirUnsafeLink)) else type(exc).__name__
+            log.warning("bulk export failed, backfilling with searches instead: %s", reason)
+            return None
+        if export.skipped_lines:
+            log.warning("bulk export: %d lines were not FHIR resources and were skipped", export.skipped_lines)
         records = {record.patient_id: record for record in builder.build()}
-        changes = Changes(patients=set(records), resources=len(resources))
-        if transaction_time:
-            changes.cursors = {t: transaction_time for t in POLLED_TYPES}
+        changes = Changes(patients=set(records), resources=export.resources)
+        if export.transaction_time:
+            changes.cursors = {t: export.transaction_time for t in POLLED_TYPES}
         return changes, records
 
     async def _patient(

@@ -362,14 +362,16 @@ class Recorder:
         "https://fhir.example.test/r4-other",
     ],
 )
-def test_a_fhir_server_off_the_allowlist_is_400_and_nothing_leaves(make_app: MakeApp, fhir_server: str) -> None:
+def test_a_fhir_server_off_the_allowlist_without_a_prefetch_is_412_and_nothing_leaves(
+    make_app: MakeApp, fhir_server: str
+) -> None:
     recorder = Recorder()
     with make_app(fhir=httpx.MockTransport(recorder.handle)) as client:
         client.auth = SignedCalls(ES384)
         response = client.post(
             PATIENT_VIEW, json=hook_request("hiv-fail-basic", None, fhir_server=fhir_server, token=TOKEN)
         )
-    assert response.status_code == 400
+    assert response.status_code == 412
     outcome = response.json()
     assert outcome["resourceType"] == "OperationOutcome" and "fhirServer" in outcome["issue"][0]["diagnostics"]
     assert TOKEN not in response.text
@@ -398,7 +400,63 @@ def test_no_allowlist_means_no_fhir_server_at_all(make_app: MakeApp) -> None:
     with make_app(fhir=httpx.MockTransport(recorder.handle), fhir_servers=[]) as client:
         client.auth = SignedCalls(ES384)
         response = client.post(PATIENT_VIEW, json=hook_request("p", None, fhir_server=FHIR_BASE, token=TOKEN))
-    assert response.status_code == 400 and recorder.requests == []
+    assert response.status_code == 412 and recorder.requests == []
+
+
+UNLISTED = "https://unlisted.example.test/r4/tenant-secret"
+
+
+def test_a_complete_prefetch_from_an_unlisted_server_is_evaluated_without_contacting_it(
+    make_app: MakeApp, log_lines: io.StringIO
+) -> None:
+    """The CDS Hooks sandbox names its own FHIR server and sends every key: nothing needs fetching."""
+    recorder = Recorder()
+    prefetch = prefetch_from(load_fixture("hiv/fail-basic.json"))
+    prefetch["goals"] = None  # null: queried by the client, no data; present all the same
+    with make_app(fhir=httpx.MockTransport(recorder.handle)) as client:
+        client.auth = SignedCalls(ES384)
+        body = hook_request("hiv-fail-basic", prefetch, fhir_server=UNLISTED, token=TOKEN)
+        response = client.post(PATIENT_VIEW, json=body)
+    assert response.status_code == 200 and response.json()["cards"]
+    assert recorder.requests == []
+    (line,) = [json.loads(x) for x in log_lines.getvalue().splitlines() if '"fhirsvc.access"' in x]
+    assert line["fhir_server"] == "not-allowlisted" and line["fhir_server_host"] == "unlisted.example.test"
+    assert "tenant-secret" not in log_lines.getvalue() and TOKEN not in log_lines.getvalue()
+
+
+@pytest.mark.parametrize("gap", ["absent", "paged", "failed"])
+def test_a_prefetch_that_needs_the_unlisted_server_is_412_and_nothing_leaves(make_app: MakeApp, gap: str) -> None:
+    recorder = Recorder()
+    prefetch = prefetch_from(load_fixture("hiv/fail-basic.json"))
+    if gap == "absent":
+        del prefetch["allergies"]  # optional, but only that server could say whether there are any
+    elif gap == "paged":
+        prefetch["observations"]["link"] = [{"relation": "next", "url": f"{UNLISTED}/Observation?page=2"}]
+    else:
+        prefetch["medicationRequests"] = {"resourceType": "OperationOutcome", "issue": [{"severity": "error"}]}
+    with make_app(fhir=httpx.MockTransport(recorder.handle)) as client:
+        client.auth = SignedCalls(ES384)
+        response = client.post(
+            PATIENT_VIEW, json=hook_request("hiv-fail-basic", prefetch, fhir_server=UNLISTED, token=TOKEN)
+        )
+    assert response.status_code == 412 and recorder.requests == []
+    outcome = response.json()
+    assert outcome["resourceType"] == "OperationOutcome" and "fhirServer" in outcome["issue"][0]["diagnostics"]
+
+
+def test_medications_referenced_on_an_unlisted_server_are_incomplete_not_fetched(make_app: MakeApp) -> None:
+    recorder = Recorder()
+    prefetch = prefetch_from(load_fixture("hiv/fail-basic.json"))
+    order = prefetch["medicationStatements"]["entry"][0]["resource"]
+    order.pop("medicationCodeableConcept", None)
+    order["medicationReference"] = {"reference": "Medication/only-on-that-server"}
+    with make_app(fhir=httpx.MockTransport(recorder.handle)) as client:
+        client.auth = SignedCalls(ES384)
+        response = client.post(
+            PATIENT_VIEW, json=hook_request("hiv-fail-basic", prefetch, fhir_server=UNLISTED, token=TOKEN)
+        )
+    assert response.status_code == 200 and recorder.requests == []
+    assert [card["source"].get("topic", {}).get("code") for card in response.json()["cards"]] == ["data-needed"]
 
 
 def test_fhir_servers_setting(monkeypatch: pytest.MonkeyPatch) -> None:

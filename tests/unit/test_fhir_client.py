@@ -186,6 +186,37 @@ async def test_next_link_off_the_server_is_never_followed(pool: FhirClientPool) 
         await pool.client(BASE).search("Observation")
 
 
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        f"{BASE}/../admin/Observation?p=2",  # httpx resolves `..` before sending: /admin/Observation
+        f"{BASE}/%2e%2e/admin/Observation?p=2",  # servers that decode before routing do the same
+        f"{BASE}/..;/admin/Observation?p=2",  # servlet containers read `..;` as `..`
+        f"{BASE}/Observation%2F..%2F..%2Fadmin?p=2",
+    ],
+)
+async def test_a_next_link_climbing_out_of_the_base_gets_no_request_and_no_token(
+    pool: FhirClientPool, hostile: str
+) -> None:
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get(f"{BASE}/Observation").mock(return_value=httpx.Response(200, json=bundle(1, hostile)))
+        elsewhere = mock.get(url__regex=r"/admin")
+        with pytest.raises(FhirUnsafeLink):
+            await pool.client(BASE).search("Observation", token="secret")
+    assert not elsewhere.called
+
+
+async def test_a_next_link_with_dot_segments_inside_the_base_is_followed_as_resolved(pool: FhirClientPool) -> None:
+    link = "https://FHIR.example.test:443/r4/x/../Observation?p=2"
+    with respx.mock() as mock:
+        route = mock.get(f"{BASE}/Observation").mock(
+            side_effect=lambda request: httpx.Response(200, json=bundle(2) if request.url.query else bundle(1, link))
+        )
+        result = await pool.client(BASE).search("Observation")
+    assert [str(call.request.url) for call in route.calls] == [f"{BASE}/Observation", f"{BASE}/Observation?p=2"]
+    assert result.pages == 2
+
+
 async def test_one_pooled_client_per_server(pool: FhirClientPool) -> None:
     assert pool.client(BASE) is pool.client(BASE + "/")
     assert pool.client(BASE) is not pool.client("https://other.example.test/fhir")
@@ -199,6 +230,15 @@ async def test_one_pooled_client_per_server(pool: FhirClientPool) -> None:
         ("https://fhir.example.test/r4evil/Observation", False),
         ("http://fhir.example.test/r4/Observation", False),
         ("https://fhir.example.test:8443/r4/Observation", False),
+        (f"{BASE}/../admin", False),
+        (f"{BASE}/Observation/../../admin", False),
+        (f"{BASE}/%2E%2E/admin", False),
+        (f"{BASE}/..;/admin", False),
+        (f"{BASE}/a%2F..%2F..%2Fadmin", False),
+        (f"{BASE}/a\\..\\..\\admin", False),
+        ("https://user@fhir.example.test/r4/Observation", False),
+        ("https://FHIR.example.test:443/r4/./Observation", True),
+        (f"{BASE}/x/../Observation", True),
     ],
 )
 def test_is_under(url: str, under: bool) -> None:

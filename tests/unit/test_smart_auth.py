@@ -526,3 +526,22 @@ def test_jwks_route_without_a_key_is_404_and_with_a_broken_one_503(tmp_path: Pat
     with make_client(**options) as client:
         response = client.get("/.well-known/jwks.json")
     assert response.status_code == 503 and "garbage" not in response.text
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "https://fhir.example.test/r4/%2e%2e/admin/Patient",  # `..` to servers that decode before routing
+        "https://fhir.example.test/r4/..;/admin/Patient",  # `..` to servlet containers
+    ],
+)
+async def test_the_token_never_goes_to_a_path_that_climbs_out_of_the_base(
+    http: httpx.AsyncClient, clock: Clock, hostile: str
+) -> None:
+    endpoint = TokenEndpoint()
+    fhir = FhirServer(accept=lambda auth: True)
+    with respx.mock(assert_all_called=False) as mock:
+        mock.post(TOKEN_URL).mock(side_effect=endpoint)
+        mock.get(url__startswith="https://fhir.example.test/").mock(side_effect=fhir)
+        await http.get(hostile, auth=make_auth(http, clock, token_url=TOKEN_URL))
+    assert fhir.seen == [None] and endpoint.tokens == 0
