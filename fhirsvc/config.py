@@ -193,6 +193,10 @@ class Settings(BaseSettings):
         default_factory=lambda: ["ES384", "RS384"], description="JWT algorithms accepted (asymmetric only)."
     )
     cds_leeway_seconds: int = Field(default=60, ge=0, le=600, description="Clock skew allowed on exp, iat and nbf.")
+    # CDS Hooks 2.0 #trusting-cds-clients recommends that a client JWT expires within five minutes.
+    cds_max_token_lifetime: int = Field(
+        default=300, ge=1, le=86400, description="Longest client JWT accepted, in seconds (exp - iat, and exp - now)."
+    )
     # Outbound allowlist: the only FHIR servers a CDS call may make us fetch from (never a proxy to anywhere).
     fhir_servers: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Allowed fhirServer base URLs: comma-separated, or a JSON list."
