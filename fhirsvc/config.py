@@ -155,7 +155,11 @@ class Settings(BaseSettings):
     poll_overlap_seconds: int = Field(default=300, ge=0, description="Re-read window behind each cursor.")
     # Test-only failpoints ("after-writeback:2" = exit after the 2nd write-back transaction) prove crash safety.
     failpoints: list[str] = Field(default_factory=list)
-    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    # Browser origins allowed to call (CORS). Closed by default: EHRs call server to server; a browser-based client
+    # (the CDS Hooks sandbox, a SMART app) is listed by origin, e.g. '["https://sandbox.cds-hooks.org"]'.
+    cors_origins: list[str] = Field(
+        default_factory=list, description='Browser origins allowed (CORS); empty = none, ["*"] = any.'
+    )
     # Per-server quirks keyed by base URL, e.g.
     # FHIRSVC_SERVER_PROFILES='{"https://fhir-open.cerner.com/r4/x": {"medication_statement": false}}'
     server_profiles: dict[str, ServerProfile] = Field(default_factory=dict)
@@ -208,6 +212,23 @@ class Settings(BaseSettings):
         default=None, description="Salt for patient id hashes in logs; unset = random per process."
     )
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Largest request body accepted.")
+    # A static bearer token for `poll` and `sandbox` comes from the environment or a file, never from argv (which
+    # every user of the machine can read in `ps` and /proc/<pid>/cmdline).
+    fhir_token: SecretStr | None = Field(
+        default=None, description="Static bearer token for the FHIR server of `poll` and `sandbox` (or --token-file)."
+    )
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        # An Origin header is scheme://host[:port] and nothing else: a path or trailing slash would never match.
+        for origin in value:
+            parts = urlsplit(origin)
+            if origin != "*" and (
+                parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query
+            ):
+                raise ValueError(f"not a browser origin (scheme://host[:port], or *): {origin!r}")
+        return value
 
     @field_validator("cds_auth", mode="before")
     @classmethod

@@ -47,6 +47,7 @@ FEEDBACK = PATIENT_VIEW + "/feedback"
 JWKS_URL = "https://ehr.example.test/.well-known/jwks.json"
 EVIL_JWKS = "https://evil.example.test/jwks.json"
 SANDBOX_JWKS = "https://sandbox.cds-hooks.org/.well-known/jwks.json"  # the jku the CDS Hooks sandbox sends
+SANDBOX_ORIGIN = "https://sandbox.cds-hooks.org"
 
 ES384 = Signer("ES384", kid="es-1")
 RS384 = Signer("RS384", kid="rs-1", iss="https://other-ehr.example.test")
@@ -360,6 +361,39 @@ def test_probes_and_metrics_need_no_token(client: TestClient) -> None:
     assert client.get("/livez").status_code == 200
     assert client.get("/readyz").status_code == 200
     assert client.get("/metrics").status_code == 200
+
+
+def test_cors_is_closed_by_default(client: TestClient) -> None:
+    preflight = client.options(
+        PATIENT_VIEW,
+        headers={
+            "Origin": SANDBOX_ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    )
+    assert "access-control-allow-origin" not in preflight.headers
+    discovery = client.get("/cds-services", headers={"Origin": "https://evil.example.test"})
+    assert discovery.status_code == 200 and "access-control-allow-origin" not in discovery.headers
+
+
+def test_cors_allows_the_configured_origins_only(make_app: MakeApp) -> None:
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    with make_app(cors_origins=[SANDBOX_ORIGIN]) as client:
+        allowed = client.options(PATIENT_VIEW, headers={"Origin": SANDBOX_ORIGIN, **preflight})
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == SANDBOX_ORIGIN
+        assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
+        other = client.options(PATIENT_VIEW, headers={"Origin": "https://evil.example.test", **preflight})
+        assert "access-control-allow-origin" not in other.headers
+        discovery = client.get("/cds-services", headers={"Origin": SANDBOX_ORIGIN})
+        assert discovery.headers["access-control-allow-origin"] == SANDBOX_ORIGIN
+
+
+@pytest.mark.parametrize("origin", ["https://sandbox.cds-hooks.org/", "sandbox.cds-hooks.org", "https://x.test/app"])
+def test_a_cors_origin_is_scheme_host_and_port(origin: str) -> None:
+    with pytest.raises(ValidationError, match="not a browser origin"):
+        Settings(cors_origins=[origin])
 
 
 def test_no_clients_configured_refuses_everyone(make_app: MakeApp, caplog: pytest.LogCaptureFixture) -> None:
