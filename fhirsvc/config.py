@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AnyHttpUrl, BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, AnyHttpUrl, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fhirsvc.fhir.urls import normalise_base_url
@@ -216,6 +216,13 @@ class Settings(BaseSettings):
     # every user of the machine can read in `ps` and /proc/<pid>/cmdline).
     fhir_token: SecretStr | None = Field(
         default=None, description="Static bearer token for the FHIR server of `poll` and `sandbox` (or --token-file)."
+    )
+    # Prometheus multiprocess mode (https://prometheus.github.io/client_python/multiprocess/): prometheus_client
+    # reads this very variable, unprefixed, when it is imported; `serve --workers N` sets it for its workers.
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("prometheus_multiproc_dir", "PROMETHEUS_MULTIPROC_DIR"),
+        description="Directory of the per-process metric files; set = /metrics adds up every process's counts.",
     )
 
     @field_validator("cors_origins")
