@@ -13,7 +13,7 @@ from jwt.algorithms import ECAlgorithm
 
 ISSUER = "https://ehr.bench.invalid"
 PUBLIC_URL = "http://localhost:8000"  # the service's FHIRSVC_PUBLIC_URL default: `aud` is this + the path invoked
-TOKEN_LIFETIME_S = 600
+TOKEN_LIFETIME_S = 300  # the service refuses longer-lived JWTs (FHIRSVC_CDS_MAX_TOKEN_LIFETIME); signed per run
 
 
 @dataclass

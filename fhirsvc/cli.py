@@ -46,6 +46,41 @@ def _as_of(value: str | None) -> date:
         raise typer.BadParameter("use YYYY-MM-DD", param_hint="--as-of") from None
 
 
+# A bearer token on the command line is readable by every user of the machine (`ps`, /proc/<pid>/cmdline) and lands
+# in shell histories: it is read from a file or from FHIRSVC_FHIR_TOKEN instead.
+TokenFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--token-file",
+        metavar="PATH",
+        help="File holding a bearer token for the FHIR server (or set FHIRSVC_FHIR_TOKEN; the file wins).",
+    ),
+]
+ArgvTokenOption = Annotated[str | None, typer.Option("--token", hidden=True)]  # refused, with the way to do it
+
+
+def _static_token(token_file: Path | None, argv_token: str | None, settings: Settings) -> str | None:
+    """The FHIR bearer token from --token-file or FHIRSVC_FHIR_TOKEN (None: no static token); --token is refused."""
+    if argv_token is not None:
+        typer.echo(
+            "error: --token is not accepted (a token on the command line is visible to every user in `ps`): "
+            "pass it with --token-file PATH or the FHIRSVC_FHIR_TOKEN environment variable",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if token_file is None:
+        return settings.fhir_token.get_secret_value() if settings.fhir_token is not None else None
+    try:
+        token = token_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        typer.echo(f"error: --token-file {token_file}: cannot read it ({type(exc).__name__})", err=True)
+        raise typer.Exit(2) from None
+    if not token or any(character.isspace() for character in token):
+        typer.echo(f"error: --token-file {token_file} must hold one token (and nothing else)", err=True)
+        raise typer.Exit(2)
+    return token
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
@@ -111,15 +146,13 @@ def poll(
     since: Annotated[
         str | None, typer.Option("--since", metavar="YYYY-MM-DD", help="First run: only data updated since this date.")
     ] = None,
-    token: Annotated[
-        str | None,
-        typer.Option("--token", help="Static bearer token for the FHIR server (instead of FHIRSVC_SMART_*)."),
-    ] = None,
+    token_file: TokenFileOption = None,
+    argv_token: ArgvTokenOption = None,
 ) -> None:
     """Watch a FHIR server: re-evaluate patients whose data changed and write the findings back.
 
     With FHIRSVC_SMART_CLIENT_ID and FHIRSVC_SMART_PRIVATE_KEY_FILE set, the poller gets its own tokens (SMART
-    Backend Services); --token, when given, is used instead.
+    Backend Services); a static token (--token-file, or FHIRSVC_FHIR_TOKEN), when given, is used instead.
     """
     import asyncio
 
@@ -132,6 +165,7 @@ def poll(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry query URLs with patient ids
     settings = get_settings()
+    token = _static_token(token_file, argv_token, settings)
     auth: SmartBackendAuth | None = None
     if token is None:
         try:
@@ -209,7 +243,6 @@ sandbox_app = typer.Typer(
     help="Try fhirsvc against a FHIR sandbox (HAPI, SMART, your own).", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(sandbox_app, name="sandbox")
-TokenOption = Annotated[str | None, typer.Option("--token", help="Bearer token for servers that need one.")]
 
 
 @sandbox_app.command("load")
@@ -218,11 +251,13 @@ def sandbox_load(
     paths: Annotated[
         list[Path] | None, typer.Argument(metavar="PATH", help="Bundles or folders (default: bundled fixtures).")
     ] = None,
-    token: TokenOption = None,
+    token_file: TokenFileOption = None,
+    argv_token: ArgvTokenOption = None,
 ) -> None:
     """Load example patients idempotently (conditional create on identifiers: loading twice creates nothing)."""
     from fhirsvc.sandbox import load
 
+    token = _static_token(token_file, argv_token, get_settings())
     report = load(fhir_server, paths or [_fixtures()], token)
     typer.echo(f"{report.bundles} bundles: {report.created} resources created, {report.existing} already there")
     for fixture_id, server_id in sorted(report.patients.items()):
@@ -235,12 +270,14 @@ def sandbox_call(
     fhir_server: Annotated[str, typer.Option("--fhir-server", help="FHIR R4 base URL the service should read.")],
     patient: Annotated[str, typer.Option("--patient", help="Patient id on that server.")],
     hook: Annotated[str, typer.Option("--hook", help="patient-view, order-select or order-sign.")] = "patient-view",
-    token: TokenOption = None,
+    token_file: TokenFileOption = None,
+    argv_token: ArgvTokenOption = None,
     raw: Annotated[bool, typer.Option("--json", help="Print the raw CDS Hooks response.")] = False,
 ) -> None:
     """Send a hook call with no prefetch (the service fetches from the FHIR server) and print the cards."""
     from fhirsvc.sandbox import call, format_cards
 
+    token = _static_token(token_file, argv_token, get_settings())
     service_id, answer = call(service, fhir_server, patient, hook, token)
     if raw:
         sys.stdout.buffer.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2) + b"\n")
@@ -256,10 +293,17 @@ DEMO_REQUEST = f"{DEMO_REQUESTS}/patient-view-hiv-fail-basic.json"
 STATUSES: tuple[Status, ...] = get_args(Status)
 
 
+CDS_HOOKS_SANDBOX_ORIGIN = "https://sandbox.cds-hooks.org"  # calls the service from the browser
+
+
 def demo_settings(settings: Settings) -> Settings:
     """The served demo: evaluates as of the table's date, CDS client authentication off (a local demo, e.g. for the
-    CDS Hooks sandbox, whose signing key is published with its source code anyway)."""
-    return settings.model_copy(update={"cds_auth": "off", "today": DEMO_AS_OF})
+    CDS Hooks sandbox, whose signing key is published with its source code anyway), and the CDS Hooks sandbox's
+    origin allowed by CORS unless FHIRSVC_CORS_ORIGINS says otherwise."""
+    update: dict[str, object] = {"cds_auth": "off", "today": DEMO_AS_OF}
+    if "cors_origins" not in settings.model_fields_set:
+        update["cors_origins"] = [CDS_HOOKS_SANDBOX_ORIGIN]
+    return settings.model_copy(update=update)
 
 
 def _fixtures() -> Path:
@@ -326,11 +370,14 @@ def demo(
         typer.echo(f"\nCDS Hooks discovery: {base}/cds-services")
         typer.echo(f"Evaluating as of {DEMO_AS_OF}, the date of the table above (FHIRSVC_TODAY pins it for `serve`).")
         typer.echo("CDS client authentication is OFF for this local demo (FHIRSVC_CDS_AUTH=off).")
+        settings = demo_settings(get_settings())
+        origins = ", ".join(settings.cors_origins) or "none"
+        typer.echo(f"Browser origins allowed (CORS, FHIRSVC_CORS_ORIGINS): {origins}")
         typer.echo(
             f"Try: curl -s {base}/cds-services/second-line-patient-view -H 'Content-Type: application/json' "
             f"--data-binary @{fixtures / DEMO_REQUEST}"
         )
-        run_service("127.0.0.1", port, demo_settings(get_settings()))
+        run_service("127.0.0.1", port, settings)
 
 
 if __name__ == "__main__":

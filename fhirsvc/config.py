@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AnyHttpUrl, BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, AnyHttpUrl, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fhirsvc.fhir.urls import normalise_base_url, origin
@@ -171,7 +171,11 @@ class Settings(BaseSettings):
     poll_overlap_seconds: int = Field(default=300, ge=0, description="Re-read window behind each cursor.")
     # Test-only failpoints ("after-writeback:2" = exit after the 2nd write-back transaction) prove crash safety.
     failpoints: list[str] = Field(default_factory=list)
-    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    # Browser origins allowed to call (CORS). Closed by default: EHRs call server to server; a browser-based client
+    # (the CDS Hooks sandbox, a SMART app) is listed by origin, e.g. '["https://sandbox.cds-hooks.org"]'.
+    cors_origins: list[str] = Field(
+        default_factory=list, description='Browser origins allowed (CORS); empty = none, ["*"] = any.'
+    )
     # Per-server quirks keyed by base URL, e.g.
     # FHIRSVC_SERVER_PROFILES='{"https://fhir-open.cerner.com/r4/x": {"medication_statement": false}}'
     server_profiles: dict[str, ServerProfile] = Field(default_factory=dict)
@@ -209,6 +213,10 @@ class Settings(BaseSettings):
         default_factory=lambda: ["ES384", "RS384"], description="JWT algorithms accepted (asymmetric only)."
     )
     cds_leeway_seconds: int = Field(default=60, ge=0, le=600, description="Clock skew allowed on exp, iat and nbf.")
+    # CDS Hooks 2.0 #trusting-cds-clients recommends that a client JWT expires within five minutes.
+    cds_max_token_lifetime: int = Field(
+        default=300, ge=1, le=86400, description="Longest client JWT accepted, in seconds (exp - iat, and exp - now)."
+    )
     # Outbound allowlist: the only FHIR servers a CDS call may make us fetch from (never a proxy to anywhere).
     fhir_servers: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Allowed fhirServer base URLs: comma-separated, or a JSON list."
@@ -220,6 +228,30 @@ class Settings(BaseSettings):
         default=None, description="Salt for patient id hashes in logs; unset = random per process."
     )
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Largest request body accepted.")
+    # A static bearer token for `poll` and `sandbox` comes from the environment or a file, never from argv (which
+    # every user of the machine can read in `ps` and /proc/<pid>/cmdline).
+    fhir_token: SecretStr | None = Field(
+        default=None, description="Static bearer token for the FHIR server of `poll` and `sandbox` (or --token-file)."
+    )
+    # Prometheus multiprocess mode (https://prometheus.github.io/client_python/multiprocess/): prometheus_client
+    # reads this very variable, unprefixed, when it is imported; `serve --workers N` sets it for its workers.
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("prometheus_multiproc_dir", "PROMETHEUS_MULTIPROC_DIR"),
+        description="Directory of the per-process metric files; set = /metrics adds up every process's counts.",
+    )
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        # An Origin header is scheme://host[:port] and nothing else: a path or trailing slash would never match.
+        for origin in value:
+            parts = urlsplit(origin)
+            if origin != "*" and (
+                parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query
+            ):
+                raise ValueError(f"not a browser origin (scheme://host[:port], or *): {origin!r}")
+        return value
 
     @field_validator("cds_auth", mode="before")
     @classmethod

@@ -82,14 +82,16 @@ def create_app(
     app.state.metrics = RequestMetrics()
     # Unset, a random salt still keeps patient ids out of the logs; hashes then correlate within one process only.
     app.state.log_salt = settings.log_salt.get_secret_value() if settings.log_salt else secrets.token_hex(16)
-    # Browser-based CDS clients (the CDS Hooks sandbox, SMART apps) call from another origin.
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=settings.cors_origins,
-        allow_methods=["GET", "POST", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-        expose_headers=["X-Request-ID"],
-    )
+    # Browser-based CDS clients (the CDS Hooks sandbox, SMART apps) call from another origin: only those listed in
+    # FHIRSVC_CORS_ORIGINS may (none by default; `fhirsvc demo --serve` opens it to the CDS Hooks sandbox).
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID"],
+        )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Outermost: 401, 413 and CORS are logged too.
     app.add_middleware(RequestLog, observer=app.state.metrics.observe, clock=clock)

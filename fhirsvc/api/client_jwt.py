@@ -2,7 +2,8 @@
 
 CDS Hooks 2.0 "Trusting CDS Clients" (https://cds-hooks.hl7.org/2.0/#trusting-cds-clients): every call carries
 `Authorization: Bearer <JWT>` signed by the client; the service checks `iss` against an allowlist, the signature
-against that issuer's JWKS, `aud` against the endpoint invoked, `exp`/`iat`, and keeps `jti` to refuse replays.
+against that issuer's JWKS, `aud` against the endpoint invoked, `exp`/`iat` (and a token lifetime of at most
+FHIRSVC_CDS_MAX_TOKEN_LIFETIME, the spec's five minutes by default), and keeps `jti` per issuer to refuse replays.
 Refusals are a bare 401 (cds-hooks/docs best-practices.md: no reason that would help an attacker).
 """
 
@@ -13,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import jwt
@@ -62,6 +63,7 @@ class CdsAuthenticator:
     ) -> None:
         self.algorithms = frozenset(settings.cds_algorithms)
         self.leeway = settings.cds_leeway_seconds
+        self.max_lifetime = settings.cds_max_token_lifetime
         self.issuers = {client.iss: IssuerKeys(client, clock) for client in settings.cds_clients}
         self.store = store
         self.http = http
@@ -86,8 +88,12 @@ class CdsAuthenticator:
         issuer = self.issuers.get(iss) if isinstance(iss, str) else None
         if issuer is None or not isinstance(iss, str):
             raise Refused("issuer not on the allowlist")
+        # `jku` is OPTIONAL (CDS Hooks 2.0 #trusting-cds-clients: the client MAY name its JWK Set URL there; RFC 7515
+        # §4.1.2), and the CDS Hooks sandbox always sends one. A client registered by jwks_url must name that URL (or
+        # nothing); for an inline JWKS the header is ignored: nothing is ever fetched for such a client, and the key
+        # must be one of those configured.
         if "jku" in header and not issuer.accepts_jku(header["jku"]):
-            raise Refused("jku not on the allowlist")
+            raise Refused("jku is not the registered jwks_url")
         jwk = await issuer.key(kid, self.http)
         if jwk is None:
             raise Refused("unknown kid")
@@ -107,10 +113,12 @@ class CdsAuthenticator:
             )
         except jwt.PyJWTError as exc:
             raise Refused(type(exc).__name__) from None
+        self._check_lifetime(claims)
         jti = claims["jti"]
         if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_LENGTH:
             raise Refused("unusable jti")
-        # Kept until the token can no longer pass the exp check (exp + leeway).
+        # Kept until the token can no longer pass the exp check (exp + leeway): at most the maximum lifetime plus twice
+        # the leeway, so the replay table stays small.
         expires_at = datetime.fromtimestamp(int(claims["exp"]) + self.leeway, UTC)
         purge = self._clock() >= self._next_purge
         if purge:
@@ -118,6 +126,20 @@ class CdsAuthenticator:
         if not await run_in_threadpool(remember_jti, self.store, iss, jti, expires_at, purge):
             raise Refused("replayed jti")
         return CdsClientIdentity(iss=iss, jti=jti)
+
+    def _check_lifetime(self, claims: dict[str, Any]) -> None:
+        """At most FHIRSVC_CDS_MAX_TOKEN_LIFETIME: CDS Hooks 2.0 #trusting-cds-clients wants `exp` no more than five
+        minutes ahead, so that a stolen token is soon useless.
+
+        `exp - iat` is read on the client's own clock. `exp - now` compares two clocks and gets the skew allowance, so
+        a client whose clock runs a little ahead is not refused; PyJWT's refusal of an `iat` beyond now + leeway bounds
+        it too, but this bound does not rest on that.
+        """
+        exp, iat = float(claims["exp"]), float(claims["iat"])  # both checked numeric by PyJWT
+        if exp - iat > self.max_lifetime:
+            raise Refused("token lifetime (exp - iat) over the maximum")
+        if exp - time.time() > self.max_lifetime + self.leeway:
+            raise Refused("exp too far in the future")
 
 
 bearer = HTTPBearer(

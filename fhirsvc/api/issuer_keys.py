@@ -45,8 +45,12 @@ class IssuerKeys:
         self._lock = asyncio.Lock()
 
     def accepts_jku(self, jku: object) -> bool:
-        """A `jku` header must name the registered JWKS URL (never dereference another one: SSRF, key substitution)."""
-        if not isinstance(jku, str) or self.jwks_url is None:
+        """Whether a token's `jku` header may stand. It is never dereferenced (SSRF, key substitution): a client
+        registered by jwks_url must name that URL (compared in normalised form); for a client with an inline JWKS
+        the header is ignored, and its keys stay the configured ones."""
+        if self.jwks_url is None:
+            return True
+        if not isinstance(jku, str):
             return False
         try:
             return normalise_base_url(jku) == self.jwks_url

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from pydantic import BaseModel
 
@@ -90,9 +92,15 @@ class RequestMetrics:
 )
 async def metrics(request: Request) -> Response:
     registry = CollectorRegistry()
-    registry.register(FeedbackCollector(request.app.state.store))
-    request_metrics: RequestMetrics = request.app.state.metrics
-    registry.register(request_metrics.requests)
-    registry.register(request_metrics.latency)
+    registry.register(FeedbackCollector(request.app.state.store))  # from the store: the same in every process
+    multiproc_dir: Path | None = request.app.state.settings.prometheus_multiproc_dir
+    if multiproc_dir is not None:
+        # Several worker processes: each writes its counts to its own file there, and whichever worker answers the
+        # scrape adds up all of them (https://prometheus.github.io/client_python/multiprocess/).
+        MultiProcessCollector(registry, path=str(multiproc_dir))  # type: ignore[no-untyped-call]
+    else:
+        request_metrics: RequestMetrics = request.app.state.metrics
+        registry.register(request_metrics.requests)
+        registry.register(request_metrics.latency)
     body = await run_in_threadpool(generate_latest, registry)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -19,6 +24,8 @@ log = logging.getLogger(__name__)
 
 # How long workers get to finish their requests after SIGTERM before they are killed.
 STOP_GRACE_S = 10.0
+# Read by prometheus_client itself, unprefixed (Settings.prometheus_multiproc_dir reads the same variable).
+MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def listening_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
@@ -51,6 +58,8 @@ def serve(host: str, port: int, settings: Settings, workers: int = 1) -> None:
 
     configure_logging()
     if workers <= 1:
+        if settings.prometheus_multiproc_dir is not None:  # set by the operator (e.g. a shared volume)
+            settings.prometheus_multiproc_dir.mkdir(parents=True, exist_ok=True)
         uvicorn.run(create_app(settings), host=host, port=port, **_UVICORN)
         return
     from fhirsvc.store.db import Store
@@ -59,7 +68,7 @@ def serve(host: str, port: int, settings: Settings, workers: int = 1) -> None:
     store = Store(settings.store_url)
     store.upgrade()
     store.close()
-    run_workers(host, port, workers)
+    run_workers(host, port, workers, metrics_dir=settings.prometheus_multiproc_dir)
 
 
 _UVICORN: dict[str, Any] = {"log_level": "info", "log_config": None, "access_log": False}
@@ -107,10 +116,18 @@ def _check_port(host: str, port: int) -> None:
     raise SystemExit(f"{host}:{port} is already in use by another process; fhirsvc does not share its port")
 
 
-def run_workers(host: str, port: int, workers: int, app: str = SERVICE_APP, factory: bool = True) -> None:
+def run_workers(
+    host: str,
+    port: int,
+    workers: int,
+    app: str = SERVICE_APP,
+    factory: bool = True,
+    metrics_dir: Path | None = None,
+) -> None:
     """Run `workers` processes serving `app` until SIGINT/SIGTERM, or until one of them exits.
 
     `app` is an import string, of an app factory unless `factory` is false (the benchmarks serve their own app).
+    `metrics_dir` holds the workers' Prometheus metric files (`multiprocess_metrics`); None: a private temporary one.
 
     Each worker listens on its own SO_REUSEPORT socket, so the kernel spreads new connections over the workers.
     With one shared listener (uvicorn's `--workers`), the first worker to wake accepted every connection of a burst:
@@ -118,6 +135,43 @@ def run_workers(host: str, port: int, workers: int, app: str = SERVICE_APP, fact
     is not restarted here: the service stops with an error, and its supervisor (systemd, Kubernetes) restarts it.
     """
     _check_port(host, port)
+    with multiprocess_metrics(metrics_dir) as directory:
+        _supervise(host, port, workers, app, factory, directory)
+
+
+@contextlib.contextmanager
+def multiprocess_metrics(directory: Path | None) -> Iterator[Path]:
+    """Prometheus multiprocess mode for the workers (https://prometheus.github.io/client_python/multiprocess/).
+
+    Each worker would otherwise count in its own registry, and a scrape, answered by one worker, would see only its
+    share. prometheus_client picks the mode from PROMETHEUS_MULTIPROC_DIR when it is imported, so the variable is
+    set here, before the workers start (each is a fresh interpreter that inherits it); every worker then writes its
+    counts to its own file in the directory, and `/metrics` adds them up. The library asks for the directory to be
+    emptied between runs: an operator's directory is emptied at start, a private one is removed at the end.
+    """
+    own = directory is None
+    path = Path(tempfile.mkdtemp(prefix="fhirsvc-metrics-")) if directory is None else directory
+    if not own:
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):  # counts of a previous run would be added to this one's
+            stale.unlink()
+    previous = os.environ.get(MULTIPROC_DIR_VARIABLE)
+    os.environ[MULTIPROC_DIR_VARIABLE] = str(path)
+    try:
+        yield path
+    finally:
+        if previous is None:
+            os.environ.pop(MULTIPROC_DIR_VARIABLE, None)
+        else:
+            os.environ[MULTIPROC_DIR_VARIABLE] = previous
+        if own:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _supervise(host: str, port: int, workers: int, app: str, factory: bool, metrics_dir: Path) -> None:
+    """Start the workers, wait for a stop signal or a worker's exit, then stop them all (see `run_workers`)."""
+    from prometheus_client.multiprocess import mark_process_dead
+
     spawn = multiprocessing.get_context("spawn")  # a clean interpreter per worker: no state forked from here
     processes: list[BaseProcess] = [
         spawn.Process(target=_worker, args=(host, port, app, factory), name=f"fhirsvc-worker-{index}")
@@ -149,5 +203,8 @@ def run_workers(host: str, port: int, workers: int, app: str = SERVICE_APP, fact
             if process.is_alive():
                 process.kill()
                 process.join()
+            if process.pid is not None:
+                # Drops a dead worker's live gauges (its counters stay: they are part of the service's totals).
+                mark_process_dead(process.pid, str(metrics_dir))  # type: ignore[no-untyped-call]
         for sig, handler in previous.items():
             signal.signal(sig, handler)

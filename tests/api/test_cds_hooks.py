@@ -339,14 +339,15 @@ def test_order_select_renewing_the_failing_regimen_still_warns(client: TestClien
     assert response.status_code == 200 and "second-line" in response.json()["cards"][0]["summary"]
 
 
-def test_cors_preflight_allows_browser_clients(client: TestClient) -> None:
-    response = client.options(
-        PATIENT_VIEW,
-        headers={
-            "Origin": "https://sandbox.cds-hooks.org",
-            "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization,content-type",
-        },
-    )
+def test_cors_preflight_allows_the_configured_browser_clients(make_client: MakeClient) -> None:
+    with make_client(cors_origins=["https://sandbox.cds-hooks.org"]) as client:  # closed unless configured
+        response = client.options(
+            PATIENT_VIEW,
+            headers={
+                "Origin": "https://sandbox.cds-hooks.org",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization,content-type",
+            },
+        )
     assert response.status_code == 200
-    assert response.headers["access-control-allow-origin"] in ("*", "https://sandbox.cds-hooks.org")
+    assert response.headers["access-control-allow-origin"] == "https://sandbox.cds-hooks.org"

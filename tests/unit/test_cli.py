@@ -1,8 +1,9 @@
-"""CLI: the evaluate JSON contract, text output, NDJSON input, demo, help."""
+"""CLI: the evaluate JSON contract, text output, NDJSON input, demo, help, bearer tokens kept off argv."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -173,5 +174,99 @@ def test_demo_serve_runs_without_client_auth_and_serve_logs_json(monkeypatch: py
     assert demo_app.state.settings.today == date(2026, 6, 1)  # the table's date, not the machine's
     assert serve_app.state.settings.today is None
     assert serve_app.state.settings.cds_auth == "on"  # the secure default
+    # CORS: closed unless configured; the demo opens it to the CDS Hooks sandbox, which calls from the browser.
+    assert serve_app.state.settings.cors_origins == []
+    assert demo_app.state.settings.cors_origins == ["https://sandbox.cds-hooks.org"]
+    assert "https://sandbox.cds-hooks.org" in demo.stdout
     assert serve_kwargs["log_config"] is None and serve_kwargs["access_log"] is False
     assert configured == [True, True]
+
+
+# Bearer tokens: from a file or the environment, never from argv (`ps` shows argv to every user) ---------------------
+
+FHIR_SERVER = "https://fhir.example.test/r4"
+TOKEN_COMMANDS = {
+    "poll": ["poll", "--fhir-server", FHIR_SERVER, "--once"],
+    "sandbox-load": ["sandbox", "load", "--fhir-server", FHIR_SERVER],
+    "sandbox-call": [
+        "sandbox",
+        "call",
+        "--service",
+        "http://127.0.0.1:9",
+        "--fhir-server",
+        FHIR_SERVER,
+        "--patient",
+        "p",
+    ],
+}
+
+
+@pytest.fixture
+def tokens_used(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str | None]]:
+    """The bearer token each command hands to the FHIR server (nothing leaves the process); fresh settings."""
+    import fhirsvc.sandbox
+    from fhirsvc.config import get_settings
+    from fhirsvc.fhir.errors import FhirTransportError
+    from fhirsvc.poll.worker import CycleReport, Poller
+
+    used: list[str | None] = []
+
+    async def cycle(self: Poller, server: str, token: str | None = None, **_: Any) -> CycleReport:
+        used.append(token)
+        raise FhirTransportError("not contacted in this test")
+
+    def load(fhir_server: str, paths: Any, token: str | None = None) -> fhirsvc.sandbox.LoadReport:
+        used.append(token)
+        return fhirsvc.sandbox.LoadReport()
+
+    def call(service: str, fhir_server: str, patient: str, hook: str, token: str | None) -> tuple[str, dict[str, Any]]:
+        used.append(token)
+        return "second-line-patient-view", {"cards": []}
+
+    monkeypatch.setattr(Poller, "cycle", cycle)
+    monkeypatch.setattr(fhirsvc.sandbox, "load", load)
+    monkeypatch.setattr(fhirsvc.sandbox, "call", call)
+    monkeypatch.delenv("FHIRSVC_FHIR_TOKEN", raising=False)
+    get_settings.cache_clear()
+    yield used
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("command", TOKEN_COMMANDS.values(), ids=TOKEN_COMMANDS.keys())
+def test_a_token_on_the_command_line_is_refused_with_the_way_to_pass_it(
+    command: list[str], tokens_used: list[str | None]
+) -> None:
+    result = runner.invoke(app, [*command, "--token", "secret-on-argv"])
+    assert result.exit_code == 2, result.output
+    assert "--token-file" in result.stderr and "FHIRSVC_FHIR_TOKEN" in result.stderr
+    assert "secret-on-argv" not in result.output
+    assert tokens_used == []  # refused before anything is sent
+
+
+@pytest.mark.parametrize("command", TOKEN_COMMANDS.values(), ids=TOKEN_COMMANDS.keys())
+def test_the_token_comes_from_a_file_or_the_environment(
+    command: list[str], tokens_used: list[str | None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fhirsvc.config import get_settings
+
+    token_file = tmp_path / "fhir-token"
+    token_file.write_text("from-the-file\n")
+    runner.invoke(app, [*command, "--token-file", str(token_file)])
+    runner.invoke(app, command)  # no token at all
+    monkeypatch.setenv("FHIRSVC_FHIR_TOKEN", "from-the-environment")
+    get_settings.cache_clear()
+    runner.invoke(app, command)
+    runner.invoke(app, [*command, "--token-file", str(token_file)])  # the file wins
+    assert tokens_used == ["from-the-file", None, "from-the-environment", "from-the-file"]
+
+
+def test_an_unusable_token_file_is_a_clear_error(tokens_used: list[str | None], tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    two = tmp_path / "two"
+    two.write_text("token-one\ntoken-two\n")
+    for path, message in ((tmp_path / "missing", "cannot read it"), (empty, "one token"), (two, "one token")):
+        result = runner.invoke(app, [*TOKEN_COMMANDS["sandbox-load"], "--token-file", str(path)])
+        assert result.exit_code == 2 and message in result.stderr, result.output
+        assert "token-one" not in result.output
+    assert tokens_used == []

@@ -1,4 +1,4 @@
-"""Serving: TCP_NODELAY on accepted connections, SO_REUSEPORT listeners, the worker supervisor end to end."""
+"""Serving: TCP_NODELAY, SO_REUSEPORT listeners, the worker supervisor end to end, metrics added up over workers."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fhirsvc.api.serving import listening_socket, run_workers
+from fhirsvc.api.serving import listening_socket, multiprocess_metrics, run_workers
 from tests.conftest import ROOT
 
 LOOPBACK = "127.0.0.1"
@@ -230,7 +230,9 @@ def service(tmp_path: Path) -> Iterator[Service]:
         "FHIRSVC_CDS_AUTH": "off",
         "FHIRSVC_STORE_URL": f"sqlite:///{tmp_path / 'store.db'}",
         "FHIRSVC_TODAY": "2026-06-01",
+        "TMPDIR": str(tmp_path),  # where the supervisor makes its metrics directory
     }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     command = [sys.executable, "-m", "fhirsvc.cli", "serve"]
     log = tmp_path / "service.log"
     with log.open("wb") as output:
@@ -295,6 +297,64 @@ def test_workers_share_the_port_serve_keep_alive_and_stop_on_sigterm(service: Se
     finally:
         for connection in connections:
             connection.close()
+
+
+def _get(connection: http.client.HTTPConnection, path: str) -> str:
+    connection.request("GET", path)
+    response = connection.getresponse()
+    body = response.read().decode()
+    assert response.status == 200, body
+    return body
+
+
+def _sample(exposition: str, name: str) -> float | None:
+    """The value of one sample (`name{labels}`) in Prometheus text format, or None when it is absent."""
+    for line in exposition.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+@linux_only
+def test_a_scrape_counts_the_calls_served_by_every_worker(service: Service, tmp_path: Path) -> None:
+    """Prometheus multiprocess mode: whichever worker answers /metrics reports what both served."""
+    workers = service.wait_until_serving()
+    (metrics_dir,) = tmp_path.glob("fhirsvc-metrics-*")  # the supervisor's own directory (TMPDIR is tmp_path)
+    discovery = 'fhirsvc_http_requests_total{method="GET",route="/cds-services",status="200"}'
+    callers = [http.client.HTTPConnection(LOOPBACK, service.port, timeout=10) for _ in range(CONNECTIONS)]
+    scrapers = [http.client.HTTPConnection(LOOPBACK, service.port, timeout=10) for _ in range(CONNECTIONS)]
+    try:
+        for connection in [*callers, *scrapers]:
+            connection.connect()
+        both = {worker.pid for worker in workers}
+        for connection in callers:
+            _get(connection, "/cds-services")
+        assert {service.owner(c.sock.getsockname()[1]) for c in callers} == both, "calls served by both workers"
+        counts = [_sample(_get(connection, "/metrics"), discovery) for connection in scrapers]
+        assert {service.owner(c.sock.getsockname()[1]) for c in scrapers} == both, "scrapes answered by both"
+        assert counts == [float(CONNECTIONS)] * CONNECTIONS
+    finally:
+        for connection in [*callers, *scrapers]:
+            connection.close()
+    os.kill(service.process.pid, signal.SIGTERM)
+    assert service.process.wait(timeout=STOP_TIMEOUT_S) == 0, service.log_tail()
+    assert not metrics_dir.exists()  # the next run starts from zero
+
+
+def test_an_operators_metrics_directory_is_emptied_first_and_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    operators = tmp_path / "metrics"
+    operators.mkdir()
+    (operators / "counter_4242.db").write_bytes(b"counts of an earlier run")
+    with multiprocess_metrics(operators) as directory:
+        assert directory == operators and list(operators.iterdir()) == []
+        assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(operators)  # what the workers inherit
+    assert operators.is_dir() and "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    with multiprocess_metrics(None) as private:
+        assert private.is_dir() and os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(private)
+    assert not private.exists() and "PROMETHEUS_MULTIPROC_DIR" not in os.environ
 
 
 @linux_only
