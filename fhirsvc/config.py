@@ -245,12 +245,12 @@ class Settings(BaseSettings):
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:
         # An Origin header is scheme://host[:port] and nothing else: a path or trailing slash would never match.
-        for origin in value:
-            parts = urlsplit(origin)
-            if origin != "*" and (
+        for allowed in value:
+            parts = urlsplit(allowed)
+            if allowed != "*" and (
                 parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query
             ):
-                raise ValueError(f"not a browser origin (scheme://host[:port], or *): {origin!r}")
+                raise ValueError(f"not a browser allowed (scheme://host[:port], or *): {allowed!r}")
         return value
 
     @field_validator("cds_auth", mode="before")
