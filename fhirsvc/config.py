@@ -250,7 +250,7 @@ class Settings(BaseSettings):
             if allowed != "*" and (
                 parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query
             ):
-                raise ValueError(f"not a browser allowed (scheme://host[:port], or *): {allowed!r}")
+                raise ValueError(f"not a browser origin (scheme://host[:port], or *): {allowed!r}")
         return value
 
     @field_validator("cds_auth", mode="before")
