@@ -129,6 +129,8 @@ def _parse_instant(value: str) -> datetime | None:
 
 @dataclass(frozen=True, slots=True)
 class FeedbackSaved:
+    """What became of one feedback request's items."""
+
     stored: int
     duplicates: int
     ignored: int  # naming a card never issued to this client

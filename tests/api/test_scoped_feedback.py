@@ -59,6 +59,21 @@ def test_an_override_hides_the_card_for_that_clinician_only(client: TestClient) 
     assert len(cards(client, user="Practitioner/b")) == 1
 
 
+def test_an_override_lasts_only_until_the_evidence_changes(client: TestClient) -> None:
+    (card,) = cards(client)
+    override(client, card)
+    assert cards(client) == []
+    bundle = load_fixture("hiv/fail-basic.json")
+    body = hook_request("hiv-fail-basic", prefetch_from(bundle))
+    body["context"]["userId"] = "Practitioner/a"
+    (latest,) = [e["resource"] for e in body["prefetch"]["observations"]["entry"]][-1:]
+    newer = {**latest, "id": "vl-newer", "effectiveDateTime": "2026-05-20", "valueQuantity": latest["valueQuantity"]}
+    body["prefetch"]["observations"]["entry"].append({"resource": newer})
+    client.auth = SignedCalls(CLIENT)
+    (again,) = client.post(PATIENT_VIEW, json=body).json()["cards"]
+    assert again["uuid"] != card["uuid"] and "second-line" in again["summary"]
+
+
 def test_the_operator_may_widen_an_override_to_every_clinician_of_the_client(make_client: MakeClient) -> None:
     trusted = [CLIENT.client_config(), OTHER_CLIENT.client_config()]
     with make_client(cds_clients=trusted, feedback_suppress_scope="client") as client:
