@@ -71,11 +71,20 @@ def require_https(url: str) -> str:
 
 
 class CdsClientConfig(BaseModel):
-    """One trusted CDS client: its `iss` and where its public keys are (a JWKS URL, or the JWKS itself)."""
+    """One trusted CDS client: its `iss`, where its public keys are (a JWKS URL, or the JWKS itself), and the FHIR
+    servers whose patients it may read through GET /patients/{id}/therapy."""
 
     iss: str = Field(min_length=1)
     jwks_url: str | None = None
     jwks: dict[str, Any] | None = None
+    fhir_servers: list[str] = Field(
+        default_factory=list, description="FHIR base URLs this client is registered for (none: no stored state)."
+    )
+
+    @field_validator("fhir_servers")
+    @classmethod
+    def _server_identities(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(require_https(url) for url in value))
 
     @model_validator(mode="after")
     def _one_key_source(self) -> CdsClientConfig:
@@ -163,6 +172,11 @@ class Settings(BaseSettings):
 
     feedback_suppress_days: int = Field(
         default=30, ge=0, description="A card overridden with a reason is not shown again for the same evidence."
+    )
+    feedback_suppress_scope: Literal["clinician", "client"] = Field(
+        default="clinician",
+        description="Whom an override hides the card from: the clinician who overrode it, or every clinician of "
+        "the same CDS client (always for the same FHIR server and patient).",
     )
     writeback_target: Literal["guidance", "detectedissue", "off"] = Field(
         default="guidance",

@@ -27,6 +27,11 @@ _NOT_DETECTED_CODES = frozenset({"260415000"})
 _NOT_DETECTED_TEXT = ("not detected", "undetectable", "target not detected", "tnd", "negative")
 
 
+# A draft order (context.draftOrders) is the client's, not the server's: its id is client-local (`request-123`) and
+# may equal a server id, so its ref is marked and never shown or written as a server reference.
+DRAFT_REF_PREFIX = "draft:"
+
+
 class MalformedResource(ValueError):
     """A resource whose fields cannot be read (wrong types, no usable date); it is skipped and counted."""
 
@@ -119,6 +124,7 @@ class PatientFacts:
     ended_diagnoses: list[Diagnosis] = field(default_factory=list)
     allergies: list[Allergy] = field(default_factory=list)
     goals: list[GoalTarget] = field(default_factory=list)
+    drafts: dict[str, frozenset[str]] = field(default_factory=dict)  # a draft order's ref → its ingredients
     skipped: int = 0
     labs_by_code: dict[str, list[LabResult]] = field(default_factory=dict)  # "system|code" → labs
     # Every program asks the same questions of the exposures on the same days: answered once per day.
@@ -293,7 +299,7 @@ def exposure_from(
     elif stated:
         reasons = tuple(c for concept_ in stated for c in codings(concept_))
     exposure = MedicationExposure(
-        ref=_ref(resource),
+        ref=DRAFT_REF_PREFIX + _ref(resource) if planned else _ref(resource),
         drugs=drugs,
         start=start,
         end=end,
@@ -506,7 +512,10 @@ def extract_facts(
         return exposure_from(resource, record, catalog)
 
     def planned(resource: Resource) -> MedicationExposure | None:
-        return exposure_from(resource, record, catalog, planned_on=today)
+        exposure = exposure_from(resource, record, catalog, planned_on=today)
+        if exposure is not None:
+            facts.drafts[exposure.ref] = exposure.drugs
+        return exposure
 
     for rtype in ("MedicationStatement", "MedicationRequest", "MedicationAdministration"):
         _read_all(record.of_type(rtype), medication, facts, facts.exposures)

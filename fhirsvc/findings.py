@@ -10,7 +10,9 @@ from fhirsvc.lot.engine import Line
 from fhirsvc.terminology.programs import Guideline, Indicator, Status, Suggestion
 
 # A finding's id is a UUID derived from what the finding is (patient, program, rule, outcome, evidence): the same
-# finding on the same evidence keeps its id across calls, hooks and doors. It is the CDS card's uuid (so feedback and
+# finding on the same evidence keeps its id across calls, hooks and doors. Draft orders (order-select, order-sign)
+# count by what they plan, never by their client-local ids: a draft of a drug already in the recorded evidence (a
+# renewal) adds nothing, a draft of another drug adds that drug. It is the CDS card's uuid (so feedback and
 # "don't show again" attach to the finding) and the write-back identifier (so re-running never writes a second copy).
 _NAMESPACE = uuid.UUID("5b0f3c8e-2f4a-4c55-9d1e-6f1c2a7b9e01")
 
@@ -55,10 +57,14 @@ class Finding:
     line: Line | None = None
     regimen: list[str] = field(default_factory=list)
     classes: dict[str, str] = field(default_factory=dict)  # drug → class, for the regimen's drugs
+    drafts: dict[str, list[str]] = field(default_factory=dict)  # evidence that is a draft order → its drugs
+    planned_drugs: frozenset[str] = frozenset()  # drugs only the draft orders in the evidence bring
 
     @property
     def id(self) -> str:
-        key = "|".join([self.patient, self.program, self.rule, self.outcome, *sorted(self.evidence)])
+        recorded = sorted(ref for ref in self.evidence if ref not in self.drafts)
+        planned = [f"planned:{drug}" for drug in sorted(self.planned_drugs)]
+        key = "|".join([self.patient, self.program, self.rule, self.outcome, *recorded, *planned])
         return str(uuid.uuid5(_NAMESPACE, key))
 
 

@@ -13,7 +13,15 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from fhirsvc.api.client_jwt import CdsClientIdentity, cds_client, discovery_client
-from fhirsvc.api.feedback import FeedbackItem, FeedbackRequest, filter_and_record, parse_feedback, store_feedback
+from fhirsvc.api.feedback import (
+    FeedbackItem,
+    FeedbackRequest,
+    card_scope,
+    client_of,
+    filter_and_record,
+    parse_feedback,
+    store_feedback,
+)
 from fhirsvc.api.logs import Clock, annotate, annotate_patient, started_at
 from fhirsvc.api.responses import OrjsonResponse, operation_outcome, outcome
 from fhirsvc.cds.models import CdsRequest, CdsResponse, Discovery, inline_schema, response_body
@@ -191,11 +199,18 @@ async def call_service(
     findings = cards_with_findings(result)
     # A dead patient gets no card at all, not even "data incomplete".
     patient, unread = result.patient, ({} if result.death else result.incomplete)
+    scope = card_scope(_client, cds_request.fhirServer, patient, cds_request.context.get("userId"))
     # The parsed request and record are not needed past this point: release them before waiting on the store,
     # so concurrent calls do not each hold a whole prefetch in memory (bench/README.md finding 6).
     del body, cds_request, gathered, result
     cards = await run_in_threadpool(
-        filter_and_record, store, service.id, patient, findings, settings.feedback_suppress_days
+        filter_and_record,
+        store,
+        service.id,
+        scope,
+        findings,
+        settings.feedback_suppress_days,
+        settings.feedback_suppress_scope == "client",
     )
     if unread:  # the findings that read the missing data were withheld
         cards.append(incomplete_card(patient.partition("/")[2], unread))
@@ -223,8 +238,8 @@ async def feedback(service_id: str, request: Request, _client: ClientDep, store:
         return operation_outcome(400, "request body is not valid JSON")
     except ValueError as exc:
         return operation_outcome(400, str(exc))
-    stored, duplicates = await run_in_threadpool(store_feedback, store, service_id, items)
-    log.info("feedback stored=%d duplicates=%d", stored, duplicates)
+    saved = await run_in_threadpool(store_feedback, store, service_id, client_of(_client), items)
+    log.info("feedback stored=%d duplicates=%d ignored=%d", saved.stored, saved.duplicates, saved.ignored)
     return Response(status_code=200)
 
 

@@ -25,7 +25,8 @@ def _suggestion(finding: Finding, key: str) -> Suggestion:
 
 
 def card_for(program: ProgramResult, finding: Finding) -> Card:
-    """One finding as a card; its uuid is the finding's id (feedback attaches to the finding)."""
+    """One finding as a card; its uuid is the finding's id, which the CDS door derives per audience (client, server,
+    clinician) so that feedback, naming only the uuid, is scoped to whom the card was shown."""
     suggestions = [_suggestion(finding, key) for key in finding.suggestions]
     guideline = finding.guideline
     return Card(

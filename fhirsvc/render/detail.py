@@ -24,13 +24,22 @@ def detail_markdown(finding: Finding) -> str:
         drugs = ", ".join(f"{d} ({finding.classes.get(d, '?')})" for d in finding.regimen)
         parts.append(
             f"**Current regimen** (line {line.number}, since {line.start.isoformat()}): {drugs}\n\n"
-            f"Medication records: {', '.join(line.refs)}"
+            f"Medication records: {', '.join(shown_reference(finding, ref) for ref in line.refs)}"
         )
     if finding.recommendations:
         parts.append("**Consider**\n\n" + "\n".join(f"- {r}" for r in finding.recommendations))
     parts.append(f"**Guideline**: {finding.guideline.citation}")
     parts.append(_SAFETY_NOTE)
     return "\n\n".join(parts)
+
+
+def shown_reference(finding: Finding, ref: str) -> str:
+    """A record as the card names it: a server reference, or a draft order in the clinician's own words (its id is
+    the client's, not a resource on the FHIR server)."""
+    drugs = finding.drafts.get(ref)
+    if drugs is None:
+        return ref
+    return "this order" if len(finding.drafts) == 1 else f"the draft order for {', '.join(drugs)}"
 
 
 def proposed_resource(finding: Finding, key: str) -> dict[str, Any]:

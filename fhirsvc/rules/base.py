@@ -320,6 +320,7 @@ def make_finding(
         status = "no-action"
         summary = shorten(f"Covered by {shown[0].rule}: {summary}")
     regimen = sorted({e.drug for e in ctx.eras if e.active_on(min(ctx.as_of, line.end or ctx.as_of))}) if line else []
+    drafts, planned_drugs = _drafts_in(ctx.facts, evidence)
     return Finding(
         patient=ctx.facts.patient,
         as_of=ctx.as_of,
@@ -338,7 +339,21 @@ def make_finding(
         line=line,
         regimen=regimen or (sorted(line.drugs) if line else []),
         classes=ctx.classes,
+        drafts=drafts,
+        planned_drugs=planned_drugs,
     )
+
+
+def _drafts_in(facts: PatientFacts, evidence: list[str]) -> tuple[dict[str, list[str]], frozenset[str]]:
+    """The draft orders among the evidence (→ their drugs), and the drugs they plan that no recorded evidence has."""
+    if not facts.drafts:
+        return {}, frozenset()
+    drafts = {ref: sorted(facts.drafts[ref]) for ref in evidence if ref in facts.drafts}
+    if not drafts:
+        return {}, frozenset()
+    cited = set(evidence) - drafts.keys()
+    on_record = frozenset(drug for e in facts.exposures if e.ref in cited for drug in e.drugs)
+    return drafts, frozenset(drug for drugs in drafts.values() for drug in drugs) - on_record
 
 
 def number(value: float | None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Date, DateTime, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Date, DateTime, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -41,10 +41,16 @@ class TherapyState(Base):
 
 
 class IssuedCard(Base):
-    """A card we answered with; feedback names only the card uuid, so this keeps its rule for metrics."""
+    """A card we answered with, and to whom: feedback names only the card uuid, so this row scopes it (client,
+    server, patient, clinician), names the finding behind it and keeps its rule for metrics. A card uuid is derived
+    from the finding and its audience, so one row per uuid is one audience."""
 
     __tablename__ = "issued_cards"
     uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    finding_id: Mapped[str] = mapped_column(String(36), index=True)
+    client: Mapped[str] = mapped_column(String(512))  # the JWT `iss` it was issued to
+    server: Mapped[str] = mapped_column(String(512))  # the FHIR server identity
+    user_id: Mapped[str] = mapped_column(String(256))  # context.userId of the request
     service_id: Mapped[str] = mapped_column(String(128))
     patient: Mapped[str] = mapped_column(String(256))
     program: Mapped[str] = mapped_column(String(64))
@@ -56,13 +62,22 @@ class IssuedCard(Base):
 
 
 class Feedback(Base):
-    """CDS Hooks feedback on a card (accepted / overridden); duplicates of the same item are stored once."""
+    """CDS Hooks feedback on a card (accepted / overridden), scoped like the card it names; duplicates of the same
+    item from the same client are stored once."""
 
     __tablename__ = "feedback"
-    __table_args__ = (UniqueConstraint("card_uuid", "outcome", "outcome_timestamp", name="uq_feedback_item"),)
+    __table_args__ = (
+        Index("uq_feedback_item", "client", "card_uuid", "outcome", "outcome_timestamp", unique=True),
+        Index("ix_feedback_scope", "client", "server", "patient", "finding_id"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     service_id: Mapped[str] = mapped_column(String(128))
     card_uuid: Mapped[str] = mapped_column(String(64), index=True)
+    finding_id: Mapped[str] = mapped_column(String(36))
+    client: Mapped[str] = mapped_column(String(512))
+    server: Mapped[str] = mapped_column(String(512))
+    patient: Mapped[str] = mapped_column(String(256))
+    user_id: Mapped[str] = mapped_column(String(256))
     outcome: Mapped[str] = mapped_column(String(16))
     outcome_timestamp: Mapped[str] = mapped_column(String(40))
     accepted_suggestions: Mapped[list[Any]] = mapped_column(JSON, default=list)
@@ -88,9 +103,10 @@ class WriteBack(Base):
 
 
 class SeenJti(Base):
-    """JWT ids already used by CDS clients, kept until the token expires (replay protection)."""
+    """JWT ids already used by CDS clients, kept until the token expires (replay protection). A jti is unique only
+    per issuer (RFC 7519 §4.1.7), so the key is the pair."""
 
     __tablename__ = "seen_jti"
+    issuer: Mapped[str] = mapped_column(String(512), primary_key=True)
     jti: Mapped[str] = mapped_column(String(256), primary_key=True)
-    issuer: Mapped[str] = mapped_column(String(512))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import cache
 from typing import Any, cast
@@ -21,23 +22,43 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+# Marks what a row or request does not say: rows from before the store was scoped, a request without userId. No
+# request ever carries it as a client, server or clinician, so it never matches one.
+UNKNOWN = "urn:fhirsvc:unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class CardScope:
+    """To whom a card was shown: the CDS client (JWT `iss`), the FHIR server identity, the patient, the clinician."""
+
+    client: str
+    server: str
+    patient: str
+    user: str
+
+
 def record_issued_cards(
-    session: Session | Connection, service_id: str, patient: str, cards: Iterable[tuple[str, str, str, str]]
+    session: Session | Connection, service_id: str, scope: CardScope, cards: Iterable[tuple[str, str, str, str, str]]
 ) -> None:
-    """Remember (uuid, program, rule, summary) of each card answered, so feedback can be counted per rule.
+    """Remember (uuid, finding id, program, rule, summary) of each card answered and to whom, so feedback naming
+    only the uuid can be scoped, joined to its finding and counted per rule.
 
     One upsert statement for all of a response's cards: this runs on every CDS call, and per-card ORM loads and
     flushes were a fifth of a call's CPU under load (bench/README.md).
     """
     stamp = now()
     rows: dict[str, dict[str, Any]] = {}
-    for uuid, program, rule, summary in cards:
+    for uuid, finding_id, program, rule, summary in cards:
         rows.setdefault(
             uuid,
             {
                 "uuid": uuid,
+                "finding_id": finding_id,
+                "client": scope.client,
+                "server": scope.server,
+                "user_id": scope.user,
                 "service_id": service_id,
-                "patient": patient,
+                "patient": scope.patient,
                 "program": program,
                 "rule": rule,
                 "summary": summary[:200],
@@ -66,21 +87,35 @@ def _issued_card_upsert(dialect: str) -> Insert:
 
 # Built once: this runs on every CDS call, and building the statement cost more than running it.
 _OVERRIDES = select(
-    Feedback.card_uuid, Feedback.outcome_timestamp, Feedback.override_reason, Feedback.user_comment
-).where(Feedback.card_uuid.in_(bindparam("uuids", expanding=True)), Feedback.outcome == "overridden")
+    Feedback.finding_id, Feedback.user_id, Feedback.outcome_timestamp, Feedback.override_reason, Feedback.user_comment
+).where(
+    Feedback.finding_id.in_(bindparam("findings", expanding=True)),
+    Feedback.client == bindparam("client"),
+    Feedback.server == bindparam("server"),
+    Feedback.patient == bindparam("patient"),
+    Feedback.outcome == "overridden",
+)
 
 
-def suppressed(session: Session | Connection, uuids: Iterable[str], since: datetime) -> set[str]:
-    """Cards overridden with a reason (coded or a comment) at or after `since`: not shown again until then."""
-    wanted = list(uuids)
+def suppressed(
+    session: Session | Connection, scope: CardScope, finding_ids: Iterable[str], since: datetime, every_clinician: bool
+) -> set[str]:
+    """Findings whose card was overridden with a reason (coded or a comment) at or after `since` by this clinician
+    (or, with `every_clinician`, by any clinician of this client) for this server's patient: not shown again.
+
+    A finding's id is derived from its evidence, so new evidence is a new id and ends the suppression."""
+    wanted = list(finding_ids)
     if not wanted:
         return set()
-    rows = session.execute(_OVERRIDES, {"uuids": wanted}).all()
+    rows = session.execute(
+        _OVERRIDES, {"findings": wanted, "client": scope.client, "server": scope.server, "patient": scope.patient}
+    ).all()
     hidden = set()
-    for uuid, stamp, reason, comment in rows:
+    for finding_id, user, stamp, reason, comment in rows:
         when = _parse_instant(stamp)
-        if (reason or comment) and when is not None and when >= since:
-            hidden.add(uuid)
+        mine = every_clinician or user == scope.user
+        if mine and (reason or comment) and when is not None and when >= since:
+            hidden.add(finding_id)
     return hidden
 
 
@@ -92,13 +127,39 @@ def _parse_instant(value: str) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def save_feedback(session: Session, service_id: str, items: list[dict[str, Any]]) -> tuple[int, int]:
-    """Store feedback items; the same item sent twice (clients retry) is kept once. Returns (stored, duplicates)."""
-    stored = duplicates = 0
+@dataclass(frozen=True, slots=True)
+class FeedbackSaved:
+    """What became of one feedback request's items."""
+
+    stored: int
+    duplicates: int
+    ignored: int  # naming a card never issued to this client
+
+
+_ISSUED_TO = select(IssuedCard.finding_id, IssuedCard.server, IssuedCard.patient, IssuedCard.user_id).where(
+    IssuedCard.uuid == bindparam("uuid"), IssuedCard.client == bindparam("client")
+)
+
+
+def save_feedback(session: Session, service_id: str, client: str, items: list[dict[str, Any]]) -> FeedbackSaved:
+    """Store feedback items, each scoped like the card it names as issued to `client` (feedback names no user: the
+    card uuid, derived per audience, says whose it was). Items on a card never issued to this client are ignored,
+    so no client can hide or count another's cards. The same item sent twice (clients retry) is kept once."""
+    stored = duplicates = ignored = 0
     for item in items:
+        issued = session.execute(_ISSUED_TO, {"uuid": item["card"], "client": client}).first()
+        if issued is None:
+            ignored += 1
+            continue
+        finding_id, server, patient, user = issued
         row = Feedback(
             service_id=service_id,
             card_uuid=item["card"],
+            finding_id=finding_id,
+            client=client,
+            server=server,
+            patient=patient,
+            user_id=user,
             outcome=item["outcome"],
             outcome_timestamp=item["outcomeTimestamp"],
             accepted_suggestions=item.get("acceptedSuggestions") or [],
@@ -113,7 +174,7 @@ def save_feedback(session: Session, service_id: str, items: list[dict[str, Any]]
             stored += 1
         except IntegrityError:
             duplicates += 1
-    return stored, duplicates
+    return FeedbackSaved(stored, duplicates, ignored)
 
 
 def feedback_counts(session: Session) -> Counter[tuple[str, str]]:
@@ -176,6 +237,8 @@ def most_urgent(statuses: Iterable[str]) -> str:
 
 
 def therapy_history(session: Session, patient: str) -> list[TherapyState]:
+    """Every stored state of `patient` ("Patient/<id>") on every server, oldest first: the caller keeps one server's
+    (the same id on another server is another person)."""
     return list(session.scalars(select(TherapyState).where(TherapyState.patient == patient).order_by(TherapyState.id)))
 
 

@@ -619,7 +619,7 @@ def test_one_json_line_per_request_with_hashed_patient_and_no_secrets(
     output = log_lines.getvalue()
     lines = [json.loads(line) for line in output.splitlines()]  # every line is JSON
     access = [line for line in lines if line["logger"] == "fhirsvc.access"]
-    assert therapy.status_code == 404
+    assert therapy.status_code == 403  # a client registered for no FHIR server reads no patient
     assert len(access) == 3  # one per request
     served = access[0]
     assert served["request_id"] == "req-42" and served["method"] == "POST" and served["status"] == 200

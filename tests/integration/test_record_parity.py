@@ -12,11 +12,13 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from fhirsvc.api.client_jwt import CdsClientIdentity
+from fhirsvc.api.feedback import card_scope, card_uuid
 from fhirsvc.pipeline import evaluate_record
 from fhirsvc.record.model import RecordBuilder
 from fhirsvc.render.cards import cards_for
 from fhirsvc.terminology.knowledge import Knowledge
-from tests.cds_helpers import hook_request
+from tests.cds_helpers import CLIENT, hook_request
 from tests.conftest import FIXTURES, MakeClient
 from tests.integration.hapi import fhir_get, post_transaction
 
@@ -62,6 +64,15 @@ def ehr_prefetch(base: str, templates: dict[str, str], patient_id: str) -> dict[
     return prefetch
 
 
+def as_shown_to(body: dict[str, Any], cards: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The file door's cards (uuid = the finding's id) with the uuids the CDS door gives them for this call's
+    audience (client, server, clinician)."""
+    identity = CdsClientIdentity(iss=CLIENT.iss, jti="")
+    context = body["context"]
+    scope = card_scope(identity, body.get("fhirServer"), f"Patient/{context['patientId']}", context["userId"])
+    return [(card_uuid(finding_id, scope), summary) for finding_id, summary in cards]
+
+
 def from_service(client: TestClient, body: dict[str, Any]) -> list[tuple[str, str]]:
     response = client.post(PATIENT_VIEW, json=body)
     assert response.status_code == 200, response.text
@@ -76,8 +87,8 @@ def test_every_door_gives_the_same_cards(
     (discovered,) = [s for s in service.get("/cds-services").json()["services"] if s["hook"] == "patient-view"]
     prefetched = hook_request(patient_id, ehr_prefetch(hapi_base_url, discovered["prefetch"], patient_id))
     fetched = hook_request(patient_id, None, fhir_server=hapi_base_url)
-    assert from_service(service, prefetched) == expected
-    assert from_service(service, fetched) == expected
+    assert from_service(service, prefetched) == as_shown_to(prefetched, expected)
+    assert from_service(service, fetched) == as_shown_to(fetched, expected)
 
 
 def test_the_examples_cover_infusion_records() -> None:

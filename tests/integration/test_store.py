@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, select, text
 
-from fhirsvc.store.db import Store
-from fhirsvc.store.models import IssuedCard, WriteBack
+from fhirsvc.api.replay import remember_jti
+from fhirsvc.store.db import MIGRATIONS, Store
+from fhirsvc.store.models import Feedback, IssuedCard, WriteBack
 from fhirsvc.store.repository import (
+    UNKNOWN,
+    CardScope,
+    FeedbackSaved,
     feedback_counts,
     get_cursor,
     latest_state,
@@ -77,26 +85,134 @@ def test_cursors(store: Store) -> None:
         assert get_cursor(session, "s", "Observation") == "2026-01-02T00:00:00.000Z"
 
 
-def test_feedback_duplicates_suppression_and_counts(store: Store) -> None:
-    stamp = now().strftime("%Y-%m-%dT%H:%M:%SZ")
-    old = (now() - timedelta(days=40)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    overridden = {
-        "card": "c1",
+A = CardScope(
+    client="https://ehr-a.example", server="https://fhir.example/r4", patient="Patient/1", user="Practitioner/a"
+)
+
+
+def overridden(card: str, stamp: str) -> dict[str, object]:
+    return {
+        "card": card,
         "outcome": "overridden",
         "outcomeTimestamp": stamp,
         "overrideReason": {"reason": {"system": "x", "code": "y", "display": "z"}},
     }
+
+
+def test_feedback_duplicates_suppression_and_counts(store: Store) -> None:
+    stamp = now().strftime("%Y-%m-%dT%H:%M:%SZ")
+    old = (now() - timedelta(days=40)).strftime("%Y-%m-%dT%H:%M:%SZ")
     with store.session() as session:
-        record_issued_cards(session, "svc", "Patient/1", [("c1", "hiv", "hiv-virologic-failure", "summary")])
-        record_issued_cards(session, "svc", "Patient/1", [("c1", "hiv", "hiv-virologic-failure", "summary")])
+        record_issued_cards(session, "svc", A, [("c1", "f1", "hiv", "hiv-virologic-failure", "summary")])
+        record_issued_cards(session, "svc", A, [("c1", "f1", "hiv", "hiv-virologic-failure", "summary")])
+        record_issued_cards(session, "svc", A, [("c2", "f2", "hiv", "hiv-viral-load-overdue", "summary")])
         card = session.get(IssuedCard, "c1")
         assert card is not None and card.times_issued == 2 and card.last_issued_at >= card.first_issued_at
-        assert save_feedback(session, "svc", [overridden, overridden]) == (1, 1)
-        assert save_feedback(session, "svc", [{**overridden, "card": "c2", "outcomeTimestamp": old}]) == (1, 0)
+        assert card.client == A.client and card.server == A.server and card.user_id == A.user
+        assert save_feedback(session, "svc", A.client, [overridden("c1", stamp)] * 2) == FeedbackSaved(1, 1, 0)
+        assert save_feedback(session, "svc", A.client, [overridden("c2", old)]) == FeedbackSaved(1, 0, 0)
+        # A uuid never issued to this client: ignored, whoever it was issued to.
+        assert save_feedback(session, "svc", "https://ehr-b.example", [overridden("c1", stamp)]) == FeedbackSaved(
+            0, 0, 1
+        )
+    since = now() - timedelta(days=30)
     with store.session() as session:
-        assert suppressed(session, ["c1", "c2", "c3"], now() - timedelta(days=30)) == {"c1"}
+        assert suppressed(session, A, ["f1", "f2", "f3"], since, every_clinician=False) == {"f1"}
         assert feedback_counts(session)[("hiv-virologic-failure", "overridden")] == 1
-        assert feedback_counts(session)[("unknown", "overridden")] == 1
+        assert feedback_counts(session)[("hiv-viral-load-overdue", "overridden")] == 1
+
+
+def test_suppression_is_scoped_to_clinician_client_server_and_patient(store: Store) -> None:
+    stamp = now().strftime("%Y-%m-%dT%H:%M:%SZ")
+    with store.session() as session:
+        record_issued_cards(session, "svc", A, [("c1", "f1", "hiv", "r", "summary")])
+        save_feedback(session, "svc", A.client, [overridden("c1", stamp)])
+    since = now() - timedelta(days=30)
+    colleague = replace(A, user="Practitioner/b")
+    with store.session() as session:
+        assert suppressed(session, A, ["f1"], since, every_clinician=False) == {"f1"}
+        assert suppressed(session, colleague, ["f1"], since, every_clinician=False) == set()
+        assert suppressed(session, colleague, ["f1"], since, every_clinician=True) == {"f1"}
+        for other in (
+            replace(A, client="https://ehr-b.example"),
+            replace(A, server="https://other-fhir.example/r4"),
+            replace(A, patient="Patient/2"),
+        ):
+            assert suppressed(session, other, ["f1"], since, every_clinician=True) == set()
+
+
+def test_a_jti_is_unique_per_issuer(store: Store) -> None:
+    later = now() + timedelta(minutes=5)
+    assert remember_jti(store, "https://ehr-a.example", "jti-1", later, purge=False)
+    assert remember_jti(store, "https://ehr-b.example", "jti-1", later, purge=False)
+    assert not remember_jti(store, "https://ehr-a.example", "jti-1", later, purge=False)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database with no schema at all (a PostgreSQL database of its own, dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.db'}"
+        return
+    server: str = request.getfixturevalue("postgres_url")
+    admin = create_engine(server.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql("CREATE DATABASE migration_test")
+    try:
+        yield server.rsplit("/", 1)[0] + "/migration_test"
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql("DROP DATABASE migration_test WITH (FORCE)")
+        admin.dispose()
+
+
+def test_the_scoping_migration_carries_rows_over(empty_store_url: str) -> None:
+    """A store at the first revision with cards, feedback and jtis: upgraded, every row is kept and marked."""
+    old = Store(empty_store_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    stamp = now()
+    with old.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        connection.execute(
+            text(
+                "INSERT INTO issued_cards (uuid, service_id, patient, program, rule, summary, first_issued_at,"
+                " last_issued_at, times_issued) VALUES ('c1', 'svc', 'Patient/1', 'hiv', 'r', 's', :t, :t, 3)"
+            ),
+            {"t": stamp},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO feedback (service_id, card_uuid, outcome, outcome_timestamp, accepted_suggestions,"
+                " received_at) VALUES ('svc', 'c1', 'overridden', '2026-01-01T00:00:00Z', '[]', :t)"
+            ),
+            {"t": stamp},
+        )
+        connection.execute(
+            text("INSERT INTO seen_jti (jti, issuer, expires_at) VALUES ('j1', 'https://ehr-a.example', :t)"),
+            {"t": stamp + timedelta(minutes=5)},
+        )
+    old.upgrade()
+    try:
+        with old.session() as session:
+            card = session.get(IssuedCard, "c1")
+            assert card is not None and card.finding_id == "c1" and card.times_issued == 3
+            assert (card.client, card.server, card.user_id) == (UNKNOWN, UNKNOWN, UNKNOWN)
+            (item,) = session.scalars(select(Feedback)).all()
+            assert (item.finding_id, item.patient, item.client, item.user_id) == ("c1", "Patient/1", UNKNOWN, UNKNOWN)
+            # An old, global override hides nothing from a real audience any more.
+            scope = CardScope(
+                client="https://ehr-a.example", server="https://fhir.example", patient="Patient/1", user="u"
+            )
+            assert suppressed(session, scope, ["c1"], stamp - timedelta(days=400), every_clinician=True) == set()
+            # New feedback rows get ids after the copied ones (PostgreSQL's sequence follows the copy).
+            record_issued_cards(session, "svc", scope, [("c2", "f2", "hiv", "r", "s")])
+            assert save_feedback(session, "svc", scope.client, [overridden("c2", "2026-01-02T00:00:00Z")]).stored == 1
+        assert not remember_jti(old, "https://ehr-a.example", "j1", stamp + timedelta(minutes=5), purge=False)
+        assert remember_jti(old, "https://ehr-b.example", "j1", stamp + timedelta(minutes=5), purge=False)
+    finally:
+        old.close()
 
 
 def test_writebacks(store: Store) -> None:
