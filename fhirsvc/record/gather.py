@@ -13,7 +13,7 @@ from typing import Any
 from fhirsvc.fhir.client import FhirClient, FhirClientPool, SearchResult, bundle_total, next_link
 from fhirsvc.fhir.errors import FhirError, FhirInvalidResponse, FhirNotFound, FhirServerError, FhirTransportError
 from fhirsvc.fhir.quirks import adaptive_search
-from fhirsvc.record.model import CLINICAL_TYPES, RECORD_PART_BY_KEY, PatientRecord, filing_patient
+from fhirsvc.record.model import CLINICAL_TYPES, RECORD_PART_BY_KEY, PatientRecord, filing_patient, keep_medication
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +205,8 @@ async def _fetch_medications(
                 ids = ",".join(missing[start : start + _MEDICATION_BATCH])
                 result = await client.search(f"Medication?_id={ids}", token, max_pages)
                 for resource in result.resources:
-                    if resource.get("resourceType") == "Medication" and isinstance(resource.get("id"), str):
-                        record.medications[f"Medication/{resource['id']}"] = resource
+                    if resource.get("resourceType") == "Medication":
+                        keep_medication(record.medications, resource)
         gathered.fetched.append("medications")
     except (FhirError, TimeoutError) as exc:
         reason = str(exc) or type(exc).__name__
@@ -241,8 +241,7 @@ def _add(record: PatientRecord, resource: dict[str, Any], expected: str) -> None
         record.add(resource)
         return
     if rtype == "Medication":
-        if isinstance(resource.get("id"), str):
-            record.medications[f"Medication/{resource['id']}"] = resource
+        keep_medication(record.medications, resource)
         return
     patient, malformed = filing_patient(resource)
     if patient == expected:

@@ -161,6 +161,12 @@ def filing_patient(resource: Resource, aliases: dict[str, str] | None = None) ->
     return ref, False
 
 
+def keep_medication(medications: dict[str, Resource], resource: Resource) -> None:
+    """Keep a Medication by `Medication/<id>`, for the `medicationReference`s that name it (it names no patient)."""
+    if isinstance(resource.get("id"), str):
+        medications[f"Medication/{resource['id']}"] = resource
+
+
 class RecordBuilder:
     """Groups resources from bundles and NDJSON lines into PatientRecords by their patient reference.
 
@@ -187,8 +193,7 @@ class RecordBuilder:
             self.add_bundle(resource)
             return
         if rtype == "Medication":
-            if isinstance(resource.get("id"), str):
-                self.medications[f"Medication/{resource['id']}"] = resource
+            keep_medication(self.medications, resource)
             return
         ref, malformed = filing_patient(resource, aliases)
         if ref is None:
