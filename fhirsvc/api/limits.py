@@ -1,6 +1,8 @@
-"""The request body size limit: 413 before a body over FHIRSVC_MAX_BODY_BYTES is read, chunked ones included."""
+"""Request limits: body size (413 before it is read), resources per request (413) and text per field (400)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -56,3 +58,45 @@ class BodySizeLimit:
         response = operation_outcome(413, f"request body larger than {self.max_bytes} bytes", code="too-costly")
         response.headers["Connection"] = "close"  # the rest of the body is not read
         await response(scope, receive, send)
+
+
+def resource_count(prefetch: dict[str, Any] | None, context: dict[str, Any]) -> int:
+    """Resources a CDS call carries: each prefetch value (a Bundle's entries, or one resource) and draftOrders."""
+    carried = [*(prefetch or {}).values(), context.get("draftOrders")]
+    count = 0
+    for value in carried:
+        if isinstance(value, dict):
+            entries = value.get("entry") if value.get("resourceType") == "Bundle" else None
+            count += len(entries) if isinstance(entries, list) else 1
+    return count
+
+
+def overlong_text(document: object, max_chars: int) -> str | None:
+    """The name of the first field (or key) whose text is longer than `max_chars`, else None.
+
+    Walked without recursion: orjson already refused anything nested deeper than 1024 levels, and this walk must not
+    be the next thing to overflow. Lists name their field's key; `[]` when a list sits at the top.
+    """
+    stack: list[tuple[str, object]] = [("[]", document)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        field, node = pop()
+        if type(node) is dict:
+            for key, value in node.items():
+                kind = type(value)
+                if kind is str:
+                    if len(value) > max_chars:
+                        return str(key)
+                elif kind is dict or kind is list:
+                    push((key, value))
+                if len(key) > max_chars:
+                    return "a key"
+        elif type(node) is list:
+            for value in node:
+                kind = type(value)
+                if kind is str:
+                    if len(value) > max_chars:
+                        return field
+                elif kind is dict or kind is list:
+                    push((field, value))
+    return None
