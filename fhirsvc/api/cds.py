@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from fhirsvc.api.client_jwt import CdsClientIdentity, cds_client, discovery_client
 from fhirsvc.api.evaluation import EvaluationPool
 from fhirsvc.api.feedback import FeedbackItem, FeedbackRequest, filter_and_record, parse_feedback, store_feedback
-from fhirsvc.api.limits import overlong_text, resource_count
+from fhirsvc.api.limits import may_hold_overlong_text, overlong_text, resource_count
 from fhirsvc.api.logs import Clock, annotate, annotate_patient, started_at
 from fhirsvc.api.responses import OrjsonResponse, operation_outcome, outcome
 from fhirsvc.cds.models import CdsRequest, CdsResponse, Discovery, inline_schema, response_body
@@ -145,7 +145,9 @@ async def call_service(
     too_many = _over_the_resource_limit(cds_request, settings.max_resources_per_request)
     if too_many is not None:
         return too_many
-    overlong = overlong_text(document, settings.max_text_chars)
+    overlong = None
+    if may_hold_overlong_text(body, settings.max_text_chars):  # microseconds; the walk takes milliseconds
+        overlong = overlong_text(document, settings.max_text_chars)
     if overlong is not None:
         return operation_outcome(
             400, f"a string in {overlong[:64]!r} is over {settings.max_text_chars} characters (FHIRSVC_MAX_TEXT_CHARS)"

@@ -71,6 +71,43 @@ def resource_count(prefetch: dict[str, Any] | None, context: dict[str, Any]) -> 
     return count
 
 
+_BACKSLASH = ord("\\")
+# Past this many escaped quotes in a block, or backslashes before one quote, walking the parsed strings is cheaper
+# than stepping over them here (and a hostile body cannot make this test the slow part).
+_MOST_ESCAPES = 64
+
+
+def may_hold_overlong_text(body: bytes, max_chars: int) -> bool:
+    """False when no JSON string in `body` can be longer than `max_chars` characters: a test on the raw bytes, in
+    microseconds, that spares almost every request the walk over all its strings (`overlong_text`, milliseconds).
+
+    Why it is sound: a string of more than `max_chars` characters spans more than `max_chars` bytes between two
+    unescaped quotes (an escape is longer than the character it stands for), so it covers one of the aligned blocks
+    of `max_chars // 2` bytes entirely, and that block holds no unescaped quote. Each block is searched for one
+    (`bytes.find` is memchr, in C); a block without one, or with too many escapes to step over, may lie inside a
+    long string: True, and the caller walks the parsed request.
+    """
+    block = max(max_chars // 2, 1)
+    find = body.find
+    for start in range(0, len(body) - block + 1, block):  # whole blocks only: a long string covers a whole one
+        end = start + block
+        quote = find(b'"', start, end)
+        for _ in range(_MOST_ESCAPES):
+            if quote == -1:
+                return True
+            backslashes = 0  # an odd number before the quote escapes it: `\"` is in the text, `\\"` ends it
+            while backslashes <= _MOST_ESCAPES and quote > backslashes and body[quote - backslashes - 1] == _BACKSLASH:
+                backslashes += 1
+            if backslashes > _MOST_ESCAPES:
+                return True
+            if backslashes % 2 == 0:
+                break  # an unescaped quote: no string spans this block
+            quote = find(b'"', quote + 1, end)
+        else:
+            return True
+    return False
+
+
 def overlong_text(document: object, max_chars: int) -> str | None:
     """The name of the first field (or key) whose text is longer than `max_chars`, else None.
 
