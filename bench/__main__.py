@@ -10,10 +10,11 @@ from typing import Any
 
 import orjson
 
-from bench import inprocess, load, population, report
+from bench import hostile, inprocess, load, population, report
 from bench.generate import SEED
 
-SECTIONS = ("inprocess", "load", "population")
+SECTIONS = ("inprocess", "load", "population", "hostile")
+DEFAULT_SECTIONS = ("inprocess", "load", "population")  # hostile: on request (`--only hostile`), it only guards
 
 
 def _say(text: str) -> None:
@@ -24,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split(":", 1)[1].strip())
     parser.add_argument("--quick", action="store_true", help="fewer repeats, 2 s load runs, 100/1,000 patients")
     parser.add_argument("--json", type=Path, help="write the figures (medians) to this file")
-    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument(
+        "--only", default=",".join(DEFAULT_SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
+    )
     parser.add_argument("--seed", type=int, default=SEED)
     args = parser.parse_args(argv)
     wanted = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -63,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         print("Population: fhirsvc evaluate over Bulk Data NDJSON (child process; first row: one patient, fixed cost)")
         print(report.population_table(baseline, results) + "\n")
         targets += report.population_targets(results)
+
+    if "hostile" in wanted:
+        _say("hostile bodies ...")
+        attacked = hostile.run(quick=args.quick, seed=args.seed, progress=_say)
+        figures["hostile"] = attacked.as_json()
+        print("Hostile bodies against the served app (1 MB texts, 64 KiB texts, deep nesting, 100,000 tiny resources)")
+        print(hostile.table(attacked) + "\n")
 
     figures["targets"] = [t.as_json() for t in targets]
     figures["seconds"] = round(time.perf_counter() - started, 1)

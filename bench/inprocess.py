@@ -15,6 +15,7 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from bench.generate import AS_OF, SEED, SIZES, patient_record, request_body
 from bench.timing import Timing, interleaved
+from fhirsvc.api.limits import may_hold_overlong_text, overlong_text, resource_count
 from fhirsvc.cds.models import CdsRequest, response_body
 from fhirsvc.config import Settings
 from fhirsvc.fhir.client import FhirClientPool
@@ -41,7 +42,14 @@ class Pipeline:
         gc.freeze()
 
     def __call__(self, body: bytes) -> bytes:
-        request = CdsRequest.model_validate(orjson.loads(body))
+        document = orjson.loads(body)
+        request = CdsRequest.model_validate(document)
+        # The service's limits (fhirsvc/api/cds.py): every string of the request is looked at once.
+        if resource_count(request.prefetch, request.context) > self.settings.max_resources_per_request:
+            raise ValueError("over FHIRSVC_MAX_RESOURCES_PER_REQUEST")
+        limit = self.settings.max_text_chars
+        if may_hold_overlong_text(body, limit) and overlong_text(document, limit) is not None:
+            raise ValueError("a text over FHIRSVC_MAX_TEXT_CHARS")
         gathered = self.loop.run_until_complete(
             gather(request.patient_id, request.prefetch, None, None, self.settings.fhir_max_pages)
         )

@@ -241,7 +241,21 @@ class Settings(BaseSettings):
     log_salt: SecretStr | None = Field(
         default=None, description="Salt for patient id hashes in logs; unset = random per process."
     )
-    max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Largest request body accepted.")
+    # Bounded work per request. 10 MB holds a 10,000-resource prefetch (6.3 MB in bench/), far more than a chart
+    # carries; a larger body only costs parsing time and memory. 50,000 resources: past every real chart (the bench
+    # population averages 40 per patient), while 100,000 tiny hostile resources still fit in 10 MB.
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1, description="Largest request body accepted.")
+    max_resources_per_request: int = Field(
+        default=50_000, ge=1, description="Most resources in one CDS call (prefetch Bundles' entries + draftOrders)."
+    )
+    # 64 Ki characters: well past a clinical note in Medication.code.text or an annotation; a longer string only feeds
+    # the per-text memos and the logs of whoever reads it.
+    max_text_chars: int = Field(default=64 * 1024, ge=1, description="Longest string in a CDS call, in characters.")
+    # Evaluation is pure Python (one core per process under the GIL): more threads add no throughput, only let a
+    # stuck call hold more memory. The rest of the budget after fetching is what a call waits for its evaluation.
+    max_concurrent_evaluations: int = Field(
+        default=4, ge=1, le=64, description="Evaluations running at once per process; others wait their turn."
+    )
     # A static bearer token for `poll` and `sandbox` comes from the environment or a file, never from argv (which
     # every user of the machine can read in `ps` and /proc/<pid>/cmdline).
     fhir_token: SecretStr | None = Field(

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import selectors
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class VirtualClock:
@@ -32,19 +37,21 @@ class _IdleAdvancingSelector(selectors.DefaultSelector):
     """Where the loop would block until its next timer, jump the clock to that timer instead.
 
     Sockets, the TestClient's hand-over and worker threads finishing still wake the loop for real: with no timer
-    due, it waits for them as usual (a worker thread running while a timer is pending would see time jump, so
-    the timers of a test must not race threads).
+    due, it waits for them as usual. Work the loop hands to `run_in_executor` takes no virtual time: while some
+    is running the clock stands still and the loop waits for it (an anyio worker thread is not seen, so the
+    timers of a test must not race those).
     """
 
     def __init__(self, clock: VirtualClock) -> None:
         super().__init__()
         self._clock = clock
+        self.executor_jobs = 0  # run_in_executor calls not finished yet (counted on the loop's own thread)
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         ready = super().select(0)
         if ready or timeout == 0:
             return ready
-        if timeout is None:  # no timer at all: wait for I/O or a thread
+        if timeout is None or self.executor_jobs:  # no timer at all, or a job running: wait for I/O or a thread
             return super().select(None)
         self._clock.advance(timeout)
         return []
@@ -52,8 +59,18 @@ class _IdleAdvancingSelector(selectors.DefaultSelector):
 
 class _VirtualTimeLoop(asyncio.SelectorEventLoop):
     def __init__(self, clock: VirtualClock) -> None:
-        super().__init__(_IdleAdvancingSelector(clock))
+        self._idle_selector = _IdleAdvancingSelector(clock)
+        super().__init__(self._idle_selector)
         self._virtual_clock = clock
+
+    def run_in_executor(self, executor: Executor | None, func: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        job = super().run_in_executor(executor, func, *args)
+        self._idle_selector.executor_jobs += 1
+        job.add_done_callback(self._job_done)
+        return job
+
+    def _job_done(self, _: asyncio.Future[Any]) -> None:
+        self._idle_selector.executor_jobs -= 1
 
     def time(self) -> float:
         return self._virtual_clock()

@@ -17,6 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from fhirsvc.api.cds import router as cds_router
 from fhirsvc.api.client_jwt import CdsAuthenticator, Unauthorized, unauthorized
+from fhirsvc.api.evaluation import EvaluationPool
 from fhirsvc.api.issuer_keys import JWKS_TIMEOUT
 from fhirsvc.api.jwks import router as jwks_router
 from fhirsvc.api.limits import BodySizeLimit
@@ -60,12 +61,14 @@ def create_app(
         # JWKS fetches never follow redirects: only the registered jwks_url is trusted.
         jwks_http = httpx.AsyncClient(timeout=JWKS_TIMEOUT, follow_redirects=False, transport=jwks_transport)
         app.state.cds_auth = CdsAuthenticator(settings, app.state.store, jwks_http, clock)
+        app.state.evaluations = EvaluationPool(settings.max_concurrent_evaluations, clock)
         # Mappings and pools live as long as the process: keep them out of every garbage collection
         # (large requests otherwise pay for scanning them again and again; bench/README.md finding 5).
         gc.freeze()
         try:
             yield
         finally:
+            app.state.evaluations.close()
             await jwks_http.aclose()
             await app.state.fhir_pool.aclose()
             app.state.store.close()

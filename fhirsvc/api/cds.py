@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, date, datetime
+from functools import partial
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -13,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from fhirsvc.api.client_jwt import CdsClientIdentity, cds_client, discovery_client
+from fhirsvc.api.evaluation import EvaluationPool
 from fhirsvc.api.feedback import (
     FeedbackItem,
     FeedbackRequest,
@@ -22,6 +24,7 @@ from fhirsvc.api.feedback import (
     parse_feedback,
     store_feedback,
 )
+from fhirsvc.api.limits import may_hold_overlong_text, overlong_text, resource_count
 from fhirsvc.api.logs import Clock, annotate, annotate_patient, started_at
 from fhirsvc.api.responses import OrjsonResponse, operation_outcome, outcome
 from fhirsvc.cds.models import CdsRequest, CdsResponse, Discovery, inline_schema, response_body
@@ -33,6 +36,7 @@ from fhirsvc.pipeline import evaluate_record
 from fhirsvc.record.gather import DataUnavailable, gather
 from fhirsvc.record.model import RECORD_PART_BY_KEY, bundle_resources
 from fhirsvc.render.cards import by_resource_type, cards_with_findings, incomplete_card
+from fhirsvc.render.timeout import not_evaluated_card
 from fhirsvc.store.db import Store
 from fhirsvc.terminology.knowledge import Knowledge
 
@@ -121,7 +125,7 @@ def discovery(_client: DiscoveryClientDep) -> dict[str, Any]:
         **_UNAUTHORIZED,
         404: outcome("Unknown service"),
         412: outcome("Required data unobtainable (or to be fetched from a fhirServer not on the allowlist)"),
-        413: _TOO_LARGE,
+        413: outcome("Body over FHIRSVC_MAX_BODY_BYTES, or resources over FHIRSVC_MAX_RESOURCES_PER_REQUEST"),
     },
     openapi_extra=_HOOK_REQUEST,
 )
@@ -140,11 +144,23 @@ async def call_service(
         return operation_outcome(404, f"no CDS service {service_id!r}", code="not-found")
     body = await request.body()  # size-limited by the BodySizeLimit middleware (FHIRSVC_MAX_BODY_BYTES)
     try:
-        cds_request = CdsRequest.model_validate(orjson.loads(body))
+        document = orjson.loads(body)  # nesting deeper than 1024 levels is refused here too
+        cds_request = CdsRequest.model_validate(document)
     except orjson.JSONDecodeError:
-        return operation_outcome(400, "request body is not valid JSON")
+        return operation_outcome(400, "request body is not valid JSON (or nested deeper than 1024 levels)")
     except ValidationError as exc:
         return operation_outcome(400, _validation_message(exc))
+    too_many = _over_the_resource_limit(cds_request, settings.max_resources_per_request)
+    if too_many is not None:
+        return too_many
+    overlong = None
+    if may_hold_overlong_text(body, settings.max_text_chars):  # microseconds; the walk takes milliseconds
+        overlong = overlong_text(document, settings.max_text_chars)
+    if overlong is not None:
+        return operation_outcome(
+            400, f"a string in {overlong[:64]!r} is over {settings.max_text_chars} characters (FHIRSVC_MAX_TEXT_CHARS)"
+        )
+    del document
     annotate(request, hook=cds_request.hook)
     annotate_patient(request, cds_request.patient_id)
     if cds_request.hook != service.hook:
@@ -193,7 +209,14 @@ async def call_service(
         return OrjsonResponse(response_body([card]))
     if service.plans_from_draft_orders:
         gathered.record.planned.extend(_draft_medication_orders(cds_request.context.get("draftOrders")))
-    result = evaluate_record(gathered.record, knowledge, as_of)
+    evaluations: EvaluationPool = request.app.state.evaluations
+    result = await evaluations.run(
+        partial(evaluate_record, gathered.record, knowledge, as_of),
+        deadline=started_at(request) + settings.cds_time_budget,
+    )
+    if result is None:  # out of time: no finding is made from a half-done evaluation, and nothing is stored
+        annotate(request, evaluation="timed-out")
+        return OrjsonResponse(response_body([not_evaluated_card(cds_request.patient_id)]))
     if result.skipped:  # malformed resources left out of the evaluation: counted on the request's log line
         annotate(request, skipped_resources=result.skipped)
     findings = cards_with_findings(result)
@@ -241,6 +264,17 @@ async def feedback(service_id: str, request: Request, _client: ClientDep, store:
     saved = await run_in_threadpool(store_feedback, store, service_id, client_of(_client), items)
     log.info("feedback stored=%d duplicates=%d ignored=%d", saved.stored, saved.duplicates, saved.ignored)
     return Response(status_code=200)
+
+
+def _over_the_resource_limit(cds_request: CdsRequest, limit: int) -> Response | None:
+    carried = resource_count(cds_request.prefetch, cds_request.context)
+    if carried <= limit:
+        return None
+    return operation_outcome(
+        413,
+        f"the request carries {carried} resources; at most {limit} are accepted (FHIRSVC_MAX_RESOURCES_PER_REQUEST)",
+        code="too-costly",
+    )
 
 
 def _host_field(fhir_server: str) -> dict[str, str]:

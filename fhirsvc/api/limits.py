@@ -1,6 +1,8 @@
-"""The request body size limit: 413 before a body over FHIRSVC_MAX_BODY_BYTES is read, chunked ones included."""
+"""Request limits: body size (413 before it is read), resources per request (413) and text per field (400)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -56,3 +58,82 @@ class BodySizeLimit:
         response = operation_outcome(413, f"request body larger than {self.max_bytes} bytes", code="too-costly")
         response.headers["Connection"] = "close"  # the rest of the body is not read
         await response(scope, receive, send)
+
+
+def resource_count(prefetch: dict[str, Any] | None, context: dict[str, Any]) -> int:
+    """Resources a CDS call carries: each prefetch value (a Bundle's entries, or one resource) and draftOrders."""
+    carried = [*(prefetch or {}).values(), context.get("draftOrders")]
+    count = 0
+    for value in carried:
+        if isinstance(value, dict):
+            entries = value.get("entry") if value.get("resourceType") == "Bundle" else None
+            count += len(entries) if isinstance(entries, list) else 1
+    return count
+
+
+_BACKSLASH = ord("\\")
+# Past this many escaped quotes in a block, or backslashes before one quote, walking the parsed strings is cheaper
+# than stepping over them here (and a hostile body cannot make this test the slow part).
+_MOST_ESCAPES = 64
+
+
+def may_hold_overlong_text(body: bytes, max_chars: int) -> bool:
+    """False when no JSON string in `body` can be longer than `max_chars` characters: a test on the raw bytes, in
+    microseconds, that spares almost every request the walk over all its strings (`overlong_text`, milliseconds).
+
+    Why it is sound: a string of more than `max_chars` characters spans more than `max_chars` bytes between two
+    unescaped quotes (an escape is longer than the character it stands for), so it covers one of the aligned blocks
+    of `max_chars // 2` bytes entirely, and that block holds no unescaped quote. Each block is searched for one
+    (`bytes.find` is memchr, in C); a block without one, or with too many escapes to step over, may lie inside a
+    long string: True, and the caller walks the parsed request.
+    """
+    block = max(max_chars // 2, 1)
+    find = body.find
+    for start in range(0, len(body) - block + 1, block):  # whole blocks only: a long string covers a whole one
+        end = start + block
+        quote = find(b'"', start, end)
+        for _ in range(_MOST_ESCAPES):
+            if quote == -1:
+                return True
+            backslashes = 0  # an odd number before the quote escapes it: `\"` is in the text, `\\"` ends it
+            while backslashes <= _MOST_ESCAPES and quote > backslashes and body[quote - backslashes - 1] == _BACKSLASH:
+                backslashes += 1
+            if backslashes > _MOST_ESCAPES:
+                return True
+            if backslashes % 2 == 0:
+                break  # an unescaped quote: no string spans this block
+            quote = find(b'"', quote + 1, end)
+        else:
+            return True
+    return False
+
+
+def overlong_text(document: object, max_chars: int) -> str | None:
+    """The name of the first field (or key) whose text is longer than `max_chars`, else None.
+
+    Walked without recursion: orjson already refused anything nested deeper than 1024 levels, and this walk must not
+    be the next thing to overflow. Lists name their field's key; `[]` when a list sits at the top.
+    """
+    stack: list[tuple[str, object]] = [("[]", document)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        field, node = pop()
+        if type(node) is dict:
+            for key, value in node.items():
+                kind = type(value)
+                if kind is str:
+                    if len(value) > max_chars:
+                        return str(key)
+                elif kind is dict or kind is list:
+                    push((key, value))
+                if len(key) > max_chars:
+                    return "a key"
+        elif type(node) is list:
+            for value in node:
+                kind = type(value)
+                if kind is str:
+                    if len(value) > max_chars:
+                        return field
+                elif kind is dict or kind is list:
+                    push((field, value))
+    return None
