@@ -42,6 +42,7 @@ _PLOT = _WIDTH - _LEFT - _RIGHT
 _BAR = 26
 _PANEL = 150
 _MARKS = 48
+_LABELLED_MARKS = 6
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -318,6 +319,8 @@ def _event_lane(
             label += "; evidence for: " + "; ".join(f.summary for f in cited)
         size = 9 if cited else 6
         weight = ' font-weight="600"' if cited else ""
+        # A crowded lane writes only the evidence beside its marks; every mark keeps its name and tooltip.
+        text = mark.text if cited or len(marks) <= _LABELLED_MARKS else ""
         right = x > _LEFT + _PLOT / 2
         ids = " ".join(f.id for f in cited)
         out.append(
@@ -329,7 +332,7 @@ def _event_lane(
             f'stroke="var(--text)" stroke-width="{2 if cited else 1}"/>'
             f'<text x="{x - size - 3 if right else x + size + 3}" y="{label_y}" '
             f'text-anchor="{"end" if right else "start"}"'
-            f"{weight}>{_e(mark.text)}</text></g>"
+            f"{weight}>{_e(text)}</text></g>"
         )
     out.append("</g>")
     return "".join(out)
