@@ -21,7 +21,7 @@ from fhirsvc.record.files import index_records
 from fhirsvc.record.model import PatientRecord
 from fhirsvc.render.report import patient_report
 from fhirsvc.render.text import patient_text
-from fhirsvc.render.timeline import index_page, page_file_name, timeline_page
+from fhirsvc.render.timeline import IndexEntry, index_entry, index_page, page_file_name, timeline_page
 from fhirsvc.rules.registry import RULE_KINDS
 from fhirsvc.terminology.knowledge import load_knowledge
 from fhirsvc.terminology.paths import data_dir
@@ -158,13 +158,13 @@ def evaluate(
 def _write_pages(
     records: Iterable[PatientRecord], out: Path, evaluate: Callable[[PatientRecord], PatientResult]
 ) -> None:
-    """One timeline page per patient and an index.html listing them; only the index keeps results (small ones)."""
+    """One timeline page per patient and an index.html listing them (the index keeps a few strings per patient)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         typer.echo(f"error: --out {out}: cannot create it ({type(exc).__name__})", err=True)
         raise typer.Exit(2) from None
-    written: list[tuple[str, PatientResult]] = []
+    written: list[IndexEntry] = []
     names: set[str] = set()
     for record in records:
         result = evaluate(record)
@@ -173,7 +173,7 @@ def _write_pages(
             name = page_file_name(f"{result.patient}-{len(written)}")
         names.add(name)
         (out / name).write_text(timeline_page(result), encoding="utf-8")
-        written.append((name, result))
+        written.append(index_entry(name, result))
     (out / "index.html").write_text(index_page(written), encoding="utf-8")
     typer.echo(f"{len(written)} page(s) and index.html written to {out}", err=True)
 

@@ -497,20 +497,32 @@ def timeline_page(result: PatientResult) -> str:
     )
 
 
-def index_page(entries: Sequence[tuple[str, PatientResult]]) -> str:
-    """The list of written pages: (file name, result) per patient, with what each asks for."""
-    rows = []
-    for file_name, result in entries:
-        asks = ", ".join(sorted({f.status for f in result.actionable})) or "nothing to do"
-        flags = " (data may be incomplete)" if result.incomplete else ""
-        flags += " (deceased)" if result.death else ""
-        programs = ", ".join(p.program.id for p in result.programs) or "none"
-        rows.append(
-            f'<tr><td><a href="{_e(file_name)}">{_e(result.patient)}</a></td><td>{_e(programs)}</td>'
-            f"<td>{_e(asks)}{flags}</td></tr>"
-        )
+@dataclass(frozen=True)
+class IndexEntry:
+    """What the index shows of one written page: a few strings, so a large population is not held in memory."""
+
+    file_name: str
+    patient: str
+    programs: str
+    asks: str
+
+
+def index_entry(file_name: str, result: PatientResult) -> IndexEntry:
+    asks = ", ".join(sorted({f.status for f in result.actionable})) or "nothing to do"
+    asks += " (data may be incomplete)" if result.incomplete else ""
+    asks += " (deceased)" if result.death else ""
+    return IndexEntry(file_name, result.patient, ", ".join(p.program.id for p in result.programs) or "none", asks)
+
+
+def index_page(entries: Sequence[IndexEntry]) -> str:
+    """The list of written pages, with what each patient's findings ask for."""
+    rows = "".join(
+        f'<tr><td><a href="{_e(e.file_name)}">{_e(e.patient)}</a></td><td>{_e(e.programs)}</td>'
+        f"<td>{_e(e.asks)}</td></tr>"
+        for e in entries
+    )
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Patients</title>'
         f"<style>{_css()}</style></head><body><h1>Patients</h1>"
-        "<table><tr><th>Patient</th><th>Programs</th><th>Asks for</th></tr>" + "".join(rows) + "</table></body></html>"
+        f"<table><tr><th>Patient</th><th>Programs</th><th>Asks for</th></tr>{rows}</table></body></html>"
     )
