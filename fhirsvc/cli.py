@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections import Counter
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -17,8 +18,10 @@ from fhirsvc.api.serving import serve as run_service
 from fhirsvc.config import Settings, get_settings
 from fhirsvc.pipeline import PatientResult, evaluate_record
 from fhirsvc.record.files import index_records
+from fhirsvc.record.model import PatientRecord
 from fhirsvc.render.report import patient_report
 from fhirsvc.render.text import patient_text
+from fhirsvc.render.timeline import IndexEntry, index_entry, index_page, page_file_name, timeline_page
 from fhirsvc.rules.registry import RULE_KINDS
 from fhirsvc.terminology.knowledge import load_knowledge
 from fhirsvc.terminology.paths import data_dir
@@ -35,6 +38,7 @@ app = typer.Typer(
 class OutputFormat(StrEnum):
     json = "json"
     text = "text"
+    html = "html"
 
 
 def _as_of(value: str | None) -> date:
@@ -100,13 +104,21 @@ def evaluate(
     as_of: Annotated[
         str | None, typer.Option("--as-of", metavar="YYYY-MM-DD", help="Evaluate as of this date (default: today).")
     ] = None,
-    output: Annotated[OutputFormat, typer.Option("--format", help="json (the public contract) or text.")] = (
-        OutputFormat.json
-    ),
+    output: Annotated[
+        OutputFormat,
+        typer.Option("--format", help="json (the public contract), text, or html (timeline pages, with --out)."),
+    ] = OutputFormat.json,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", metavar="DIR", help="With --format html: the directory for one page per patient."),
+    ] = None,
 ) -> None:
-    """Evaluate patients from files and print one result per patient."""
+    """Evaluate patients from files and print one result per patient (or write timeline pages to --out)."""
     import gc
 
+    if (output is OutputFormat.html) != (out is not None):
+        typer.echo("error: --format html and --out DIR go together", err=True)
+        raise typer.Exit(2)
     day = _as_of(as_of)
     settings = get_settings()
     knowledge = load_knowledge(overrides=settings.thresholds, enabled=settings.programs, rule_kinds=RULE_KINDS)
@@ -117,6 +129,11 @@ def evaluate(
         raise typer.Exit(2) from None
     # Patient by patient: each result is written as soon as it is ready, so memory stays flat as the population
     # grows. JSON bytes are those of orjson.dumps(results, option=OPT_INDENT_2): items indented by two spaces.
+    if out is not None:
+        _write_pages(index.records(), out, lambda record: evaluate_record(record, knowledge, day))
+        if index.skipped:
+            typer.echo(f"{index.skipped} unreadable file(s), line(s) or resource(s) skipped", err=True)
+        return
     gc.freeze()  # the mappings and the index live for the whole run: keep them out of every collection
     try:
         for number, record in enumerate(index.records()):
@@ -136,6 +153,29 @@ def evaluate(
         sys.stdout.write("\n")
     if index.skipped:
         typer.echo(f"{index.skipped} unreadable file(s), line(s) or resource(s) skipped", err=True)
+
+
+def _write_pages(
+    records: Iterable[PatientRecord], out: Path, evaluate: Callable[[PatientRecord], PatientResult]
+) -> None:
+    """One timeline page per patient and an index.html listing them (the index keeps a few strings per patient)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        typer.echo(f"error: --out {out}: cannot create it ({type(exc).__name__})", err=True)
+        raise typer.Exit(2) from None
+    written: list[IndexEntry] = []
+    names: set[str] = set()
+    for record in records:
+        result = evaluate(record)
+        name = page_file_name(result.patient)
+        if name in names:  # the same patient in two files: the pages would overwrite each other
+            name = page_file_name(f"{result.patient}-{len(written)}")
+        names.add(name)
+        (out / name).write_text(timeline_page(result), encoding="utf-8")
+        written.append(index_entry(name, result))
+    (out / "index.html").write_text(index_page(written), encoding="utf-8")
+    typer.echo(f"{len(written)} page(s) and index.html written to {out}", err=True)
 
 
 @app.command()

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field, replace
 from datetime import date
 
 from fhirsvc.deceased import Death, death_by
-from fhirsvc.facts import PatientFacts, extract_facts
-from fhirsvc.findings import Finding
+from fhirsvc.facts import Diagnosis, PatientFacts, extract_facts
+from fhirsvc.findings import Finding, Measurement
 from fhirsvc.lot.engine import DrugEra, Line, build_lines, drug_eras, regimen_keys
 from fhirsvc.lot.exposures import CoverageTable, indicated_eras, program_diagnoses, program_exposures
 from fhirsvc.record.model import MEDICATION_TYPES, PatientRecord
@@ -29,6 +29,10 @@ class ProgramResult:
     lines: list[Line]
     classes: dict[str, str]
     findings: list[Finding] = field(default_factory=list)
+    # Every result of each observation the rules read (by observation name, in date order): a rendering plots them
+    # with the findings' evidence among them.
+    series: dict[str, list[Measurement]] = field(default_factory=dict)
+    conditions: list[tuple[str, Diagnosis]] = field(default_factory=list)  # (condition set, diagnosis) the rules read
 
     @property
     def current_line(self) -> Line | None:
@@ -98,6 +102,7 @@ def evaluate_program(
         result.findings.append(assessment)
         if rule.line_end_label:
             _label_line_ends(rule, ctx)
+    result.series, result.conditions = ctx.measured, ctx.diagnoses_read
     return result
 
 

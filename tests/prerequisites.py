@@ -41,6 +41,19 @@ def java_major() -> int | None:
     return int(found.group(1)) if found else None
 
 
+# Debian's package installs /usr/bin/chromium; other distributions name it chromium-browser.
+CHROMIUM_NAMES = ("chromium", "chromium-browser")
+
+
+def chromium_path() -> str | None:
+    """The system Chromium that the browser tests drive (Playwright with `executable_path`, never its own download)."""
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
 def missing() -> list[Missing]:
     gaps: list[Missing] = []
     if sys.version_info < MIN_PYTHON:
@@ -58,6 +71,8 @@ def missing() -> list[Missing]:
         gaps.append(Missing("Maven (mvn), to build the HAPI FHIR test server and resolve Synthea", "maven"))
     if not postgres.available():
         gaps.append(Missing("PostgreSQL's server (initdb, pg_ctl), for the store tests on PostgreSQL", "postgresql"))
+    if chromium_path() is None:
+        gaps.append(Missing("Chromium, for the timeline page tests in a real browser (tests/browser)", "chromium"))
     return gaps
 
 

@@ -48,6 +48,9 @@ class ProgramContext:
     _flags: dict[str, FlagHit] | None = field(default=None, init=False, repr=False, compare=False)
     _results: dict[str, list[LabResult]] = field(default_factory=dict, init=False, repr=False, compare=False)
     _measurements: dict[str, list[Measurement]] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _diagnoses_read: dict[str, tuple[str, Diagnosis]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def at_end_of(self, line: Line) -> ProgramContext:
         """The context as it stood on the last day of an ended `line`, with that line still current and no later
@@ -110,13 +113,16 @@ class ProgramContext:
         """Diagnoses of a named code set with onset by `as_of`; `ended` adds resolved and inactive ones (episodes)."""
         codes = self.program.conditions[condition_set].keys
         pool = [*self.facts.diagnoses, *self.facts.ended_diagnoses] if ended else self.facts.diagnoses
-        return [
+        found = [
             d
             for d in pool
             if d.codes & codes
             and (d.onset is None or d.onset <= self.as_of)
             and (status is None or d.clinical_status == status)
         ]
+        for d in found:
+            self._diagnoses_read.setdefault(d.ref, (condition_set, d))
+        return found
 
     def flags(self) -> dict[str, list[str]]:
         """Program flags that hold (e.g. heart_failure, ckd), each with the references that make it hold."""
@@ -241,6 +247,22 @@ class ProgramContext:
             )
             for gene in genes
         )
+
+    @property
+    def measured(self) -> dict[str, list[Measurement]]:
+        """The observations the rules have read for this `as_of`, by name: numeric ones converted, coded ones (disease
+        status) as reported."""
+        coded = {
+            name: [self.as_measurement(lab) for lab in results]
+            for name, results in self._results.items()
+            if (spec := self.program.observations.get(name)) is not None and spec.unit == "coded"
+        }
+        return coded | self._measurements
+
+    @property
+    def diagnoses_read(self) -> list[tuple[str, Diagnosis]]:
+        """(condition set, diagnosis) for every diagnosis the rules have read for this `as_of`."""
+        return list(self._diagnoses_read.values())
 
     def measurements(self, observation: str) -> list[Measurement]:
         """Results of one named observation up to `as_of`, converted, one per day (the highest), by date."""

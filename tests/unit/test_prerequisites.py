@@ -14,17 +14,18 @@ from tests.conftest import ROOT
 @pytest.fixture
 def machine(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """A machine whose tools the test chooses: all present to begin with; apt-get calls recorded, not run."""
-    state: dict[str, Any] = {"java": 17, "mvn": True, "postgres": True, "root": False, "apt": []}
+    state: dict[str, Any] = {"java": 17, "mvn": True, "postgres": True, "chromium": True, "root": False, "apt": []}
     monkeypatch.setattr(prerequisites, "java_major", lambda: state["java"])
     monkeypatch.setattr(postgres, "available", lambda: state["postgres"])
     monkeypatch.setattr(prerequisites.os, "geteuid", lambda: 0 if state["root"] else 1000)
-    tools = {"mvn": lambda: state["mvn"], "apt-get": lambda: True}
+    tools = {"mvn": lambda: state["mvn"], "chromium": lambda: state["chromium"], "apt-get": lambda: True}
+    tools["chromium-browser"] = tools["chromium"]
     monkeypatch.setattr(prerequisites.shutil, "which", lambda name: f"/usr/bin/{name}" if tools[name]() else None)
 
     def apt_get(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         state["apt"].append(command)
         if command[:2] == ["apt-get", "install"]:
-            state.update(postgres=True, mvn=True, java=17)
+            state.update(postgres=True, mvn=True, java=17, chromium=True)
         return subprocess.CompletedProcess(command, 0)
 
     monkeypatch.setattr(prerequisites.subprocess, "run", apt_get)
@@ -53,6 +54,13 @@ def test_every_missing_tool_is_in_one_command(machine: dict[str, Any], capsys: p
     err = capsys.readouterr().err
     assert "Java 17+ (found Java 11)" in err and "Maven (mvn)" in err
     assert "apt-get install -y openjdk-17-jdk-headless maven postgresql\n" in err
+
+
+def test_missing_chromium_is_installed_from_debian_like_the_rest(machine: dict[str, Any]) -> None:
+    machine.update(chromium=False, root=True)
+    assert prerequisites.missing()[0].package == "chromium"
+    assert prerequisites.main(["--install"]) == 0
+    assert machine["apt"] == [["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]]
 
 
 def test_install_as_root_installs_what_is_missing(machine: dict[str, Any]) -> None:
