@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fhirsvc.api.app import create_app
-from fhirsvc.api.cds import today
+from fhirsvc.api.deps import today
 from fhirsvc.config import Settings
 from fhirsvc.rules.registry import RULE_KINDS
 from fhirsvc.terminology.knowledge import Knowledge, load_knowledge

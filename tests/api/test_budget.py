@@ -15,7 +15,7 @@ import pytest
 import respx
 from fastapi.testclient import TestClient
 
-from fhirsvc.api.cds import FETCH_SHARE
+from fhirsvc.api.hook_call import FETCH_SHARE
 from fhirsvc.cds.services import PREFETCH
 from fhirsvc.config import Settings
 from fhirsvc.fhir.client import FhirClientPool
