@@ -14,6 +14,8 @@ import html
 import logging
 import re
 import secrets
+import time
+from collections.abc import Callable
 from datetime import date
 from functools import partial
 from typing import Annotated, Any
@@ -64,11 +66,11 @@ _PAGE_HEADERS = {
 class AppState:
     """Per-process state of the app: sessions, the cookie signer and (confidential client) the signing key."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         secret = settings.smart_app_session_secret
         key = secret.get_secret_value().encode("utf-8") if secret else secrets.token_bytes(32)
-        self.sessions = SessionStore()
-        self.cookies = CookieSigner(key, settings.smart_app_session_seconds)
+        self.sessions = SessionStore(clock)
+        self.cookies = CookieSigner(key, settings.smart_app_session_seconds, clock)
         self.signing_key = (
             load_key_set(settings.smart_private_key_file, settings.smart_kid).signing
             if settings.smart_app_client_type == "confidential" and settings.smart_private_key_file

@@ -138,4 +138,3 @@ def test_the_page_without_a_session_is_refused(page: Page, smart: Launchable) ->
     response = page.goto(f"{smart.app_url}/app")
     assert response is not None and response.status == 401
     assert "Session expired" in page.inner_text("body")
-
