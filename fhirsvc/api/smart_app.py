@@ -54,12 +54,13 @@ COOKIE_NAME = "fhirsvc_app"
 COOKIE_PATH = "/app"
 # A finding id is a UUID (fhirsvc.findings): anything else from appContext or ?finding= is ignored.
 _FINDING_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-# The page is self-contained (inline CSS, inline SVG, no script): nothing else may load, nothing may frame it.
+# The page is self-contained (inline CSS, inline SVG, no script): nothing else may load. Pages hold PHI: no caching,
+# and no Referer to the guideline sites it links to.
 _PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'self'",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
 }
 
 
