@@ -270,7 +270,10 @@ async def app_page(
         gathered = await fetch_patient(
             pool, session.iss, session.patient, session.access_token, settings.fhir_max_pages
         )
-    except DataUnavailable:
+    except DataUnavailable as exc:
+        # FhirAuthError's message names the status: a token the FHIR server no longer takes ends the session.
+        if any("answered 401" in why for why in exc.keys.values()):
+            raise AppError(401, "Session expired", "The FHIR server no longer accepts this sign-in.") from None
         raise AppError(502, "Record unavailable", "The FHIR server did not give the whole record.") from None
     except FhirError as exc:
         status = 401 if getattr(exc, "status", None) == 401 else 502

@@ -152,6 +152,7 @@ class SmartFhir:
         self.app_context = app_context
         self.token_forms: list[dict[str, str]] = []
         self.fhir_auth: set[str | None] = set()
+        self.fhir_status = 200
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         url = str(request.url)
@@ -167,6 +168,8 @@ class SmartFhir:
                 body["appContext"] = self.app_context
             return httpx.Response(200, json=body)
         self.fhir_auth.add(request.headers.get("Authorization"))
+        if self.fhir_status != 200:
+            return httpx.Response(self.fhir_status, json={"resourceType": "OperationOutcome"})
         path = request.url.path.removeprefix(urlsplit(FHIR_BASE).path + "/")
         kind, _, resource_id = path.partition("/")
         found = [r for r in self.resources if r["resourceType"] == kind]
@@ -272,6 +275,19 @@ def test_the_page_is_the_patients_timeline_read_with_the_session_token(
     assert fhir.fhir_auth == {f"Bearer {ACCESS_TOKEN}"}
     assert expired.status_code == 401 and "Session expired" in expired.text
     assert ACCESS_TOKEN not in caplog.text
+
+
+@pytest.mark.parametrize(("fhir_status", "page_status", "title"), [(401, 401, "Session expired"), (500, 502, "Record")])
+def test_a_fhir_server_that_refuses_or_fails_gives_an_error_page(
+    make_client: MakeClient, fhir_status: int, page_status: int, title: str
+) -> None:
+    fhir = SmartFhir()
+    with app_client(make_client, fhir, fhir_max_retries=0) as client:
+        state = launch_params(client, launch="xyz")["state"]
+        client.get("/app/callback", params={"code": "c", "state": state}, follow_redirects=False)
+        fhir.fhir_status = fhir_status
+        page = client.get("/app")
+    assert page.status_code == page_status and title in page.text and ACCESS_TOKEN not in page.text
 
 
 def test_secure_cookies_outside_loopback(make_client: MakeClient) -> None:
