@@ -340,6 +340,44 @@ class Settings(BaseSettings):
 
     # ---- end of SMART Backend Services settings ----------------------------------------------------------------------
 
+    # ---- SMART App Launch: the timeline page opened from the EHR (fhirsvc/api/smart_app.py) --------------------------
+    # https://hl7.org/fhir/smart-app-launch/app-launch.html: authorization code with PKCE S256. `launch` (EHR launch)
+    # or `launch/patient` (standalone launch) is added to smart_app_scope per launch.
+    smart_app_client_id: str | None = Field(
+        default=None, description="client_id of the timeline app; unset = no /app routes and no smart card links."
+    )
+    smart_app_client_type: Literal["public", "confidential"] = Field(
+        default="public",
+        description="public: client_id only; confidential: private_key_jwt signed with FHIRSVC_SMART_PRIVATE_KEY_FILE.",
+    )
+    smart_app_redirect_uri: str | None = Field(
+        default=None, description="Registered redirect URI (default: public_url + /app/callback)."
+    )
+    smart_app_scope: str = Field(default="openid fhirUser patient/*.rs", min_length=1, description="Scopes asked for.")
+    smart_app_session_seconds: int = Field(
+        default=900, ge=60, le=43200, description="Lifetime of an app session (cookie and server-side tokens)."
+    )
+    smart_app_session_secret: SecretStr | None = Field(
+        default=None, description="HMAC key of the session cookie; unset = random per process (sessions die with it)."
+    )
+
+    @property
+    def smart_app_launch_url(self) -> str | None:
+        """The app's launch URL for CDS Hooks `smart` links; None when the app is not configured."""
+        return f"{self.public_base}/app/launch" if self.smart_app_client_id else None
+
+    @property
+    def smart_app_callback_url(self) -> str:
+        return self.smart_app_redirect_uri or f"{self.public_base}/app/callback"
+
+    @model_validator(mode="after")
+    def _confidential_app_has_a_key(self) -> Settings:
+        if self.smart_app_client_type == "confidential" and self.smart_private_key_file is None:
+            raise ValueError("FHIRSVC_SMART_APP_CLIENT_TYPE=confidential needs FHIRSVC_SMART_PRIVATE_KEY_FILE")
+        return self
+
+    # ---- end of SMART App Launch settings ----------------------------------------------------------------------------
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -25,6 +25,8 @@ from fhirsvc.api.logs import Clock, RequestLog
 from fhirsvc.api.ops import RequestMetrics
 from fhirsvc.api.ops import router as ops_router
 from fhirsvc.api.responses import document_as_served, operation_outcome
+from fhirsvc.api.smart_app import AppError, AppState, app_error
+from fhirsvc.api.smart_app import router as smart_app_router
 from fhirsvc.api.therapy import router as patients_router
 from fhirsvc.config import Settings, get_settings
 from fhirsvc.fhir.client import FhirClientPool
@@ -62,6 +64,8 @@ def create_app(
         jwks_http = httpx.AsyncClient(timeout=JWKS_TIMEOUT, follow_redirects=False, transport=jwks_transport)
         app.state.cds_auth = CdsAuthenticator(settings, app.state.store, jwks_http, clock)
         app.state.evaluations = EvaluationPool(settings.max_concurrent_evaluations, clock)
+        if settings.smart_app_client_id:  # a bad key file fails the start, not the first sign-in
+            app.state.smart_app = AppState(settings)
         # Mappings and pools live as long as the process: keep them out of every garbage collection
         # (large requests otherwise pay for scanning them again and again; bench/README.md finding 5).
         gc.freeze()
@@ -108,6 +112,8 @@ def create_app(
     app.include_router(cds_router)
     app.include_router(patients_router)
     app.include_router(jwks_router)  # SMART Backend Services: our public keys
+    app.add_exception_handler(AppError, app_error)
+    app.include_router(smart_app_router)  # SMART App Launch: the timeline page (404 unless a client id is set)
 
     generate_openapi = app.openapi
 

@@ -136,7 +136,7 @@ async def call_service(
         return OrjsonResponse(response_body([not_evaluated_card(cds_request.patient_id)]))
     if result.skipped:  # malformed resources left out of the evaluation: counted on the request's log line
         annotate(request, skipped_resources=result.skipped)
-    findings = cards_with_findings(result)
+    findings = cards_with_findings(result, settings.smart_app_launch_url)
     # A dead patient gets no card at all, not even "data incomplete".
     patient, unread = result.patient, ({} if result.death else result.incomplete)
     scope = card_scope(caller, cds_request.fhirServer, patient, cds_request.context.get("userId"))

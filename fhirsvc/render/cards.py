@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 
+import orjson
+
 from fhirsvc.cds.models import Action, Card, Coding, Link, Source, Suggestion
 from fhirsvc.findings import Finding, derived_id
 from fhirsvc.pipeline import PatientResult, ProgramResult
@@ -24,11 +26,26 @@ def _suggestion(finding: Finding, key: str) -> Suggestion:
     )
 
 
-def card_for(program: ProgramResult, finding: Finding) -> Card:
+# Statuses of the cards that suggest evaluating the next line: these link to the timeline app.
+SECOND_LINE_STATUSES = frozenset({"second-line-evaluation", "next-line-evaluation"})
+
+
+def _app_link(finding: Finding, app_launch_url: str) -> Link:
+    """CDS Hooks 2.0 #link: a `smart` link to the app's launch URL; the EHR adds `launch` and `iss`, and hands
+    `appContext` to the app in the token response, so the page opens on this finding."""
+    context = orjson.dumps({"program": finding.program, "finding": finding.id}).decode()
+    return Link(label="Timeline of the lines of therapy", url=app_launch_url, type="smart", appContext=context)
+
+
+def card_for(program: ProgramResult, finding: Finding, app_launch_url: str | None = None) -> Card:
     """One finding as a card; its uuid is the finding's id, which the CDS door derives per audience (client, server,
-    clinician) so that feedback, naming only the uuid, is scoped to whom the card was shown."""
+    clinician) so that feedback, naming only the uuid, is scoped to whom the card was shown. With `app_launch_url`
+    (a SMART app client is configured), a second-line card links to the timeline app."""
     suggestions = [_suggestion(finding, key) for key in finding.suggestions]
     guideline = finding.guideline
+    links = [Link(label=guideline.label, url=str(guideline.url), type="absolute")]
+    if app_launch_url and finding.status in SECOND_LINE_STATUSES:
+        links.append(_app_link(finding, app_launch_url))
     return Card(
         uuid=finding.id,
         summary=finding.summary,
@@ -40,14 +57,14 @@ def card_for(program: ProgramResult, finding: Finding) -> Card:
         overrideReasons=[
             Coding(system=r.system, code=r.code, display=r.display) for r in program.program.override_reasons
         ],
-        links=[Link(label=guideline.label, url=str(guideline.url), type="absolute")],
+        links=links,
     )
 
 
-def cards_with_findings(result: PatientResult) -> list[tuple[Card, Finding]]:
+def cards_with_findings(result: PatientResult, app_launch_url: str | None = None) -> list[tuple[Card, Finding]]:
     """One card per finding that warrants one, most urgent first, each with the finding behind it."""
     pairs = [
-        (card_for(program, finding), finding)
+        (card_for(program, finding, app_launch_url), finding)
         for program in result.programs
         for finding in program.findings
         if finding.card
