@@ -27,7 +27,7 @@ from fastapi import APIRouter, Cookie, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from fhirsvc.api.cds import today
+from fhirsvc.api.deps import today
 from fhirsvc.api.smart_session import (
     AppSession,
     CookieSigner,

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from fhirsvc.api.app import create_app
-from fhirsvc.api.cds import today
+from fhirsvc.api.deps import today
 from fhirsvc.config import Settings
 from fhirsvc.pipeline import evaluate_record
 from fhirsvc.record.files import index_records
