@@ -36,6 +36,7 @@ from fhirsvc.pipeline import evaluate_record
 from fhirsvc.record.gather import DataUnavailable, gather
 from fhirsvc.record.model import RECORD_PART_BY_KEY, bundle_resources
 from fhirsvc.render.cards import by_resource_type, cards_with_findings, incomplete_card
+from fhirsvc.render.evidence import step_therapy_cards
 from fhirsvc.render.timeout import not_evaluated_card
 from fhirsvc.store.db import Store
 from fhirsvc.terminology.knowledge import Knowledge
@@ -220,6 +221,8 @@ async def call_service(
     if result.skipped:  # malformed resources left out of the evaluation: counted on the request's log line
         annotate(request, skipped_resources=result.skipped)
     findings = cards_with_findings(result)
+    if service.plans_from_draft_orders:  # the first-line evidence a next-line draft order will need
+        findings += step_therapy_cards(gathered.record, result, knowledge)
     # A dead patient gets no card at all, not even "data incomplete".
     patient, unread = result.patient, ({} if result.death else result.incomplete)
     scope = card_scope(_client, cds_request.fhirServer, patient, cds_request.context.get("userId"))
