@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from fhirsvc.cds.models import Action, Card, Link, Source, Suggestion
+from fhirsvc.cds.models import Action, Card, Coding, Link, Source, Suggestion
 from fhirsvc.findings import Finding, derived_id
 from fhirsvc.pipeline import PatientResult
 from fhirsvc.record.model import PatientRecord
@@ -24,6 +24,9 @@ MAX_ATTACHED_BYTES = 256 * 1024
 DOCUMENT_CONTENT_TYPE = "application/fhir+json"
 _NAMESPACE = uuid.UUID("9d7c2f0a-5a3e-4b8e-8f61-2c4e0b7d1a93")
 _XHTML = "http://www.w3.org/1999/xhtml"
+# Not a Da Vinci CRD "coverage-info" card (http://terminology.hl7.org/CodeSystem/cdshooks-card-type): that type
+# carries a payer's assertion about coverage, and this service is not the payer. Its own topic lets an EHR route it.
+_TOPIC = Coding(system="urn:fhirsvc:card-type", code="step-therapy-evidence", display="Step-therapy evidence")
 _STANDING_TEXT = {
     "on-file": "First-line therapy documented",
     "too-short": "First-line trial shorter than the usual minimum",
@@ -259,7 +262,11 @@ def step_therapy_card(evidence: StepEvidence, finding: Finding, document: dict[s
         summary=finding.summary,
         detail=detail,
         indicator="info",
-        source=Source(label=f"{step.guideline.label} (fhirsvc step therapy)", url=str(step.guideline.url)),
+        source=Source(
+            label=f"{step.guideline.label} (fhirsvc step therapy)",
+            url=str(step.guideline.url),
+            topic=_TOPIC,
+        ),
         suggestions=suggestions,
         selectionBehavior="at-most-one" if suggestions else None,
         links=[Link(label=step.guideline.label, url=str(step.guideline.url), type="absolute")],

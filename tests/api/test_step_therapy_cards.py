@@ -52,7 +52,7 @@ def _call(client: TestClient, fixture: str, hook: str, rxcui: str, display: str)
 
 def test_order_select_of_a_glp1_ra_after_metformin_failure_shows_the_evidence(client: TestClient) -> None:
     (card,) = _call(client, "a1c-above", "order-select", "1991302", "semaglutide")
-    assert card["indicator"] == "info"
+    assert card["indicator"] == "info" and card["source"]["topic"]["code"] == "step-therapy-evidence"
     assert card["summary"] == (
         "Step therapy for semaglutide: metformin 2025-06 to 2026-06, HbA1c 7.8 % on 2026-04-01 after 9 months"
     )
