@@ -142,19 +142,22 @@ def evidence_for(
 
 
 def ordered_next_line(record: PatientRecord, result: PatientResult, knowledge: Knowledge) -> list[StepEvidence]:
-    """For the draft orders (order-select, order-sign): per program, the evidence for the next-line drugs ordered."""
+    """For the draft orders (order-select, order-sign): per program, the evidence for the next-line drugs a draft
+    starts. A renewal of a next-line drug already taken is no step (a payer's re-authorization asks for the
+    response to that drug, not for the first-line trial)."""
     found = []
     for program in result.programs:
         step = program.program.step_therapy
         if step is None or not step.applies:
             continue
+        taken = {drug for line in program.lines if not line.planned for drug in line.drugs}
         requested: dict[str, None] = {}
         orders: dict[str, None] = {}
         for draft in record.planned:
             exposure = exposure_from(draft, record, knowledge.catalog, planned_on=result.as_of)
             if exposure is None:
                 continue
-            hits = [d for d in sorted(exposure.drugs) if step.next_line(d, program.classes)]
+            hits = [d for d in sorted(exposure.drugs - taken) if step.next_line(d, program.classes)]
             if hits:
                 requested.update(dict.fromkeys(hits))
                 orders[exposure.ref.removeprefix(DRAFT_REF_PREFIX)] = None

@@ -206,3 +206,9 @@ def test_no_card_on_partial_data(knowledge: Knowledge) -> None:
     record.planned.append(draft(record.reference, *SEMAGLUTIDE))
     record.incomplete["MedicationStatement"] = "page cap"
     assert step_therapy_cards(record, evaluate_record(record, knowledge, AS_OF), knowledge) == []
+
+
+def test_a_renewal_of_a_next_line_drug_already_taken_is_no_step(knowledge: Knowledge) -> None:
+    assert ordered("t2d/already-added.json", knowledge, EMPAGLIFLOZIN) == []
+    (found,) = ordered("t2d/already-added.json", knowledge, SEMAGLUTIDE)
+    assert found.requested == ["semaglutide"] and [t.line.number for t in found.trials] == [1, 2]
