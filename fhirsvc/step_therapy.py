@@ -51,6 +51,7 @@ class StepEvidence:
     orders: list[str]  # the draft orders requesting them ("MedicationRequest/<id>")
     trials: list[Trial]
     diagnoses: list[str]  # Conditions that put the patient in the program
+    diagnosis_names: dict[str, str] = field(default_factory=dict)  # Condition → its code's text or display
 
     @property
     def standing(self) -> Standing:
@@ -109,13 +110,19 @@ def _trials(
     return trials
 
 
-def _diagnoses(record: PatientRecord, program: ProgramResult) -> list[str]:
+def _diagnoses(record: PatientRecord, program: ProgramResult) -> dict[str, str]:
+    """Condition reference → its name, for the Conditions coded with the program's diagnosis codes."""
     keys = program.program.scope.diagnosis.keys
-    found = []
+    found = {}
     for condition in record.of_type("Condition"):
-        codings = (condition.get("code") or {}).get("coding") or []
-        if any(isinstance(c, dict) and f"{c.get('system')}|{c.get('code')}" in keys for c in codings):
-            found.append(f"Condition/{condition.get('id')}")
+        code = condition.get("code")
+        if not isinstance(code, dict):
+            continue
+        codings = [c for c in code.get("coding") or [] if isinstance(c, dict)]
+        matching = [c for c in codings if f"{c.get('system')}|{c.get('code')}" in keys]
+        if matching:
+            named = code.get("text") or matching[0].get("display") or matching[0].get("code")
+            found[f"Condition/{condition.get('id')}"] = str(named)
     return found
 
 
@@ -136,8 +143,9 @@ def evidence_for(
     allergies = [a for r in record.of_type("AllergyIntolerance") if (a := allergy_from(r, knowledge.catalog))]
     planned = next((line.number for line in program.lines if line.planned), None)
     trials = _trials(program, step, result.as_of, allergies, planned)
+    named = _diagnoses(record, program)
     return StepEvidence(
-        result.patient, result.as_of, program, step, requested, orders or [], trials, _diagnoses(record, program)
+        result.patient, result.as_of, program, step, requested, orders or [], trials, list(named), named
     )
 
 

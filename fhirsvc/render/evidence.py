@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from fhirsvc.cds.models import Action, Card, Coding, Link, Source, Suggestion
+from fhirsvc.facts import DRAFT_REF_PREFIX
 from fhirsvc.findings import Finding, derived_id
 from fhirsvc.pipeline import PatientResult
 from fhirsvc.record.model import PatientRecord
@@ -69,14 +70,15 @@ def _div(inner: str) -> dict[str, str]:
 
 def _sections(evidence: StepEvidence, codes: dict[str, str | None]) -> list[dict[str, Any]]:
     program, step = evidence.program.program, evidence.step
-    diagnosis_rows = [("Program", program.title)] + [("Diagnosis", ref) for ref in evidence.diagnoses]
-    sections = [
-        {
-            "title": "Diagnosis",
-            "text": _div(_table(diagnosis_rows)),
-            "entry": [{"reference": ref} for ref in evidence.diagnoses],
-        }
+    diagnosis_rows = [("Program", program.title)] + [
+        ("Diagnosis", f"{evidence.diagnosis_names.get(ref, '')} ({ref})") for ref in evidence.diagnoses
     ]
+    diagnosis: dict[str, Any] = {"title": "Diagnosis", "text": _div(_table(diagnosis_rows))}
+    if evidence.diagnoses:  # FHIR JSON has no empty arrays
+        diagnosis["entry"] = [{"reference": ref} for ref in evidence.diagnoses]
+    else:
+        diagnosis["emptyReason"] = {"text": "No diagnosis coded with the program's codes (in it by treatment)"}
+    sections = [diagnosis]
     for trial in evidence.trials:
         sections.append(
             {
@@ -117,7 +119,7 @@ def _sections(evidence: StepEvidence, codes: dict[str, str | None]) -> list[dict
 
 def _trial_refs(trial: Trial) -> list[str]:
     refs = [*trial.line.refs, *(m.ref for _, m in trial.results), *(a.ref for a in trial.intolerances)]
-    return [r for r in dict.fromkeys(refs) if not r.startswith("draft:")]
+    return [r for r in dict.fromkeys(refs) if not r.startswith(DRAFT_REF_PREFIX)]
 
 
 def evidence_document(evidence: StepEvidence, catalog: DrugCatalog, timestamp: str) -> dict[str, Any]:

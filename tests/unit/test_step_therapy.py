@@ -169,6 +169,7 @@ def test_the_document_is_a_valid_fhir_document_referencing_every_source(knowledg
     assert titles == ["Diagnosis", "Line 1: metformin", "Guideline: why the requested drug is the next step"]
     referenced = {e["reference"] for s in composition["section"] for e in s.get("entry", [])}
     assert set(found.sources) | {"MedicationRequest/draft-0"} == referenced
+    assert "Type 2 diabetes mellitus (Condition/t2d-a1c-above-condition)" in composition["section"][0]["text"]["div"]
     line = composition["section"][1]["text"]["div"]
     for shown in ("RxNorm 6809", "2025-06-01", "2026-06-01", "365 days", "7.8 %", "glycemic target not met"):
         assert shown in line
