@@ -1,4 +1,4 @@
-"""Command line: serve, evaluate, demo."""
+"""Command line: serve, evaluate, evidence, demo."""
 
 from __future__ import annotations
 
@@ -16,13 +16,16 @@ import typer
 
 from fhirsvc.api.serving import serve as run_service
 from fhirsvc.config import Settings, get_settings
+from fhirsvc.fhir.resources import validate
 from fhirsvc.pipeline import PatientResult, evaluate_record
 from fhirsvc.record.files import index_records
 from fhirsvc.record.model import PatientRecord
+from fhirsvc.render.evidence import evidence_document, evidence_html
 from fhirsvc.render.report import patient_report
 from fhirsvc.render.text import patient_text
 from fhirsvc.render.timeline import IndexEntry, index_entry, index_page, page_file_name, timeline_page
 from fhirsvc.rules.registry import RULE_KINDS
+from fhirsvc.step_therapy import evidence_for
 from fhirsvc.terminology.knowledge import load_knowledge
 from fhirsvc.terminology.paths import data_dir
 from fhirsvc.terminology.programs import Status
@@ -153,6 +156,63 @@ def evaluate(
         sys.stdout.write("\n")
     if index.skipped:
         typer.echo(f"{index.skipped} unreadable file(s), line(s) or resource(s) skipped", err=True)
+
+
+@app.command()
+def evidence(
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="One patient's FHIR Bundle, directory or NDJSON.")],
+    program: Annotated[str, typer.Option("--program", metavar="P", help="The program (e.g. t2d, ms).")],
+    out: Annotated[
+        Path, typer.Option("--out", metavar="FILE", help="The FHIR document (JSON); a FILE ending .html: its HTML.")
+    ],
+    drug: Annotated[
+        str | None, typer.Option("--drug", metavar="NAME", help="The requested next-line drug (default: any).")
+    ] = None,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", metavar="YYYY-MM-DD", help="Evaluate as of this date (default: today).")
+    ] = None,
+    patient: Annotated[
+        str | None, typer.Option("--patient", metavar="ID", help="The patient, when PATH holds several.")
+    ] = None,
+) -> None:
+    """Write the step-therapy evidence of first-line therapy (a FHIR document) for one patient."""
+    day = _as_of(as_of)
+    settings = get_settings()
+    knowledge = load_knowledge(overrides=settings.thresholds, enabled=settings.programs, rule_kinds=RULE_KINDS)
+    chosen = next((p for p in knowledge.programs if p.id == program), None)
+    if chosen is None or chosen.step_therapy is None or not chosen.step_therapy.applies:
+        reason = "unknown program" if chosen is None else "the program describes no step therapy"
+        typer.echo(f"error: --program {program}: {reason}", err=True)
+        raise typer.Exit(2)
+    requested: list[str] = []
+    if drug is not None:
+        classes = knowledge.program_drugs(chosen)
+        requested = sorted(knowledge.catalog.ingredients_for_text(drug) & classes.keys())
+        if not requested or not all(chosen.step_therapy.next_line(d, classes) for d in requested):
+            typer.echo(f"error: --drug {drug}: not a next-line drug of {program}", err=True)
+            raise typer.Exit(2)
+    try:
+        index = index_records([path])
+    except FileNotFoundError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    records = [r for r in index.records() if patient is None or r.reference in (patient, f"Patient/{patient}")]
+    if len(records) != 1:
+        typer.echo(f"error: {path} holds {len(records)} matching patients; name one with --patient ID", err=True)
+        raise typer.Exit(2)
+    (record,) = records
+    result = evaluate_record(record, knowledge, day)
+    found = evidence_for(record, result, knowledge, program, requested)
+    if found is None:
+        typer.echo(f"error: {record.reference} is not in program {program} on {day.isoformat()}", err=True)
+        raise typer.Exit(1)
+    document = evidence_document(found, knowledge.catalog, datetime.now(UTC).isoformat(timespec="seconds"))
+    validate(document)
+    if out.suffix.lower() in (".html", ".htm"):
+        out.write_text(evidence_html(document), encoding="utf-8")
+    else:
+        out.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+    typer.echo(f"{record.reference}: {found.standing}, {len(found.trials)} first-line trial(s) -> {out}", err=True)
 
 
 def _write_pages(

@@ -37,6 +37,7 @@ from fhirsvc.cds.models import CdsRequest, CdsResponse, Discovery, inline_schema
 from fhirsvc.cds.services import PREFETCH, SERVICES
 from fhirsvc.pipeline import evaluate_record
 from fhirsvc.render.cards import by_resource_type, cards_with_findings, incomplete_card
+from fhirsvc.render.evidence import step_therapy_cards
 from fhirsvc.render.timeout import not_evaluated_card
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,8 @@ async def call_service(
     if result.skipped:  # malformed resources left out of the evaluation: counted on the request's log line
         annotate(request, skipped_resources=result.skipped)
     findings = cards_with_findings(result, settings.smart_app_launch_url)
+    if service.plans_from_draft_orders:  # the first-line evidence a next-line draft order will need
+        findings += step_therapy_cards(gathered.record, result, knowledge)
     # A dead patient gets no card at all, not even "data incomplete".
     patient, unread = result.patient, ({} if result.death else result.incomplete)
     scope = card_scope(caller, cds_request.fhirServer, patient, cds_request.context.get("userId"))

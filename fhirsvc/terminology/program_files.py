@@ -230,6 +230,12 @@ def _settings_names(program: Program) -> list[tuple[str, str, str]]:
     for where, span in spans:
         used += [(f"{where}.drugs[{j}]", "drug", d) for j, d in enumerate(span.drugs)]
         used += [(f"{where}.classes[{j}]", "drug class", c) for j, c in enumerate(span.classes)]
+    step = program.step_therapy
+    if step is not None:
+        for field in ("first_line_drugs", "next_line_drugs"):
+            used += [(f"step_therapy.{field}[{i}]", "drug", d) for i, d in enumerate(getattr(step, field))]
+        for field in ("first_line_classes", "next_line_classes"):
+            used += [(f"step_therapy.{field}[{i}]", "drug class", c) for i, c in enumerate(getattr(step, field))]
     return used
 
 

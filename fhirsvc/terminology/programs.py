@@ -285,6 +285,43 @@ class Rule(_Strict):
     )
 
 
+class StepTherapy(_Strict):
+    """Which drugs a payer usually covers only after a documented first-line trial, and what such a request holds.
+
+    Payer-neutral: the guideline order of therapy, not any insurer's policy. `applies: false` says on purpose that
+    the program has no step therapy (e.g. oncology, where lines follow progression, not a payer's order).
+    """
+
+    applies: bool = True
+    source: str
+    guideline: Guideline | None = None
+    first_line_drugs: list[str] = Field(default_factory=list)
+    first_line_classes: list[str] = Field(default_factory=list)
+    next_line_drugs: list[str] = Field(default_factory=list)
+    next_line_classes: list[str] = Field(default_factory=list)
+    min_trial_days: int = Field(default=90, ge=1, le=3650, description="Shortest first-line trial a request shows.")
+    intolerance_counts: bool = Field(
+        default=True, description="A first-line drug stopped for intolerance stands in for a full trial."
+    )
+    insurer_asks: list[str] = Field(default_factory=list, description="What a prior authorization request holds.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> StepTherapy:
+        if self.applies and not (
+            (self.first_line_drugs or self.first_line_classes)
+            and (self.next_line_drugs or self.next_line_classes)
+            and self.guideline is not None
+        ):
+            raise ValueError("step_therapy: name first-line and next-line drugs or classes and a guideline")
+        return self
+
+    def first_line(self, drug: str, classes: dict[str, str]) -> bool:
+        return drug in self.first_line_drugs or classes.get(drug) in self.first_line_classes
+
+    def next_line(self, drug: str, classes: dict[str, str]) -> bool:
+        return drug in self.next_line_drugs or classes.get(drug) in self.next_line_classes
+
+
 class Program(_Strict):
     id: str
     title: str
@@ -302,6 +339,7 @@ class Program(_Strict):
     rules: list[Rule]
     suggestions: dict[str, Suggestion] = Field(default_factory=dict)
     override_reasons: list[CodeRef] = Field(default_factory=list)
+    step_therapy: StepTherapy | None = Field(default=None, description="None: not described for this program.")
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Program:
