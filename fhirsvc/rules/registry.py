@@ -15,6 +15,15 @@ from fhirsvc.findings import Finding
 from fhirsvc.rules.activity import DiseaseActivityParams, PositiveOnDrugParams, disease_activity, positive_on_drug
 from fhirsvc.rules.base import ProgramContext
 from fhirsvc.rules.confirmed_threshold import ConfirmedThresholdParams, confirmed_threshold
+from fhirsvc.rules.order_safety import (
+    FailureRulesParams,
+    NotToleratedParams,
+    RechallengeParams,
+    order_class_rechallenge,
+    order_failing_regimen,
+    order_not_tolerated,
+    order_single_drug_added,
+)
 from fhirsvc.rules.progression import MonitoringOverdueParams, ProgressionParams, monitoring_overdue, progression
 from fhirsvc.rules.targets import (
     ComorbidityPreferenceParams,
@@ -137,6 +146,32 @@ RULE_KINDS: Mapping[str, RuleKind[Any]] = MappingProxyType(
             params=InteractionParams,
             outcomes=frozenset({"no-therapy", "interacting", "none"}),
             reads=frozenset(),  # medications only
+        ),
+        # Order-time safety checks: only draft orders (order-select, order-sign) produce anything but "no-order".
+        # The failing line is judged by the program's failure rules, which read results.
+        "order-failing-regimen": RuleKind(
+            evaluate=order_failing_regimen,
+            params=FailureRulesParams,
+            outcomes=frozenset({"no-order", "none", "continues-failing"}),
+            reads=RESULTS,
+        ),
+        "order-single-drug-added": RuleKind(
+            evaluate=order_single_drug_added,
+            params=FailureRulesParams,
+            outcomes=frozenset({"no-order", "none", "single-drug-added"}),
+            reads=RESULTS,
+        ),
+        "order-class-rechallenge": RuleKind(
+            evaluate=order_class_rechallenge,
+            params=RechallengeParams,
+            outcomes=frozenset({"no-order", "none", "rechallenge"}),
+            reads=RESULTS,
+        ),
+        "order-not-tolerated": RuleKind(
+            evaluate=order_not_tolerated,
+            params=NotToleratedParams,
+            outcomes=frozenset({"no-order", "none", "not-tolerated"}),
+            reads=frozenset({"AllergyIntolerance"}),
         ),
     }
 )

@@ -325,7 +325,10 @@ def _draft(rxcui: str, display: str) -> dict[str, Any]:
 
 
 def test_order_sign_with_a_new_class_counts_as_planned_second_line(client: TestClient) -> None:
-    request = fixture_request("fail-basic", hook="order-sign", draftOrders=_draft("1433873", "dolutegravir 50 MG"))
+    # A whole new regimen (two new active drugs): dolutegravir alone would add one drug to a failing regimen,
+    # which the order-time safety checks warn about (tests/api/test_order_safety.py).
+    draft = _draft("1999667", "bictegravir 50 MG / emtricitabine 200 MG / tenofovir alafenamide 25 MG")
+    request = fixture_request("fail-basic", hook="order-sign", draftOrders=draft)
     response = client.post("/cds-services/second-line-order-sign", json=request)
     assert response.status_code == 200 and response.json() == {"cards": []}
 

@@ -33,8 +33,10 @@ def test_scenario(scenario: dict[str, Any], knowledge: Knowledge) -> None:
     builder.add_bundle(load_fixture(scenario["file"]))
     (record,) = builder.build()
     assert record.reference == scenario["patient"]
-    result = evaluate_record(record, knowledge, _date(scenario["as_of"]))
     expect = scenario["expect"]
+    drafts = set(expect.get("draft_orders") or [])  # order-select: these are the call's context.draftOrders
+    record.planned.extend(r for r in record.of_type("MedicationRequest") if f"MedicationRequest/{r['id']}" in drafts)
+    result = evaluate_record(record, knowledge, _date(scenario["as_of"]))
     by_program = {p.program.id: p for p in result.programs}
     assert expect["program"] in by_program, f"program {expect['program']} not evaluated"
     program = by_program[expect["program"]]
