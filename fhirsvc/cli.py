@@ -280,9 +280,10 @@ def _echo_write_back_checks(report: CycleReport) -> None:
     )
     if found.server_reset:
         typer.echo(
-            f"reconcile: the FHIR server holds none of the write-backs the store believes open: its data was reset "
-            f"or restored from a backup. {len(found.waiting)} patients' write-backs are written again when their "
-            "data next changes (reload or touch them to do it now); nothing was written for patients not evaluated.",
+            f"reconcile: the FHIR server lacks {found.missing} of the {found.checked} write-backs the store believes "
+            "open: its data was reset or restored from a backup. Patient ids may name other people now, so nothing "
+            f"was written for patients this cycle did not evaluate: {len(found.waiting)} patients' write-backs wait "
+            "for their data to change.",
             err=True,
         )
 

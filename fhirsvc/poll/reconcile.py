@@ -21,8 +21,10 @@ log = logging.getLogger(__name__)
 
 # Identifiers per search: ~60 characters each keeps the URL far below the 8 KiB many servers and proxies accept.
 BATCH = 50
-# None of at least this many write-backs found: the server's data was reset or restored from an older backup, not
-# a few resources lost. Patient ids may then name other people, so only patients evaluated anyway are rewritten.
+# At least this many write-backs missing, and at least half of those checked (none at all right after a reset; the
+# poller may already have written for patients loaded again since): the server's data was reset or restored from an
+# older backup, not a few resources lost. Patient ids may then name other people, so only the patients this cycle
+# evaluates anyway are written again; the others wait for their next change and are reported.
 RESET_AT = 3
 
 
@@ -35,7 +37,7 @@ class Reconciliation:
     repaired: int = 0  # parts found under another reference than the stored one (the store now names them)
     mismatched: int = 0  # parts carrying our identifier but naming another patient (not ours, not used)
     missing: int = 0  # write-backs with a part the server does not hold (marked missing, rewritten on evaluation)
-    server_reset: bool = False  # none found of many: the server's data was reset or restored
+    server_reset: bool = False  # most of many missing: the server's data was reset or restored
     rewrite: set[str] = field(default_factory=set)  # patient ids re-evaluated now to write their missing parts
     waiting: set[str] = field(default_factory=set)  # patient ids whose missing parts wait for their next change
 
@@ -68,16 +70,20 @@ async def reconcile(
                         found[(finding_id, resource_type)] = f"{resource_type}/{resource['id']}"
                     else:
                         result.mismatched += 1
-    result.server_reset = len(rows) >= RESET_AT and not found
+    held = {
+        finding_id: {t: found.get((finding_id, t)) for t in resources if t in PART_SUFFIX}
+        for finding_id, (_patient, resources) in rows.items()
+    }
+    missing = sum(not all(parts.values()) for parts in held.values())
+    result.server_reset = missing >= RESET_AT and 2 * missing >= len(rows)
     with store.session() as session:
         for finding_id, (patient, resources) in rows.items():
             row = session.get(WriteBack, finding_id)
             if row is None:
                 continue
-            held = {t: found.get((finding_id, t)) for t in resources if t in PART_SUFFIX}
-            if all(held.values()):
+            if all(held[finding_id].values()):
                 result.present += 1
-                repaired = {t: ref for t, ref in held.items() if ref is not None and ref != resources[t]}
+                repaired = {t: r for t, r in held[finding_id].items() if r is not None and r != resources[t]}
                 if repaired:
                     result.repaired += len(repaired)
                     row.resources = {**resources, **repaired}
@@ -89,8 +95,9 @@ async def reconcile(
             (result.rewrite if rewrite_now else result.waiting).add(patient_id)
     if result.server_reset:
         log.warning(
-            "the FHIR server holds none of the %d write-backs the store believes open: its data was reset or "
-            "restored. Patients changed since are written again; %d others wait for their next change",
+            "the FHIR server lacks %d of the %d write-backs the store believes open: its data was reset or restored. "
+            "Patients changed since are written again; %d others wait for their next change",
+            result.missing,
             result.checked,
             len(result.waiting),
         )

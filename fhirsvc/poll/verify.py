@@ -16,7 +16,8 @@ OPEN_TASK_STATUSES = frozenset({"draft", "requested", "received", "accepted", "r
 # A version-aware update refused because the resource changed since it was read: 412 per the FHIR spec
 # (https://hl7.org/fhir/R4/http.html#concurrency); HAPI answers 409 (ResourceVersionConflictException).
 VERSION_CONFLICT = frozenset({409, 412})
-CloseOutcome = Literal["closed", "not-open", "edited-closed", "conflict"]
+# "edited-…": our update was refused once because someone saved the Task after our read.
+CloseOutcome = Literal["closed", "not-open", "edited-closed", "edited-then-closed", "conflict"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +75,8 @@ async def close_task(
 ) -> CloseOutcome:
     """Close our open Task with `If-Match` on the version read. A refused update (someone edited it meanwhile) is
     never forced: the Task is read once more; left alone when it is no longer open ("edited-closed"), closed on the
-    new version when it still is (the edit is kept: only status and reason change), "conflict" when that fails too."""
+    new version when it still is ("edited-then-closed": the edit is kept, only status and reason change), "conflict"
+    when that is refused too."""
     assert located.reference is not None and located.resource is not None
     task, conflicted = located.resource, False
     for _attempt in range(2):
@@ -85,7 +87,7 @@ async def close_task(
             await client.put_json(
                 located.reference, closed_task(task, completed, reason), token, if_match=version_of(task)
             )
-            return "closed"
+            return "edited-then-closed" if conflicted else "closed"
         except FhirResponseError as exc:
             if exc.status not in VERSION_CONFLICT:
                 raise

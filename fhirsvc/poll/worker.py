@@ -291,7 +291,7 @@ class Poller:
         if located.reference is None:
             return True  # the server holds no Task of this finding: nothing to close there
         outcome = await close_task(client, token, located, identifier, writeback.patient, switched, reason)
-        if outcome in ("edited-closed", "conflict"):
+        if outcome in ("edited-closed", "edited-then-closed", "conflict"):
             report.conflicts += 1
         return outcome != "conflict"
 
