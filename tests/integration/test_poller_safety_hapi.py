@@ -61,7 +61,8 @@ async def run_cycle(
     settings = Settings(poll_overlap_seconds=0)
     pool = FhirClientPool(settings, transport=transport)
     try:
-        return await Poller(settings, knowledge, store, pool).cycle(base, as_of=AS_OF, reconcile=reconcile)
+        poller = Poller(settings, knowledge, store, pool)
+        return await (poller.cycle(base, as_of=AS_OF, reconcile=True) if reconcile else poller.cycle(base, as_of=AS_OF))
     finally:
         await pool.aclose()
 
