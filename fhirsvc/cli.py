@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, get_args
+from typing import TYPE_CHECKING, Annotated, get_args
 
 import orjson
 import typer
@@ -29,6 +29,9 @@ from fhirsvc.step_therapy import evidence_for
 from fhirsvc.terminology.knowledge import load_knowledge
 from fhirsvc.terminology.paths import data_dir
 from fhirsvc.terminology.programs import Status
+
+if TYPE_CHECKING:  # the poller is imported by `poll` only
+    from fhirsvc.poll.worker import CycleReport
 
 # Plain (click) help: typer's rich help prints a `<bool>` type placeholder beside every flag, --help included.
 app = typer.Typer(
@@ -248,6 +251,14 @@ def poll(
     ] = None,
     token_file: TokenFileOption = None,
     argv_token: ArgvTokenOption = None,
+    reconcile: Annotated[
+        bool,
+        typer.Option(
+            "--reconcile",
+            help="Each cycle, check that the write-backs the store believes open are on the server; write the "
+            "missing ones again (after restoring the server from a backup).",
+        ),
+    ] = False,
 ) -> None:
     """Watch a FHIR server: re-evaluate patients whose data changed and write the findings back.
 
@@ -284,7 +295,7 @@ def poll(
         try:
             while True:
                 try:
-                    report = await poller.cycle(fhir_server, token=token, since=since)
+                    report = await poller.cycle(fhir_server, token=token, since=since, reconcile=reconcile)
                 except FhirError as exc:
                     # Server down or credentials refused: nothing was committed past the cursor; try next cycle.
                     typer.echo(f"cycle failed: {type(exc).__name__}: {exc}", err=True)
@@ -297,6 +308,7 @@ def poll(
                         f"{report.closed} closed, {len(report.failed)} failed, {len(report.incomplete)} incomplete",
                         err=True,
                     )
+                    _echo_write_back_checks(report)
                     if once:
                         return 1 if report.failed else 0
                 await asyncio.sleep(interval)
@@ -308,6 +320,32 @@ def poll(
     code = asyncio.run(run())
     store.close()
     raise typer.Exit(code)
+
+
+def _echo_write_back_checks(report: CycleReport) -> None:
+    """What the cycle found of its write-backs on the server: repaired references, edits, reconciliation."""
+    if report.mismatched or report.repaired or report.conflicts:
+        typer.echo(
+            f"write-backs: {report.mismatched} stored references named another resource, {report.repaired} "
+            f"repaired, {report.conflicts} edited on the server meanwhile (not overwritten)",
+            err=True,
+        )
+    found = report.reconciliation
+    if found is None:
+        return
+    typer.echo(
+        f"reconcile: {found.checked} open write-backs checked, {found.present} on the server, {found.missing} "
+        f"missing, {found.repaired} references repaired, {len(found.rewrite)} patients written again",
+        err=True,
+    )
+    if found.server_reset:
+        typer.echo(
+            f"reconcile: the FHIR server lacks {found.missing} of the {found.checked} write-backs the store believes "
+            "open: its data was reset or restored from a backup. Patient ids may name other people now, so nothing "
+            f"was written for patients this cycle did not evaluate: {len(found.waiting)} patients' write-backs wait "
+            "for their data to change.",
+            err=True,
+        )
 
 
 mappings_app = typer.Typer(help="Check the clinical content in mappings/.", no_args_is_help=True, rich_markup_mode=None)

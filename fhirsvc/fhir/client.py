@@ -150,12 +150,20 @@ class FhirClient:
         are idempotent (If-None-Exist), so the next cycle repeats them safely instead."""
         return await self._send("POST", path, body, token)
 
-    async def put_json(self, path: str, body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
-        return await self._send("PUT", path, body, token)
+    async def put_json(
+        self, path: str, body: dict[str, Any], token: str | None = None, if_match: str | None = None
+    ) -> dict[str, Any]:
+        """PUT a resource. With `if_match` (a versionId) the update is version-aware: the server refuses it (412, or
+        409 on HAPI) when the resource changed since that version (https://hl7.org/fhir/R4/http.html#concurrency)."""
+        return await self._send("PUT", path, body, token, if_match)
 
-    async def _send(self, method: str, path: str, body: dict[str, Any], token: str | None) -> dict[str, Any]:
+    async def _send(
+        self, method: str, path: str, body: dict[str, Any], token: str | None, if_match: str | None = None
+    ) -> dict[str, Any]:
         url = self.url(path) if path else self.base_url
         headers = {"Accept": FHIR_JSON, "Content-Type": FHIR_JSON}
+        if if_match is not None:
+            headers["If-Match"] = f'W/"{if_match}"'
         if token:
             headers["Authorization"] = f"Bearer {token}"
         try:

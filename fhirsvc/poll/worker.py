@@ -24,13 +24,23 @@ from fhirsvc.fhir.errors import FhirError, FhirUnsafeLink
 from fhirsvc.pipeline import PatientResult, evaluate_record
 from fhirsvc.poll.bulk import BulkExportFailed, bulk_export, supports_export
 from fhirsvc.poll.changes import POLLED_TYPES, Changes, changed_patients
+from fhirsvc.poll.reconcile import Reconciliation, reconcile
+from fhirsvc.poll.verify import close_task, locate
 from fhirsvc.record.gather import DataUnavailable, fetch_patient
 from fhirsvc.record.model import PatientRecord, RecordBuilder
 from fhirsvc.render.report import patient_report
-from fhirsvc.render.writeback import closed_task, created_references, transaction
+from fhirsvc.render.writeback import created_references, part_identifier, transaction
 from fhirsvc.store.db import Store
 from fhirsvc.store.models import WriteBack
-from fhirsvc.store.repository import get_cursor, latest_state, now, open_writebacks, save_state, set_cursor
+from fhirsvc.store.repository import (
+    get_cursor,
+    latest_state,
+    now,
+    open_writebacks,
+    save_state,
+    set_cursor,
+    unclosed_writebacks,
+)
 from fhirsvc.terminology.knowledge import Knowledge
 
 log = logging.getLogger(__name__)
@@ -46,6 +56,12 @@ class CycleReport:
     failed: list[str] = field(default_factory=list)
     resources_seen: int = 0
     incomplete: list[str] = field(default_factory=list)  # patients evaluated on a search cut short
+    # Write-back safety: stored references that named another resource, replaced by the one found by identifier;
+    # updates refused because someone edited the resource meanwhile (never overwritten).
+    mismatched: int = 0
+    repaired: int = 0
+    conflicts: int = 0
+    reconciliation: Reconciliation | None = None  # with reconcile: what the server was found to hold
 
 
 class Progress:
@@ -93,6 +109,7 @@ class Poller:
         since: str | None = None,
         as_of: date | None = None,
         out: TextIO = sys.stderr,
+        reconcile: bool = False,
     ) -> CycleReport:
         client = self.pool.client(server)
         server = client.base_url
@@ -107,6 +124,8 @@ class Poller:
             changes = await changed_patients(client, cursors, overlap, since, token, self.settings.fhir_max_pages)
             records = {}
         report = CycleReport(resources_seen=changes.resources)
+        if reconcile:
+            changes.patients |= await self._reconcile(client, server, token, changes.patients, report)
         progress = Progress(len(changes.patients), out)
         for done, patient_id in enumerate(sorted(changes.patients), 1):
             try:
@@ -204,6 +223,15 @@ class Poller:
             await self._close_resolved(client, server, result, {f.id for f in findings}, token, report)
         self._save_states(server, result, day, report)
 
+    async def _reconcile(
+        self, client: FhirClient, server: str, token: str | None, changed: set[str], report: CycleReport
+    ) -> set[str]:
+        """Check the store's open write-backs against the server; the patients (ids) to re-evaluate for a rewrite."""
+        found = await reconcile(client, self.store, server, token, changed)
+        report.reconciliation, report.repaired = found, report.repaired + found.repaired
+        report.mismatched += found.mismatched
+        return found.rewrite
+
     async def _close_resolved(
         self,
         client: FhirClient,
@@ -214,7 +242,7 @@ class Poller:
         report: CycleReport,
     ) -> None:
         with self.store.session() as session:
-            stale = [w for w in open_writebacks(session, server, result.patient) if w.identifier not in current]
+            stale = [w for w in unclosed_writebacks(session, server, result.patient) if w.identifier not in current]
             lines = {p.program.id: p.current_line.number if p.current_line else None for p in result.programs}
             previous = {w.identifier: latest_state(session, server, result.patient, w.program) for w in stale}
         death = result.death
@@ -228,16 +256,44 @@ class Poller:
                 reason = f"Switched to line {lines.get(writeback.program)}"
             else:
                 reason = "Finding no longer holds on re-evaluation (e.g. results back in range)"
-            task_ref = writeback.resources.get("Task")
-            if task_ref:
-                task = await client.get_json(task_ref, token)
-                if task.get("status") in ("requested", "received", "accepted", "ready", "in-progress", "draft"):
-                    await client.put_json(task_ref, closed_task(task, switched, reason), token)
+            if "Task" in writeback.resources and not await self._close_task(
+                client, token, writeback, switched, reason, report
+            ):
+                continue  # edited concurrently and still open: left as it is, tried again next cycle
             with self.store.session() as session:
                 row = session.get(WriteBack, writeback.identifier)
                 if row is not None:
                     row.status, row.closed_at, row.close_reason = "closed", now(), reason
             report.closed += 1
+
+    async def _close_task(
+        self,
+        client: FhirClient,
+        token: str | None,
+        writeback: WriteBack,
+        switched: bool,
+        reason: str,
+        report: CycleReport,
+    ) -> bool:
+        """Close the write-back's Task only once it is proven ours (identifier and patient), repairing a stored
+        reference that named another resource; False when a concurrent edit left it open."""
+        identifier = part_identifier(writeback.identifier, "Task")
+        # A write-back marked missing was not found by identifier: its stored reference is known not to be ours.
+        stored = writeback.resources.get("Task") if writeback.status == "open" else None
+        located = await locate(client, token, "Task", identifier, writeback.patient, stored)
+        report.mismatched += int(located.mismatched)
+        if located.repaired and located.reference is not None:
+            report.repaired += 1
+            with self.store.session() as session:
+                row = session.get(WriteBack, writeback.identifier)
+                if row is not None:
+                    row.resources = {**row.resources, "Task": located.reference}
+        if located.reference is None:
+            return True  # the server holds no Task of this finding: nothing to close there
+        outcome = await close_task(client, token, located, identifier, writeback.patient, switched, reason)
+        if outcome in ("edited-closed", "edited-then-closed", "conflict"):
+            report.conflicts += 1
+        return outcome != "conflict"
 
     def _save_states(self, server: str, result: PatientResult, day: date, report: CycleReport) -> None:
         item = patient_report(result)

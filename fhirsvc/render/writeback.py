@@ -161,3 +161,31 @@ def closed_task(task: dict[str, Any], completed: bool, reason: str) -> dict[str,
     closed.pop("meta", None)
     validate(closed)
     return closed
+
+
+# Where each write-back resource names its patient (R4: Task.for, DetectedIssue.patient, the others subject).
+PATIENT_FIELD = {"Task": "for", "DetectedIssue": "patient"}
+# The identifier suffix of each part of a finding's write-back ("" is the finding id itself).
+PART_SUFFIX = {"GuidanceResponse": "", "DetectedIssue": "", "RequestGroup": "-rg", "Task": "-task"}
+
+
+def part_identifier(finding_id: str, resource_type: str) -> str:
+    """The identifier value of one part of a finding's write-back (ServiceRequests are numbered: not here)."""
+    return f"{finding_id}{PART_SUFFIX[resource_type]}"
+
+
+def is_part_of(resource: dict[str, Any], resource_type: str, identifier: str, patient: str) -> bool:
+    """True when `resource` is our write-back `identifier` for `patient` ("Patient/<id>"): its type, our system and
+    value among its identifiers, and its patient reference. A stored reference may point at another patient's
+    resource after a server restore reused the id; only this check makes an update safe."""
+    if resource.get("resourceType") != resource_type:
+        return False
+    identifiers = resource.get("identifier")
+    ours = any(
+        isinstance(i, dict) and i.get("system") == FINDING_SYSTEM and i.get("value") == identifier
+        for i in (identifiers if isinstance(identifiers, list) else ())
+    )
+    named = resource.get(PATIENT_FIELD.get(resource_type, "subject"))
+    reference = named.get("reference") if isinstance(named, dict) else None
+    # An absolute reference on the same server names the same patient: compare its last two segments.
+    return ours and isinstance(reference, str) and "/".join(reference.split("/")[-2:]) == patient

@@ -263,3 +263,30 @@ def open_writebacks(session: Session, server: str, patient: str) -> list[WriteBa
             )
         )
     )
+
+
+# A write-back the store wrote but the server no longer holds (a restore, a reset, a lost commit): not open, so the
+# next evaluation of its patient writes it again; not closed, since its finding was never resolved.
+MISSING = "missing"
+
+
+def unclosed_writebacks(session: Session, server: str, patient: str) -> list[WriteBack]:
+    """The patient's write-backs still open, or missing from the server (closing those needs no server update)."""
+    return list(
+        session.scalars(
+            select(WriteBack).where(
+                WriteBack.server == server, WriteBack.patient == patient, WriteBack.status.in_(("open", MISSING))
+            )
+        )
+    )
+
+
+def server_open_writebacks(session: Session, server: str) -> list[WriteBack]:
+    """Every write-back the store believes open on `server`, oldest first (what reconciliation checks)."""
+    return list(
+        session.scalars(
+            select(WriteBack)
+            .where(WriteBack.server == server, WriteBack.status == "open")
+            .order_by(WriteBack.created_at, WriteBack.identifier)
+        )
+    )
