@@ -20,6 +20,9 @@ from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
 from tests.cds_helpers import CLIENT, FHIR_BASE, SignedCalls, Signer
 from tests.virtual_time import VirtualClock
 
+# The HAPI FHIR test server fixtures (hapi_base_url, hapi_token_server), shared by integration and browser tests.
+pytest_plugins = ["tests.hapi_fixtures"]
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 AS_OF = date(2026, 6, 1)  # the fixtures' evaluation date

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
+import httpx
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
@@ -59,6 +60,9 @@ class SmartServer:
     tokens: set[str] = field(default_factory=set)
     refusals: list[str] = field(default_factory=list)
     fhir_reads: int = 0
+    # A real FHIR server (the HAPI test server) behind this one: reads and searches are passed on to it once the
+    # bearer token is checked, as a SMART-enabled FHIR server guards its own data.
+    upstream: str | None = None
     # Misbehaviours the app must catch.
     answer_wrong_state: bool = False
     expect_other_verifier: bool = False
@@ -145,11 +149,28 @@ def smart_app(server: SmartServer) -> FastAPI:
             body["appContext"] = grant.app_context
         return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
+    def authorised(request: Request) -> bool:
+        return request.headers.get("authorization", "").removeprefix("Bearer ") in server.tokens
+
+    def from_upstream(path: str, request: Request) -> Response:
+        assert server.upstream is not None
+        answer = httpx.get(
+            f"{server.upstream}/{path}",
+            params=list(request.query_params.multi_items()),
+            headers={"Accept": "application/fhir+json"},
+            timeout=30,
+        )
+        # Links in the answer name the upstream base: paging goes through this server too.
+        body = answer.content.replace(server.upstream.encode(), server.fhir_base.encode())
+        return Response(body, status_code=answer.status_code, media_type="application/fhir+json")
+
     @app.get("/fhir/{resource_type}/{resource_id}")
     def read(resource_type: str, resource_id: str, request: Request) -> Response:
-        if request.headers.get("authorization", "").removeprefix("Bearer ") not in server.tokens:
+        if not authorised(request):
             return JSONResponse({"resourceType": "OperationOutcome"}, status_code=401)
         server.fhir_reads += 1
+        if server.upstream is not None:
+            return from_upstream(f"{resource_type}/{resource_id}", request)
         for resource in server.resources:
             if resource["resourceType"] == resource_type and resource["id"] == resource_id:
                 return JSONResponse(resource, media_type="application/fhir+json")
@@ -157,9 +178,11 @@ def smart_app(server: SmartServer) -> FastAPI:
 
     @app.get("/fhir/{resource_type}")
     def search(resource_type: str, request: Request) -> Response:
-        if request.headers.get("authorization", "").removeprefix("Bearer ") not in server.tokens:
+        if not authorised(request):
             return JSONResponse({"resourceType": "OperationOutcome"}, status_code=401)
         server.fhir_reads += 1
+        if server.upstream is not None:
+            return from_upstream(resource_type, request)
         found = [r for r in server.resources if r["resourceType"] == resource_type]
         bundle = {
             "resourceType": "Bundle",

@@ -17,9 +17,11 @@ from fhirsvc.api.deps import today
 from fhirsvc.config import Settings
 from fhirsvc.pipeline import evaluate_record
 from fhirsvc.record.files import index_records
+from fhirsvc.sandbox import load
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.browser.smart_server import SmartServer, free_port, serving, smart_app
 from tests.conftest import AS_OF, FIXTURES, ROOT
+from tests.integration.hapi import copies_of
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -138,3 +140,42 @@ def test_the_page_without_a_session_is_refused(page: Page, smart: Launchable) ->
     response = page.goto(f"{smart.app_url}/app")
     assert response is not None and response.status == 401
     assert "Session expired" in page.inner_text("body")
+
+
+@pytest.fixture(scope="module")
+def hapi_stack(
+    knowledge: Knowledge, hapi_base_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Launchable]:
+    """The same stack with the chart on the HAPI test server: the SMART server checks the token and passes the
+    reads on to HAPI, which holds a copy of the HIV example patient under an id no other test uses."""
+    folder = tmp_path_factory.mktemp("smart-hapi")
+    paths, ids = copies_of(["fail-basic"], folder)
+    patient = load(hapi_base_url, paths).patients[ids["fail-basic"]]
+    app_port, smart_port = free_port(), free_port()
+    app_url = f"http://127.0.0.1:{app_port}"
+    server = SmartServer(CLIENT_ID, f"{app_url}/app/callback", [], patient=patient, upstream=hapi_base_url)
+    with serving(smart_app(server), smart_port) as smart_base:
+        server.base = smart_base
+        settings = Settings(
+            public_url=app_url,
+            fhir_servers=[server.fhir_base],
+            smart_app_client_id=CLIENT_ID,
+            store_url=f"sqlite:///{folder / 'store.db'}",
+        )
+        app = create_app(settings, knowledge=knowledge)
+        app.dependency_overrides[today] = lambda: AS_OF
+        with serving(app, app_port):
+            yield Launchable(app_url, server, finding_id="")  # ids follow the server's references
+
+
+def test_ehr_launch_reads_the_chart_from_the_hapi_server(page: Page, hapi_stack: Launchable) -> None:
+    """The whole path: EHR launch, PKCE code exchange, the record fetched with the session's token from a real FHIR
+    server (HAPI behind the SMART server), the page with the line, the threshold and the finding's evidence."""
+    response = page.goto(launch_url(hapi_stack, launch=hapi_stack.server.new_launch()))
+    assert response is not None and response.status == 200
+    chart = page.locator('svg[data-program="hiv"]')
+    assert chart.locator("g.line-bar").count() == 1
+    assert page.get_by_role("img", name="threshold 200 copies/mL").is_visible()
+    assert chart.locator('[data-evidence="true"]').count() == 2
+    assert page.locator("article", has_text="HIV-1 RNA ≥200 copies/mL twice").count() == 1
+    assert hapi_stack.server.fhir_reads > 0

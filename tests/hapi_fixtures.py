@@ -1,4 +1,5 @@
-"""Fixtures for integration tests against a real HAPI FHIR JPA R4 server (built from ``tests/hapi/``).
+"""Fixtures for tests against a real HAPI FHIR JPA R4 server (built from ``tests/hapi/``), a pytest plugin loaded
+by tests/conftest.py so integration and browser tests share the one server.
 
 One server process serves the whole test session, started the first time a test asks for it:
 
