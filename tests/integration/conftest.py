@@ -25,6 +25,7 @@ from collections.abc import Generator, Iterator
 
 import pytest
 
+from tests import postgres
 from tests.integration.hapi import FAT_JAR, HAPI_DIR, HapiServer, HapiStartError, build, free_port, prune_logs
 
 SECURE_BASE_PATH = "/fhir-secure"
@@ -127,3 +128,14 @@ def pytest_runtest_makereport(
         lines = text.splitlines()[-200:]
         report.sections.append((f"HAPI server log ({server.log_path})", "\n".join(lines)))
     return report
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throw-away PostgreSQL server for the whole run (tests/postgres.py)."""
+    if not postgres.available():
+        if _in_ci():
+            pytest.fail("CI must run the PostgreSQL store tests: install Debian's postgresql package")
+        pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed; `apt-get install postgresql` to run these")
+    with postgres.postgres_server() as url:
+        yield url
