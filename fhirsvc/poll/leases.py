@@ -5,16 +5,19 @@ PostgreSQL: every changed patient is claimed with an atomic upsert before it is 
 worth the name (one write transaction at a time, https://www.sqlite.org/lockingv3.html), so there a poller holds a
 lease on the whole server for as long as it runs and a second one is refused (`PollerBusy`).
 
-An owner is "<host>:<pid>" (one poller per process; tests name others); a lease left by a process of this host
-that no longer runs (killed, crashed) is taken over at once rather than waited out.
+An owner is "<host>:<pid>:<random>", one per process (tests name others; the random part tells apart containers
+that share a host name and a pid); a lease left by a process of this host that no longer runs (killed, crashed) is
+taken over at once rather than waited out.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 
 from fhirsvc.store.db import Store
 from fhirsvc.store.repository import claim_lease, lease_of, release_lease, take_over_lease
@@ -27,7 +30,12 @@ class PollerBusy(Exception):
 
 
 def process_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return _owner_of(os.getpid())  # a forked child is another owner
+
+
+@cache
+def _owner_of(pid: int) -> str:
+    return f"{socket.gethostname()}:{pid}:{secrets.token_hex(4)}"
 
 
 def _gone(owner: str) -> bool:
