@@ -241,6 +241,10 @@ def _write_pages(
     typer.echo(f"{len(written)} page(s) and index.html written to {out}", err=True)
 
 
+# `poll` exit codes beyond 0 (done) and 1 (a cycle failed or left patients for the next one); 2 is a usage error.
+POLLER_BUSY = 3  # another poller holds this server on a store that allows one at a time (SQLite)
+
+
 @app.command()
 def poll(
     fhir_server: Annotated[str, typer.Option("--fhir-server", help="FHIR R4 base URL to watch.")],
@@ -270,6 +274,7 @@ def poll(
     from fhirsvc.fhir.auth import SmartBackendAuth, SmartConfigError, smart_auth
     from fhirsvc.fhir.client import FhirClientPool
     from fhirsvc.fhir.errors import FhirError
+    from fhirsvc.poll.leases import PollerBusy
     from fhirsvc.poll.worker import Poller
     from fhirsvc.store.db import Store
 
@@ -296,6 +301,9 @@ def poll(
             while True:
                 try:
                     report = await poller.cycle(fhir_server, token=token, since=since, reconcile=reconcile)
+                except PollerBusy as exc:
+                    typer.echo(f"error: {exc}", err=True)
+                    return POLLER_BUSY
                 except FhirError as exc:
                     # Server down or credentials refused: nothing was committed past the cursor; try next cycle.
                     typer.echo(f"cycle failed: {type(exc).__name__}: {exc}", err=True)
@@ -305,14 +313,18 @@ def poll(
                     typer.echo(
                         f"cycle: {report.resources_seen} changed resources, {report.patients} patients, "
                         f"{report.changed_states} new states, {report.written} findings written, "
-                        f"{report.closed} closed, {len(report.failed)} failed, {len(report.incomplete)} incomplete",
+                        f"{report.closed} closed, {len(report.failed)} failed, {len(report.incomplete)} incomplete"
+                        + (f", {len(report.elsewhere)} left to other pollers" if report.elsewhere else ""),
                         err=True,
                     )
                     _echo_write_back_checks(report)
+                    if report.circuit_open:
+                        typer.echo(f"cycle ended early: {report.circuit_open}", err=True)
                     if once:
                         return 1 if report.failed else 0
                 await asyncio.sleep(interval)
         finally:
+            poller.release(fhir_server)
             await pool.aclose()
             if auth is not None:
                 await auth.aclose()

@@ -1,5 +1,5 @@
-"""Fixtures for tests against a real HAPI FHIR JPA R4 server (built from ``tests/hapi/``), a pytest plugin loaded
-by tests/conftest.py so integration and browser tests share the one server.
+"""Fixtures for tests against real servers, a pytest plugin loaded by tests/conftest.py so integration and browser
+tests share them: a HAPI FHIR JPA R4 server (built from ``tests/hapi/``) and a throw-away PostgreSQL (``postgres_url``).
 
 One server process serves the whole test session, started the first time a test asks for it:
 
@@ -26,6 +26,7 @@ from collections.abc import Generator, Iterator
 
 import pytest
 
+from tests import postgres
 from tests.integration.hapi import FAT_JAR, HAPI_DIR, HapiServer, HapiStartError, build, free_port, prune_logs
 
 SECURE_BASE_PATH = "/fhir-secure"
@@ -128,3 +129,14 @@ def pytest_runtest_makereport(
         lines = text.splitlines()[-200:]
         report.sections.append((f"HAPI server log ({server.log_path})", "\n".join(lines)))
     return report
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throw-away PostgreSQL server for the whole run (tests/postgres.py)."""
+    if not postgres.available():
+        if _in_ci():
+            pytest.fail("CI must run the PostgreSQL store tests: install Debian's postgresql package")
+        pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed; `apt-get install postgresql` to run these")
+    with postgres.postgres_server() as url:
+        yield url

@@ -3,6 +3,10 @@
 The cursor advances only after every changed patient's write-back is committed, so a crash at any step is
 followed by a re-run of the same window: write-backs are idempotent (If-None-Exist on finding identifiers) and
 states are stored only when they differ, so nothing is duplicated and no patient is missed.
+
+Several pollers share a store through leases (poll/leases.py): each changed patient is evaluated by one of them. A
+server that stops answering opens a circuit: after `CIRCUIT_FAILURES` patients in a row lost to server faults the
+cycle ends, the cursor stays, and the next cycle resumes from it.
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ import orjson
 
 from fhirsvc.config import Settings
 from fhirsvc.fhir.client import FhirClient, FhirClientPool
-from fhirsvc.fhir.errors import FhirError, FhirUnsafeLink
+from fhirsvc.fhir.errors import FhirError, FhirResponseError, FhirUnsafeLink
 from fhirsvc.pipeline import PatientResult, evaluate_record
 from fhirsvc.poll.bulk import BulkExportFailed, bulk_export, supports_export
 from fhirsvc.poll.changes import POLLED_TYPES, Changes, changed_patients
+from fhirsvc.poll.leases import Leases, process_owner
 from fhirsvc.poll.reconcile import Reconciliation, reconcile
 from fhirsvc.poll.verify import close_task, locate
-from fhirsvc.record.gather import DataUnavailable, fetch_patient
+from fhirsvc.record.gather import UPSTREAM_FAULTS, DataUnavailable, fetch_patient
 from fhirsvc.record.model import PatientRecord, RecordBuilder
 from fhirsvc.render.report import patient_report
 from fhirsvc.render.writeback import created_references, part_identifier, transaction
@@ -40,10 +45,18 @@ from fhirsvc.store.repository import (
     save_state,
     set_cursor,
     unclosed_writebacks,
+    upsert_writeback,
 )
 from fhirsvc.terminology.knowledge import Knowledge
 
 log = logging.getLogger(__name__)
+
+# Patients in a row lost to server faults (transport errors, 5xx after the client's retries, unreadable answers, a
+# required search that failed) before the cycle gives up: each costs the client's full retry schedule.
+CIRCUIT_FAILURES = 3
+# How long a lease holds without renewal: longer than one patient's evaluation, short enough that a poller on
+# another host takes over soon after one dies (a dead process of the same host is taken over at once).
+LEASE_SECONDS = 300.0
 
 
 @dataclass
@@ -62,6 +75,12 @@ class CycleReport:
     repaired: int = 0
     conflicts: int = 0
     reconciliation: Reconciliation | None = None  # with reconcile: what the server was found to hold
+    evaluated: list[str] = field(default_factory=list)  # patients this poller evaluated (or tried to)
+    elsewhere: list[str] = field(default_factory=list)  # patients another poller evaluated or is evaluating
+    deferred: list[str] = field(default_factory=list)  # of those, still in progress there: the cursor stays
+    conflicts_resolved: int = 0  # conditional creates that lost a race: found already written by identifier
+    circuit_open: str | None = None  # why the cycle ended early (the server stopped answering)
+    not_attempted: int = 0  # patients left for the next cycle when the circuit opened
 
 
 class Progress:
@@ -99,8 +118,22 @@ def fingerprint(program_report: dict[str, Any]) -> str:
 
 
 class Poller:
-    def __init__(self, settings: Settings, knowledge: Knowledge, store: Store, pool: FhirClientPool) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        knowledge: Knowledge,
+        store: Store,
+        pool: FhirClientPool,
+        owner: str | None = None,
+        circuit_failures: int = CIRCUIT_FAILURES,
+    ) -> None:
         self.settings, self.knowledge, self.store, self.pool = settings, knowledge, store, pool
+        self.leases = Leases(store, owner or process_owner(), LEASE_SECONDS)
+        self.circuit_failures = circuit_failures
+
+    def release(self, server: str) -> None:
+        """Give up the whole-server lease (SQLite) when the poller stops, so the next one need not wait it out."""
+        self.leases.release_server(self.pool.client(server).base_url)
 
     async def cycle(
         self,
@@ -113,6 +146,8 @@ class Poller:
     ) -> CycleReport:
         client = self.pool.client(server)
         server = client.base_url
+        started = now()
+        self.leases.hold_server(server, started)  # SQLite: raises PollerBusy while another poller runs
         with self.store.session() as session:
             cursors = {t: get_cursor(session, server, t) for t in POLLED_TYPES}
         day = as_of or self.settings.today or date.today()
@@ -126,18 +161,45 @@ class Poller:
         report = CycleReport(resources_seen=changes.resources)
         if reconcile:
             changes.patients |= await self._reconcile(client, server, token, changes.patients, report)
-        progress = Progress(len(changes.patients), out)
-        for done, patient_id in enumerate(sorted(changes.patients), 1):
+        patients = sorted(changes.patients)
+        progress = Progress(len(patients), out)
+        faults_in_a_row = 0
+        renewed = time.monotonic()
+        for done, patient_id in enumerate(patients, 1):
+            if time.monotonic() - renewed > LEASE_SECONDS / 3:  # a long backfill outlasts the lease: renew it
+                self.leases.hold_server(server, started)
+                renewed = time.monotonic()
+            report.patients = done
+            if not self.leases.claim_patient(server, patient_id, started):
+                report.elsewhere.append(patient_id)
+                if self.leases.held_elsewhere(server, patient_id):
+                    report.deferred.append(patient_id)
+                progress.step(done)
+                continue
+            report.evaluated.append(patient_id)
+            evaluated = False
             try:
                 await self._patient(client, server, patient_id, token, day, report, records.get(patient_id))
+                evaluated = True
+                faults_in_a_row = 0
             except (DataUnavailable, FhirError) as exc:
                 # Not advancing past a patient we could not read: the cursor stays, the next cycle retries.
                 report.failed.append(patient_id)
                 log.warning("patient could not be evaluated (%s)", type(exc).__name__)
-            report.patients = done
+                faults_in_a_row = faults_in_a_row + 1 if isinstance(exc, (DataUnavailable, *UPSTREAM_FAULTS)) else 0
+            finally:
+                self.leases.finish_patient(server, patient_id, done=evaluated)
             failpoint(self.settings, "after-patient", done)
             progress.step(done)
-        if not report.failed:
+            if faults_in_a_row >= self.circuit_failures:
+                report.not_attempted = len(patients) - done
+                report.circuit_open = (
+                    f"the FHIR server failed {faults_in_a_row} patients in a row; cycle ended early with "
+                    f"{report.not_attempted} patients not attempted (the cursor stays: the next cycle resumes there)"
+                )
+                log.warning("circuit open: %s", report.circuit_open)
+                break
+        if not report.failed and not report.deferred:
             with self.store.session() as session:
                 for resource_type, cursor in changes.cursors.items():
                     set_cursor(session, server, resource_type, cursor)
@@ -199,21 +261,23 @@ class Poller:
         new = [f for f in findings if f.id not in already]
         if new and target != "off":
             bundle = transaction(new, target)
-            answer = await client.post_json("", bundle, token)
-            refs = created_references(bundle, answer)
+            try:
+                refs = created_references(bundle, await client.post_json("", bundle, token))
+            except FhirResponseError as exc:
+                if not creation_conflict(exc):
+                    raise
+                refs = await written_already(client, bundle, token, exc)
+                report.conflicts_resolved += 1
             with self.store.session() as session:
                 for finding in new:
-                    session.merge(
-                        WriteBack(
-                            identifier=finding.id,
-                            server=server,
-                            patient=result.patient,
-                            program=finding.program,
-                            rule=finding.rule,
-                            status="open",
-                            resources=refs.get(finding.id, {}),
-                            created_at=now(),
-                        )
+                    upsert_writeback(
+                        session,
+                        finding.id,
+                        server,
+                        result.patient,
+                        finding.program,
+                        finding.rule,
+                        refs.get(finding.id, {}),
                     )
             report.written += len(new)
             report.writeback_batches += 1
@@ -301,3 +365,28 @@ class Poller:
             for program in item["programs"]:
                 if save_state(session, server, result.patient, program["program"], day, program, fingerprint(program)):
                     report.changed_states += 1
+
+
+def creation_conflict(exc: FhirResponseError) -> bool:
+    """A conditional create that lost a race with an identical one: 409 Conflict or 412 Precondition Failed on
+    If-None-Exist (https://hl7.org/fhir/R4/http.html#ccreate: "multiple matches" is 412), or HAPI's HAPI-2745 for
+    two creates of one match URL committed at once."""
+    return exc.status in (409, 412) or "HAPI-2745" in str(exc)
+
+
+async def written_already(
+    client: FhirClient, bundle: dict[str, Any], token: str | None, conflict: FhirResponseError
+) -> dict[str, dict[str, str]]:
+    """finding id → {resource type: reference} of a transaction's resources found on the server by identifier (the
+    same shape as `created_references`); the conflict is raised again when any of them is not there."""
+    refs: dict[str, dict[str, str]] = {}
+    for entry in bundle["entry"]:
+        resource_type = entry["resource"]["resourceType"]
+        found = await client.search(f"{resource_type}?{entry['request']['ifNoneExist']}", token)
+        if not found.resources:
+            raise conflict
+        # The oldest copy is the one every earlier write and reference used.
+        first = min(found.resources, key=lambda r: str((r.get("meta") or {}).get("lastUpdated", "")))
+        finding_id = entry["resource"]["identifier"][0]["value"][: len("00000000-0000-0000-0000-000000000000")]
+        refs.setdefault(finding_id, {})[resource_type] = f"{resource_type}/{first['id']}"
+    return refs

@@ -24,10 +24,16 @@ class PollCursor(Base):
 
 
 class TherapyState(Base):
-    """One evaluation of one patient in one program; the latest row per (server, patient, program) is current."""
+    """One evaluation of one patient in one program; the latest row per (server, patient, program) is current.
+
+    `follows` is the id of the state this one follows (0 for the first), unique per (server, patient, program): of
+    two pollers that read the same latest state, only one appends after it."""
 
     __tablename__ = "therapy_states"
-    __table_args__ = (Index("ix_therapy_states_patient", "server", "patient", "program", "id"),)
+    __table_args__ = (
+        Index("ix_therapy_states_patient", "server", "patient", "program", "id"),
+        Index("uq_therapy_states_follows", "server", "patient", "program", "follows", unique=True),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     server: Mapped[str] = mapped_column(String(512))
     patient: Mapped[str] = mapped_column(String(256))
@@ -38,6 +44,22 @@ class TherapyState(Base):
     fingerprint: Mapped[str] = mapped_column(String(64))
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    follows: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class PollLease(Base):
+    """Who evaluates what: a patient of a server (PostgreSQL) or a whole server (SQLite, patient "*").
+
+    Held by `owner` until `expires_at`; `done_at` marks a finished evaluation, so a poller whose cycle began before
+    `claimed_at` knows the patient was read after its own change search and does not evaluate it again."""
+
+    __tablename__ = "poll_leases"
+    server: Mapped[str] = mapped_column(String(512), primary_key=True)
+    patient: Mapped[str] = mapped_column(String(256), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(256))
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class IssuedCard(Base):

@@ -1,21 +1,22 @@
-"""Store queries: issued cards, feedback and suppression, therapy-state history, poll cursors, write-backs."""
+"""Store queries: issued cards, feedback and suppression, therapy-state history, poll cursors, leases, write-backs."""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Connection, Insert, Table, bindparam, func, select
+from sqlalchemy import Connection, Insert, Table, and_, bindparam, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from fhirsvc.store.models import Feedback, IssuedCard, PollCursor, TherapyState, WriteBack
+from fhirsvc.store.models import Feedback, IssuedCard, PollCursor, PollLease, TherapyState, WriteBack
 
 
 def now() -> datetime:
@@ -71,6 +72,12 @@ def record_issued_cards(
         return
     dialect = session.dialect if isinstance(session, Connection) else session.get_bind().dialect
     session.execute(_issued_card_upsert(dialect.name), list(rows.values()))
+
+
+def _insert(session: Session | Connection, table: Table) -> sqlite.Insert | postgresql.Insert:
+    """INSERT with the dialect's ON CONFLICT clauses (SQLite and PostgreSQL spell them alike)."""
+    dialect = session.dialect if isinstance(session, Connection) else session.get_bind().dialect
+    return sqlite_insert(table) if dialect.name == "sqlite" else postgresql_insert(table)
 
 
 @cache
@@ -200,25 +207,29 @@ def latest_state(session: Session, server: str, patient: str, program: str) -> T
 def save_state(
     session: Session, server: str, patient: str, program: str, as_of: date, report: dict[str, Any], fingerprint: str
 ) -> bool:
-    """Append a state when it differs from the latest one; True when something changed."""
+    """Append a state when it differs from the latest one; True when something changed.
+
+    The row names the state it follows, unique per patient and program: when another poller appended after the
+    same latest state first, this one is dropped (its evaluation is the same or older), never stored twice."""
     latest = latest_state(session, server, patient, program)
     if latest is not None and latest.fingerprint == fingerprint:
         return False
     statuses = [a["status"] for a in report.get("assessments", [])]
-    session.add(
-        TherapyState(
-            server=server,
-            patient=patient,
-            program=program,
-            as_of=as_of,
-            current_line=report.get("current_line"),
-            status=most_urgent(statuses),
-            fingerprint=fingerprint,
-            report=report,
-            created_at=now(),
-        )
-    )
-    return True
+    row = {
+        "server": server,
+        "patient": patient,
+        "program": program,
+        "as_of": as_of,
+        "current_line": report.get("current_line"),
+        "status": most_urgent(statuses),
+        "fingerprint": fingerprint,
+        "report": report,
+        "created_at": now(),
+        "follows": latest.id if latest is not None else 0,
+    }
+    table = cast(Table, TherapyState.__table__)
+    statement = _insert(session, table).values(row).on_conflict_do_nothing().returning(table.c.id)
+    return session.execute(statement).first() is not None
 
 
 _URGENCY = [
@@ -253,6 +264,77 @@ def set_cursor(session: Session, server: str, resource_type: str, cursor: str) -
         session.add(PollCursor(server=server, resource_type=resource_type, cursor=cursor, updated_at=now()))
     else:
         row.cursor, row.updated_at = cursor, now()
+
+
+def upsert_writeback(
+    session: Session,
+    identifier: str,
+    server: str,
+    patient: str,
+    program: str,
+    rule: str,
+    resources: dict[str, str],
+) -> None:
+    """Record a finding's write-back as open; a row already there (another poller, an earlier run) is reopened with
+    these references, its creation and closing history kept. One statement: no read-then-insert race."""
+    table = cast(Table, WriteBack.__table__)
+    insert = _insert(session, table)
+    values = {"server": server, "patient": patient, "program": program, "rule": rule, "status": "open"}
+    statement = insert.values(identifier=identifier, resources=resources, created_at=now(), **values)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[table.c.identifier], set_={**values, "resources": insert.excluded.resources}
+        )
+    )
+
+
+# Leases -----------------------------------------------------------------------------------------------------------
+
+
+def claim_lease(session: Session, server: str, patient: str, owner: str, cycle_start: datetime, seconds: float) -> bool:
+    """Take or renew the lease on (server, patient) for `seconds`; False when another owner holds it, or finished
+    evaluating it after `cycle_start` (the patient was read after our change search: evaluating it again is
+    wasted). One atomic upsert: of two pollers claiming at once, exactly one wins."""
+    table = cast(Table, PollLease.__table__)
+    stamp = now()
+    insert = _insert(session, table)
+    claimed = {"owner": owner, "claimed_at": stamp, "expires_at": stamp + timedelta(seconds=seconds), "done_at": None}
+    statement = insert.values(server=server, patient=patient, **claimed).on_conflict_do_update(
+        index_elements=[table.c.server, table.c.patient],
+        set_=claimed,
+        where=or_(
+            table.c.owner == owner,
+            and_(table.c.expires_at <= stamp, or_(table.c.done_at.is_(None), table.c.claimed_at < cycle_start)),
+        ),
+    )
+    # RETURNING, not rowcount: psycopg reports no row count for an upsert through the ORM session.
+    return session.execute(statement.returning(table.c.patient)).first() is not None
+
+
+def take_over_lease(session: Session, server: str, patient: str, dead_owner: str, owner: str, seconds: float) -> bool:
+    """Take a lease from an owner known to be gone (a crashed process of this host), if it still holds it."""
+    stamp = now()
+    result = session.execute(
+        update(PollLease)
+        .where(PollLease.server == server, PollLease.patient == patient, PollLease.owner == dead_owner)
+        .values(owner=owner, claimed_at=stamp, expires_at=stamp + timedelta(seconds=seconds), done_at=None)
+        .returning(PollLease.patient)
+    )
+    return result.first() is not None
+
+
+def release_lease(session: Session, server: str, patient: str, owner: str, done: bool) -> None:
+    """Give a lease up now; `done` marks the patient evaluated (see `claim_lease`)."""
+    stamp = now()
+    session.execute(
+        update(PollLease)
+        .where(PollLease.server == server, PollLease.patient == patient, PollLease.owner == owner)
+        .values(expires_at=stamp, done_at=stamp if done else None)
+    )
+
+
+def lease_of(session: Session, server: str, patient: str) -> PollLease | None:
+    return session.get(PollLease, (server, patient), populate_existing=True)
 
 
 def open_writebacks(session: Session, server: str, patient: str) -> list[WriteBack]:

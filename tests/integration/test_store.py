@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import date, timedelta
@@ -14,35 +13,28 @@ from alembic.config import Config
 from sqlalchemy import create_engine, select, text
 
 from fhirsvc.api.replay import remember_jti
+from fhirsvc.store import repository
 from fhirsvc.store.db import MIGRATIONS, Store
-from fhirsvc.store.models import Feedback, IssuedCard, WriteBack
+from fhirsvc.store.models import Feedback, IssuedCard, TherapyState, WriteBack
 from fhirsvc.store.repository import (
     UNKNOWN,
     CardScope,
     FeedbackSaved,
+    claim_lease,
     feedback_counts,
     get_cursor,
     latest_state,
     now,
     open_writebacks,
     record_issued_cards,
+    release_lease,
     save_feedback,
     save_state,
     set_cursor,
     suppressed,
     therapy_history,
+    upsert_writeback,
 )
-from tests import postgres
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    if not postgres.available():
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the PostgreSQL store tests: install Debian's postgresql package")
-        pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed; `apt-get install postgresql` to run these")
-    with postgres.postgres_server() as url:
-        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -55,7 +47,15 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     yield store
     if request.param == "postgresql":
         with store.engine.begin() as connection:
-            for table in ("seen_jti", "writebacks", "feedback", "issued_cards", "therapy_states", "poll_cursors"):
+            for table in (
+                "seen_jti",
+                "writebacks",
+                "feedback",
+                "issued_cards",
+                "therapy_states",
+                "poll_cursors",
+                "poll_leases",
+            ):
                 connection.exec_driver_sql(f"DELETE FROM {table}")
     store.close()
 
@@ -236,3 +236,79 @@ def test_writebacks(store: Store) -> None:
     with store.session() as session:
         assert open_writebacks(session, "s", "Patient/1") == []
         assert store.ping()
+
+
+def test_a_state_saved_after_a_stale_read_is_dropped_not_duplicated(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two pollers read the same latest state and both append the same new one: the second append is dropped."""
+    with store.session() as session:
+        save_state(session, "s", "Patient/1", "hiv", date(2026, 1, 1), report("monitor"), "a")
+    with store.session() as session:
+        first = latest_state(session, "s", "Patient/1", "hiv")
+        assert save_state(session, "s", "Patient/1", "hiv", date(2026, 2, 1), report("second-line-evaluation"), "b")
+    monkeypatch.setattr(repository, "latest_state", lambda *_: first)  # the other poller read before that commit
+    with store.session() as session:
+        assert not save_state(session, "s", "Patient/1", "hiv", date(2026, 2, 1), report("second-line-evaluation"), "b")
+    monkeypatch.undo()
+    with store.session() as session:
+        assert [row.fingerprint for row in therapy_history(session, "Patient/1")] == ["a", "b"]
+        # A state may come back later (results out of range again): it follows the one before it.
+        assert save_state(session, "s", "Patient/1", "hiv", date(2026, 3, 1), report("monitor"), "a")
+    with store.session() as session:
+        assert [row.fingerprint for row in therapy_history(session, "Patient/1")] == ["a", "b", "a"]
+
+
+def test_a_writeback_recorded_twice_is_one_row(store: Store) -> None:
+    for resources in ({"Task": "Task/1"}, {"Task": "Task/1", "GuidanceResponse": "GuidanceResponse/2"}):
+        with store.session() as session:
+            upsert_writeback(session, "f1", "s", "Patient/1", "hiv", "r", resources)
+    with store.session() as session:
+        (row,) = open_writebacks(session, "s", "Patient/1")
+        assert row.resources == {"Task": "Task/1", "GuidanceResponse": "GuidanceResponse/2"}
+        row.status = "closed"
+    with store.session() as session:  # the finding holds again: reopened
+        upsert_writeback(session, "f1", "s", "Patient/1", "hiv", "r", {"Task": "Task/1"})
+    with store.session() as session:
+        assert [row.identifier for row in open_writebacks(session, "s", "Patient/1")] == ["f1"]
+
+
+def test_a_patient_lease_has_one_holder_and_a_finished_one_is_not_taken_again_in_the_same_round(store: Store) -> None:
+    before = now() - timedelta(seconds=1)
+    with store.session() as session:
+        assert claim_lease(session, "s", "p1", "a", before, 300)
+        assert not claim_lease(session, "s", "p1", "b", before, 300)  # held
+        assert claim_lease(session, "s", "p1", "a", before, 300)  # renewed by its holder
+        release_lease(session, "s", "p1", "a", done=True)
+        # b's cycle began before a claimed it: a read the patient after b's change search; nothing to do.
+        assert not claim_lease(session, "s", "p1", "b", before, 300)
+        assert claim_lease(session, "s", "p1", "b", now(), 300)  # a later cycle of b evaluates it again
+        # A holder that stopped without finishing (crashed) loses the lease once it expires.
+        assert claim_lease(session, "s", "p2", "a", before, 0)
+        assert claim_lease(session, "s", "p2", "b", before, 300)
+
+
+def test_the_lease_migration_drops_repeated_states_and_chains_the_rest(empty_store_url: str) -> None:
+    """States that racing pollers stored twice in a row are dropped; the rest follow one another."""
+    old = Store(empty_store_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with old.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0002")
+        for fingerprint in ("a", "a", "b", "a"):
+            connection.execute(
+                text(
+                    "INSERT INTO therapy_states (server, patient, program, as_of, current_line, status, fingerprint,"
+                    " report, created_at) VALUES ('s', 'Patient/1', 'hiv', :d, 1, 'monitor', :f, '{}', :t)"
+                ),
+                {"d": date(2026, 1, 1), "f": fingerprint, "t": now()},
+            )
+    old.upgrade()
+    try:
+        with old.session() as session:
+            rows = session.scalars(select(TherapyState).order_by(TherapyState.id)).all()
+            assert [row.fingerprint for row in rows] == ["a", "b", "a"]
+            assert [row.follows for row in rows] == [0, rows[0].id, rows[1].id]
+    finally:
+        old.close()
