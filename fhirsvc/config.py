@@ -182,6 +182,10 @@ class Settings(BaseSettings):
         default="guidance",
         description="What the poller writes: GuidanceResponse + RequestGroup + Task, or DetectedIssue.",
     )
+    writeback_evidence: bool = Field(
+        default=False,
+        description="Attach the first-line evidence document (step therapy) to the Task of a next-line finding.",
+    )
     poll_overlap_seconds: int = Field(default=300, ge=0, description="Re-read window behind each cursor.")
     # Test-only failpoints ("after-writeback:2" = exit after the 2nd write-back transaction) prove crash safety.
     failpoints: list[str] = Field(default_factory=list)

@@ -25,6 +25,7 @@ import orjson
 from fhirsvc.config import Settings
 from fhirsvc.fhir.client import FhirClient, FhirClientPool
 from fhirsvc.fhir.errors import FhirError, FhirResponseError, FhirUnsafeLink
+from fhirsvc.findings import Finding
 from fhirsvc.pipeline import PatientResult, evaluate_record
 from fhirsvc.poll.bulk import BulkExportFailed, bulk_export, supports_export
 from fhirsvc.poll.changes import POLLED_TYPES, Changes, changed_patients
@@ -33,8 +34,10 @@ from fhirsvc.poll.reconcile import Reconciliation, reconcile
 from fhirsvc.poll.verify import close_task, locate
 from fhirsvc.record.gather import UPSTREAM_FAULTS, DataUnavailable, fetch_patient
 from fhirsvc.record.model import PatientRecord, RecordBuilder
+from fhirsvc.render.evidence import document_reference, evidence_document
 from fhirsvc.render.report import patient_report
 from fhirsvc.render.writeback import created_references, part_identifier, transaction
+from fhirsvc.step_therapy import evidence_for
 from fhirsvc.store.db import Store
 from fhirsvc.store.models import WriteBack
 from fhirsvc.store.repository import (
@@ -260,7 +263,8 @@ class Poller:
             already = {w.identifier for w in open_writebacks(session, server, result.patient)}
         new = [f for f in findings if f.id not in already]
         if new and target != "off":
-            bundle = transaction(new, target)
+            attached = self._evidence(record, result, new) if self.settings.writeback_evidence else {}
+            bundle = transaction(new, target, attached)
             try:
                 refs = created_references(bundle, await client.post_json("", bundle, token))
             except FhirResponseError as exc:
@@ -295,6 +299,25 @@ class Poller:
         report.reconciliation, report.repaired = found, report.repaired + found.repaired
         report.mismatched += found.mismatched
         return found.rewrite
+
+    def _evidence(
+        self, record: PatientRecord, result: PatientResult, findings: list[Finding]
+    ) -> dict[str, dict[str, Any]]:
+        """For each next-line finding of a program with step therapy, the first-line evidence on file as a
+        DocumentReference (finding id → resource), so the worklist Task carries what an insurer will ask for."""
+        attached: dict[str, dict[str, Any]] = {}
+        for finding in findings:
+            if finding.status not in ("second-line-evaluation", "next-line-evaluation"):
+                continue
+            evidence = evidence_for(record, result, self.knowledge, finding.program, [])
+            if evidence is None or not evidence.trials:
+                continue
+            stamp = f"{result.as_of.isoformat()}T00:00:00Z"  # the evaluation date: the same document on a re-run
+            document = evidence_document(evidence, self.knowledge.catalog, stamp)
+            reference = document_reference(evidence, document, result.as_of)
+            if reference is not None:
+                attached[finding.id] = reference
+        return attached
 
     async def _close_resolved(
         self,

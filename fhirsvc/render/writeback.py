@@ -56,7 +56,9 @@ def _identifier(value: str) -> list[dict[str, str]]:
     return [{"system": FINDING_SYSTEM, "value": value}]
 
 
-def guidance_entries(finding: Finding) -> list[dict[str, Any]]:
+def guidance_entries(finding: Finding, evidence: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The GuidanceResponse, its RequestGroup and proposals, and the worklist Task; with `evidence` (a
+    DocumentReference carrying the first-line evidence document) that too, named as the Task's input."""
     a, fid = finding, finding.id
     subject = {"reference": finding.patient}
     as_of = finding.as_of.isoformat()
@@ -114,6 +116,13 @@ def guidance_entries(finding: Finding) -> list[dict[str, Any]]:
         "authoredOn": as_of,
         "input": [{"type": {"text": "evidence"}, "valueReference": {"reference": ref}} for ref in a.evidence],
     }
+    if evidence is not None:
+        document = {**evidence, "identifier": _identifier(f"{fid}-doc")}
+        doc_entry = _entry(document, f"{fid}-doc")
+        entries.append(doc_entry)
+        task["input"].append(
+            {"type": {"text": "step-therapy evidence"}, "valueReference": {"reference": doc_entry["fullUrl"]}}
+        )
     if not task["input"]:
         del task["input"]
     return [*entries, rg_entry, gr_entry, _entry(task, f"{fid}-task")]
@@ -136,9 +145,17 @@ def detected_issue_entries(finding: Finding) -> list[dict[str, Any]]:
     return [_entry(issue, finding.id)]
 
 
-def transaction(findings: list[Finding], target: Target) -> dict[str, Any]:
-    build = guidance_entries if target == "guidance" else detected_issue_entries
-    return {"resourceType": "Bundle", "type": "transaction", "entry": [e for f in findings for e in build(f)]}
+def transaction(
+    findings: list[Finding], target: Target, evidence: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """One transaction for the findings; `evidence` (finding id → DocumentReference) is attached to their Tasks."""
+    attached = evidence or {}
+    entries = [
+        e
+        for f in findings
+        for e in (guidance_entries(f, attached.get(f.id)) if target == "guidance" else detected_issue_entries(f))
+    ]
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
 def created_references(bundle: dict[str, Any], answer: dict[str, Any]) -> dict[str, dict[str, str]]:
