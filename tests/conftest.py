@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,6 +17,7 @@ from fhirsvc.api.app import create_app
 from fhirsvc.api.deps import today
 from fhirsvc.config import Settings
 from fhirsvc.rules.registry import RULE_KINDS
+from fhirsvc.store.db import Store
 from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
 from tests.cds_helpers import CLIENT, FHIR_BASE, SignedCalls, Signer
 from tests.virtual_time import VirtualClock
@@ -102,3 +104,12 @@ def make_client(knowledge: Knowledge) -> MakeClient:
 def load_fixture(relative: str) -> dict[str, Any]:
     data: dict[str, Any] = orjson.loads((FIXTURES / relative).read_bytes())
     return data
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A migrated SQLite store of the test's own (the poller's; store tests define their own, per database)."""
+    store = Store(f"sqlite:///{tmp_path / 'poll.db'}")
+    store.upgrade()
+    yield store
+    store.close()

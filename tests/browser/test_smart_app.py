@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
@@ -38,6 +40,26 @@ class Launchable:
     finding_id: str
 
 
+@contextmanager
+def serving_both(
+    server: SmartServer, smart_port: int, app_port: int, knowledge: Knowledge, folder: Path
+) -> Iterator[None]:
+    """The SMART test server and fhirsvc (uvicorn, real ports), fhirsvc trusting the SMART server's FHIR base."""
+    app_url = f"http://127.0.0.1:{app_port}"
+    with serving(smart_app(server), smart_port) as smart_base:
+        server.base = smart_base
+        settings = Settings(
+            public_url=app_url,
+            fhir_servers=[server.fhir_base],
+            smart_app_client_id=CLIENT_ID,
+            store_url=f"sqlite:///{folder / 'store.db'}",
+        )
+        app = create_app(settings, knowledge=knowledge)
+        app.dependency_overrides[today] = lambda: AS_OF
+        with serving(app, app_port):
+            yield
+
+
 @pytest.fixture(scope="module")
 def stack(knowledge: Knowledge, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launchable]:
     """fhirsvc (uvicorn, a real port) trusting the SMART test server, which holds one HIV patient."""
@@ -49,18 +71,8 @@ def stack(knowledge: Knowledge, tmp_path_factory: pytest.TempPathFactory) -> Ite
     (record,) = index_records([FIXTURE]).records()
     result = evaluate_record(record, knowledge, AS_OF)
     finding_id = next(f.id for p in result.programs for f in p.findings if f.card)
-    with serving(smart_app(server), smart_port) as smart_base:
-        server.base = smart_base
-        settings = Settings(
-            public_url=app_url,
-            fhir_servers=[server.fhir_base],
-            smart_app_client_id=CLIENT_ID,
-            store_url=f"sqlite:///{tmp_path_factory.mktemp('smart') / 'store.db'}",
-        )
-        app = create_app(settings, knowledge=knowledge)
-        app.dependency_overrides[today] = lambda: AS_OF
-        with serving(app, app_port):
-            yield Launchable(app_url, server, finding_id)
+    with serving_both(server, smart_port, app_port, knowledge, tmp_path_factory.mktemp("smart")):
+        yield Launchable(app_url, server, finding_id)
 
 
 @pytest.fixture
@@ -154,18 +166,8 @@ def hapi_stack(
     app_port, smart_port = free_port(), free_port()
     app_url = f"http://127.0.0.1:{app_port}"
     server = SmartServer(CLIENT_ID, f"{app_url}/app/callback", [], patient=patient, upstream=hapi_base_url)
-    with serving(smart_app(server), smart_port) as smart_base:
-        server.base = smart_base
-        settings = Settings(
-            public_url=app_url,
-            fhir_servers=[server.fhir_base],
-            smart_app_client_id=CLIENT_ID,
-            store_url=f"sqlite:///{folder / 'store.db'}",
-        )
-        app = create_app(settings, knowledge=knowledge)
-        app.dependency_overrides[today] = lambda: AS_OF
-        with serving(app, app_port):
-            yield Launchable(app_url, server, finding_id="")  # ids follow the server's references
+    with serving_both(server, smart_port, app_port, knowledge, folder):
+        yield Launchable(app_url, server, finding_id="")  # ids follow the server's references
 
 
 def test_ehr_launch_reads_the_chart_from_the_hapi_server(page: Page, hapi_stack: Launchable) -> None:

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -52,14 +51,6 @@ def search_all(base: str, query: str) -> list[dict[str, Any]]:
 def finding_identifiers(base: str, resource_type: str) -> Counter[str]:
     resources = search_all(base, f"{resource_type}?identifier={FINDING_SYSTEM}|&_count=200")
     return Counter(i["value"] for r in resources for i in r.get("identifier", []) if i["system"] == FINDING_SYSTEM)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(f"sqlite:///{tmp_path / 'poll.db'}")
-    store.upgrade()
-    yield store
-    store.close()
 
 
 async def run_cycle(base: str, knowledge: Knowledge, store: Store) -> Any:

@@ -4,7 +4,7 @@ Every case counts the resources touched that were not ours (always zero) and the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -32,14 +32,6 @@ NO_CACHE = {"Cache-Control": "no-cache"}
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(f"sqlite:///{tmp_path / 'poll.db'}")
-    store.upgrade()
-    yield store
-    store.close()
 
 
 def load_own(base: str, names: list[str], folder: Path) -> dict[str, str]:

@@ -8,8 +8,6 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -37,14 +35,6 @@ PATIENTS = [f"p{n}" for n in range(1, 9)]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(f"sqlite:///{tmp_path / 'poll.db'}")
-    store.upgrade()
-    yield store
-    store.close()
 
 
 class FlakyServer:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -40,14 +39,6 @@ async def client() -> AsyncIterator[FhirClient]:
     pool = FhirClientPool(Settings(fhir_max_retries=0))
     yield pool.client(BASE)
     await pool.aclose()
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(f"sqlite:///{tmp_path / 'poll.db'}")
-    store.upgrade()
-    yield store
-    store.close()
 
 
 def task(
