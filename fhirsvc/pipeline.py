@@ -92,8 +92,12 @@ def evaluate_program(
         _end_lines_at_death(lines, eras, as_of if death.date is not None else None)
         return result
     ctx = ProgramContext(program, facts, as_of, lines, eras, classes, knowledge.safety)
+    drafts = any(exposure.planned for exposure in facts.exposures)
     for rule in program.rules:
-        assessment = RULE_KINDS[rule.kind](rule, ctx)
+        kind = RULE_KINDS[rule.kind]
+        if kind.order_time and not drafts:
+            continue  # patient-view, the poller and files have no draft orders: nothing for these rules to judge
+        assessment = kind(rule, ctx)
         if incomplete:
             missing = sorted(rule_inputs(rule) & incomplete.keys())
             if missing:

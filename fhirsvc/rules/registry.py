@@ -58,6 +58,8 @@ class RuleKind(Generic[P]):
     outcomes: frozenset[str]  # produced whatever the parameters: every rule of the kind defines them all
     reads: frozenset[str]
     optional_outcomes: frozenset[str] = frozenset()  # produced only when the rule defines them
+    # Judges draft orders (order-select, order-sign) only: not run, and no finding, for a record without any.
+    order_time: bool = False
 
     def __call__(self, rule: Rule, ctx: ProgramContext) -> Finding:
         params = rule.params
@@ -147,31 +149,35 @@ RULE_KINDS: Mapping[str, RuleKind[Any]] = MappingProxyType(
             outcomes=frozenset({"no-therapy", "interacting", "none"}),
             reads=frozenset(),  # medications only
         ),
-        # Order-time safety checks: only draft orders (order-select, order-sign) produce anything but "no-order".
+        # Order-time safety checks: run only when the record holds draft orders (order-select, order-sign).
         # The failing line is judged by the program's failure rules, which read results.
         "order-failing-regimen": RuleKind(
             evaluate=order_failing_regimen,
             params=FailureRulesParams,
             outcomes=frozenset({"no-order", "none", "continues-failing"}),
             reads=RESULTS,
+            order_time=True,
         ),
         "order-single-drug-added": RuleKind(
             evaluate=order_single_drug_added,
             params=FailureRulesParams,
             outcomes=frozenset({"no-order", "none", "single-drug-added"}),
             reads=RESULTS,
+            order_time=True,
         ),
         "order-class-rechallenge": RuleKind(
             evaluate=order_class_rechallenge,
             params=RechallengeParams,
             outcomes=frozenset({"no-order", "none", "rechallenge"}),
             reads=RESULTS,
+            order_time=True,
         ),
         "order-not-tolerated": RuleKind(
             evaluate=order_not_tolerated,
             params=NotToleratedParams,
             outcomes=frozenset({"no-order", "none", "not-tolerated"}),
             reads=frozenset({"AllergyIntolerance"}),
+            order_time=True,
         ),
     }
 )

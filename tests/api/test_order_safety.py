@@ -8,8 +8,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from fhirsvc.pipeline import evaluate_record
+from fhirsvc.record.files import index_records
+from fhirsvc.terminology.knowledge import Knowledge
 from tests.cds_helpers import hook_request, prefetch_from, resources_of
-from tests.conftest import MakeClient, load_fixture
+from tests.conftest import AS_OF, FIXTURES, MakeClient, load_fixture
 
 ORDER_SELECT = "/cds-services/second-line-order-select"
 ORDER_SIGN = "/cds-services/second-line-order-sign"
@@ -89,3 +92,11 @@ def test_order_sign_warns_as_order_select_does(client: TestClient) -> None:
 def test_a_safe_order_gets_no_order_warning(client: TestClient, program: str, name: str) -> None:
     order_select, _ = _calls(program, name)
     assert not [s for s in _summaries(client.post(ORDER_SELECT, json=order_select)) if s.startswith("This order")]
+
+
+def test_order_time_rules_are_not_run_without_draft_orders(knowledge: Knowledge) -> None:
+    """Files, the poller and patient-view carry no draft orders: the order-time rules make no finding at all."""
+    (record,) = index_records([FIXTURES / "hiv" / "order-renews-failing.json"]).records()
+    rules = {f.rule for f in evaluate_record(record, knowledge, AS_OF).findings}
+    assert "hiv-virologic-failure" in rules
+    assert not {r for r in rules if "-order-" in r}

@@ -35,9 +35,6 @@ def test_evaluate_json_follows_the_public_contract() -> None:
     assert [a["rule"] for a in program["assessments"]] == [
         "hiv-virologic-failure",
         "hiv-viral-load-overdue",
-        "hiv-order-failing-regimen",
-        "hiv-order-single-drug-added",
-        "hiv-order-not-tolerated",
         "intolerance",
         "pregnancy",
         "interaction",
