@@ -113,3 +113,9 @@ def store(tmp_path: Path) -> Iterator[Store]:
     store.upgrade()
     yield store
     store.close()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests (`@pytest.mark.anyio`) run on asyncio, the loop the service runs on."""
+    return "asyncio"

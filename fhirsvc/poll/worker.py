@@ -36,7 +36,7 @@ from fhirsvc.record.gather import UPSTREAM_FAULTS, DataUnavailable, fetch_patien
 from fhirsvc.record.model import PatientRecord, RecordBuilder
 from fhirsvc.render.evidence import document_reference, evidence_document
 from fhirsvc.render.report import patient_report
-from fhirsvc.render.writeback import created_references, part_identifier, transaction
+from fhirsvc.render.writeback import created_references, finding_of, part_identifier, transaction
 from fhirsvc.step_therapy import evidence_for
 from fhirsvc.store.db import Store
 from fhirsvc.store.models import WriteBack
@@ -410,6 +410,5 @@ async def written_already(
             raise conflict
         # The oldest copy is the one every earlier write and reference used.
         first = min(found.resources, key=lambda r: str((r.get("meta") or {}).get("lastUpdated", "")))
-        finding_id = entry["resource"]["identifier"][0]["value"][: len("00000000-0000-0000-0000-000000000000")]
-        refs.setdefault(finding_id, {})[resource_type] = f"{resource_type}/{first['id']}"
+        refs.setdefault(finding_of(entry["resource"]), {})[resource_type] = f"{resource_type}/{first['id']}"
     return refs

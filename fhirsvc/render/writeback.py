@@ -162,8 +162,7 @@ def created_references(bundle: dict[str, Any], answer: dict[str, Any]) -> dict[s
     """finding id → {resource type: server reference} from a transaction-response."""
     out: dict[str, dict[str, str]] = {}
     for sent, got in zip(bundle["entry"], answer.get("entry") or [], strict=False):
-        # A finding id is a UUID; its parts' identifiers append "-rg", "-task", "-s<n>".
-        fid = sent["resource"]["identifier"][0]["value"][:_ID_LENGTH]
+        fid = finding_of(sent["resource"])
         location = str((got.get("response") or {}).get("location", ""))
         reference = "/".join(location.split("/_history")[0].split("/")[-2:]) if location else ""
         out.setdefault(fid, {})[sent["resource"]["resourceType"]] = reference
@@ -184,6 +183,12 @@ def closed_task(task: dict[str, Any], completed: bool, reason: str) -> dict[str,
 PATIENT_FIELD = {"Task": "for", "DetectedIssue": "patient"}
 # The identifier suffix of each part of a finding's write-back ("" is the finding id itself).
 PART_SUFFIX = {"GuidanceResponse": "", "DetectedIssue": "", "RequestGroup": "-rg", "Task": "-task"}
+
+
+def finding_of(resource: dict[str, Any]) -> str:
+    """The finding id a written resource belongs to: a finding id is a UUID, and its parts' identifiers append
+    "-rg", "-task", "-s<n>" or "-doc"."""
+    return str(resource["identifier"][0]["value"])[:_ID_LENGTH]
 
 
 def part_identifier(finding_id: str, resource_type: str) -> str:

@@ -22,11 +22,6 @@ pytestmark = [pytest.mark.hapi, pytest.mark.anyio]
 JOHN = "cancer-patient-john-anyperson"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def patients(hapi_base_url: str) -> list[str]:
     try:

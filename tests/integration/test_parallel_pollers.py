@@ -28,11 +28,6 @@ AS_OF = date(2026, 6, 1)
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def postgres_store(postgres_url: str) -> Iterator[Store]:
     """A PostgreSQL database of its own, dropped afterwards."""
     admin = create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")

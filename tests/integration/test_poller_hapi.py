@@ -30,11 +30,6 @@ FAILING = ["fail-basic", "medicationrequest-only", "threshold-201"]
 QUIET = ["suppressed", "blip"]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def load_own(base: str, names: list[str], folder: Path) -> dict[str, str]:
     """Copies of example patients that only the calling test reads and changes; name → server Patient id."""
     paths, ids = copies_of(names, folder)

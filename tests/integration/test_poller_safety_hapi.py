@@ -29,11 +29,6 @@ FAILING = ["fail-basic", "medicationrequest-only", "threshold-201"]  # one HIV f
 NO_CACHE = {"Cache-Control": "no-cache"}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def load_own(base: str, names: list[str], folder: Path) -> dict[str, str]:
     """Copies of example patients only the calling test reads and changes; name → server Patient id."""
     paths, ids = copies_of(names, folder)

@@ -32,11 +32,6 @@ pytestmark = pytest.mark.anyio
 PATIENTS = [f"p{n}" for n in range(1, 9)]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class FlakyServer:
     """Eight patients with nothing but a Patient resource; `down_from` makes every request fail (connection
     refused) from the read of that patient on, as a server that dies mid-cycle."""

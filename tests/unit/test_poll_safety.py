@@ -30,11 +30,6 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def client() -> AsyncIterator[FhirClient]:
     pool = FhirClientPool(Settings(fhir_max_retries=0))
     yield pool.client(BASE)

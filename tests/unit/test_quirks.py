@@ -17,11 +17,6 @@ BASE = "https://ehr.example.test/fhir/r4"
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def bundle(*ids: str, next_url: str | None = None, rtype: str = "Observation") -> dict[str, Any]:
     body: dict[str, Any] = {
         "resourceType": "Bundle",
