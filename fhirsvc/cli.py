@@ -1,9 +1,10 @@
-"""Command line: serve, evaluate, evidence, demo."""
+"""Command line: serve, evaluate, population, evidence, poll, demo."""
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime
@@ -17,6 +18,7 @@ import typer
 from fhirsvc.api.serving import serve as run_service
 from fhirsvc.config import Settings, get_settings
 from fhirsvc.fhir.resources import validate
+from fhirsvc.fhir.urls import normalise_base_url
 from fhirsvc.pipeline import PatientResult, evaluate_record
 from fhirsvc.record.files import index_records
 from fhirsvc.record.model import PatientRecord
@@ -159,6 +161,75 @@ def evaluate(
         sys.stdout.write("\n")
     if index.skipped:
         typer.echo(f"{index.skipped} unreadable file(s), line(s) or resource(s) skipped", err=True)
+
+
+class Engine(StrEnum):
+    embedded = "embedded"
+    spark = "spark"
+
+
+# A worklist from files names the server its findings belong to; without --fhir-server it is this marker, and
+# nothing can be written back from it.
+FILES_SERVER = "urn:fhirsvc:files"
+
+
+@app.command()
+def population(
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="SOURCE",
+            help="Bulk Data NDJSON: a directory (embedded), or any URI Spark reads (s3a://, abfss://, hdfs://).",
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", metavar="WORKLIST.parquet", help="The worklist to write (Parquet).")],
+    engine: Annotated[
+        Engine,
+        typer.Option("--engine", help="embedded (one process, no extra needs) or spark (pip install fhirsvc[spark])."),
+    ] = Engine.embedded,
+    master: Annotated[
+        str, typer.Option("--master", metavar="URL", help="With --engine spark: the Spark master (default local[*]).")
+    ] = "local[*]",
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", metavar="YYYY-MM-DD", help="Evaluate as of this date (default: today).")
+    ] = None,
+    fhir_server: Annotated[
+        str | None,
+        typer.Option("--fhir-server", metavar="URL", help="The FHIR server the export came from (the server column)."),
+    ] = None,
+) -> None:
+    """Evaluate every patient of a Bulk Data export into a worklist of actionable findings (Parquet)."""
+    day = _as_of(as_of)
+    settings = get_settings()
+    knowledge = load_knowledge(overrides=settings.thresholds, enabled=settings.programs, rule_kinds=RULE_KINDS)
+    server = normalise_base_url(fhir_server) if fhir_server else FILES_SERVER
+    started = time.monotonic()
+
+    def progress(message: str) -> None:
+        typer.echo(message, err=True)
+
+    if engine is Engine.embedded:
+        from fhirsvc.population.embedded import run_embedded  # pyarrow: imported by this command only
+
+        if "://" in source:
+            typer.echo("error: the embedded engine reads local files; use --engine spark for a URI", err=True)
+            raise typer.Exit(2)
+        try:
+            summary = run_embedded([Path(source)], out, knowledge, day, server, progress)
+        except FileNotFoundError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+    else:
+        try:
+            from fhirsvc.population.spark import run_spark
+        except ImportError as exc:
+            typer.echo(f"error: --engine spark needs the spark extra (pip install 'fhirsvc[spark]'): {exc}", err=True)
+            raise typer.Exit(2) from None
+        summary = run_spark(source, out, settings, day, server, master, progress)
+    seconds = time.monotonic() - started
+    for line in summary.lines():
+        typer.echo(line)
+    typer.echo(f"{summary.patients / max(seconds, 1e-9):,.0f} patients/s; worklist written to {out}")
 
 
 @app.command()
