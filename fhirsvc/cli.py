@@ -1,4 +1,4 @@
-"""Command line: serve, evaluate, population, evidence, poll, demo."""
+"""Command line: serve, evaluate, population, write-back, evidence, poll, demo."""
 
 from __future__ import annotations
 
@@ -31,9 +31,13 @@ from fhirsvc.step_therapy import evidence_for
 from fhirsvc.terminology.knowledge import load_knowledge
 from fhirsvc.terminology.paths import data_dir
 from fhirsvc.terminology.programs import Status
+from fhirsvc.writing.bounds import DEFAULT_BATCH, DEFAULT_RATE, MAX_BATCH, MAX_RATE
 
-if TYPE_CHECKING:  # the poller is imported by `poll` only
+if TYPE_CHECKING:  # the poller, the FHIR client and the store are imported by the commands that use them
+    from fhirsvc.fhir.auth import SmartBackendAuth
     from fhirsvc.poll.worker import CycleReport
+    from fhirsvc.population.writeback import WriteBackSummary
+    from fhirsvc.terminology.knowledge import Knowledge
 
 # Plain (click) help: typer's rich help prints a `<bool>` type placeholder beside every flag, --help included.
 app = typer.Typer(
@@ -70,6 +74,24 @@ TokenFileOption = Annotated[
 ]
 ArgvTokenOption = Annotated[str | None, typer.Option("--token", hidden=True)]  # refused, with the way to do it
 
+BatchOption = Annotated[
+    int,
+    typer.Option("--batch", metavar="N", min=1, max=MAX_BATCH, help=f"Findings per FHIR transaction (1-{MAX_BATCH})."),
+]
+RateOption = Annotated[
+    float,
+    typer.Option(
+        "--rate", metavar="R", min=0.001, max=MAX_RATE, help="Transactions per second at most (evenly spaced)."
+    ),
+]
+
+
+def _server_option(fhir_server: str) -> str:
+    try:
+        return normalise_base_url(fhir_server)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--fhir-server") from None
+
 
 def _static_token(token_file: Path | None, argv_token: str | None, settings: Settings) -> str | None:
     """The FHIR bearer token from --token-file or FHIRSVC_FHIR_TOKEN (None: no static token); --token is refused."""
@@ -91,6 +113,22 @@ def _static_token(token_file: Path | None, argv_token: str | None, settings: Set
         typer.echo(f"error: --token-file {token_file} must hold one token (and nothing else)", err=True)
         raise typer.Exit(2)
     return token
+
+
+def _fhir_credentials(
+    token_file: Path | None, argv_token: str | None, settings: Settings, fhir_server: str
+) -> tuple[str | None, SmartBackendAuth | None]:
+    """A static bearer token (--token-file, FHIRSVC_FHIR_TOKEN), else SMART Backend Services when configured."""
+    from fhirsvc.fhir.auth import SmartConfigError, smart_auth
+
+    token = _static_token(token_file, argv_token, settings)
+    if token is not None:
+        return token, None
+    try:
+        return None, smart_auth(settings, fhir_server)
+    except SmartConfigError as exc:
+        typer.echo(f"error: SMART Backend Services: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -197,12 +235,27 @@ def population(
         str | None,
         typer.Option("--fhir-server", metavar="URL", help="The FHIR server the export came from (the server column)."),
     ] = None,
+    write_back: Annotated[
+        bool,
+        typer.Option(
+            "--write-back", help="Then write the worklist's findings back to --fhir-server (as `fhirsvc write-back`)."
+        ),
+    ] = False,
+    batch: BatchOption = DEFAULT_BATCH,
+    rate: RateOption = DEFAULT_RATE,
+    token_file: TokenFileOption = None,
+    argv_token: ArgvTokenOption = None,
 ) -> None:
     """Evaluate every patient of a Bulk Data export into a worklist of actionable findings (Parquet)."""
     day = _as_of(as_of)
     settings = get_settings()
+    if write_back and fhir_server is None:
+        typer.echo("error: --write-back needs --fhir-server URL (the server the export came from)", err=True)
+        raise typer.Exit(2)
+    server = _server_option(fhir_server) if fhir_server else FILES_SERVER
+    # Credentials are checked before the evaluation, not found wanting after it.
+    credentials = _fhir_credentials(token_file, argv_token, settings, server) if write_back else (None, None)
     knowledge = load_knowledge(overrides=settings.thresholds, enabled=settings.programs, rule_kinds=RULE_KINDS)
-    server = normalise_base_url(fhir_server) if fhir_server else FILES_SERVER
     started = time.monotonic()
 
     def progress(message: str) -> None:
@@ -230,6 +283,92 @@ def population(
     for line in summary.lines():
         typer.echo(line)
     typer.echo(f"{summary.patients / max(seconds, 1e-9):,.0f} patients/s; worklist written to {out}")
+    if write_back:
+        _write_back(out, server, batch, rate, credentials, settings, knowledge)
+
+
+@app.command("write-back")
+def write_back(
+    worklist: Annotated[
+        Path,
+        typer.Argument(
+            metavar="WORKLIST", help="A worklist of `fhirsvc population`: a Parquet file or a directory of part files."
+        ),
+    ],
+    fhir_server: Annotated[
+        str, typer.Option("--fhir-server", metavar="URL", help="The FHIR server to write to: the worklist's own.")
+    ],
+    batch: BatchOption = DEFAULT_BATCH,
+    rate: RateOption = DEFAULT_RATE,
+    token_file: TokenFileOption = None,
+    argv_token: ArgvTokenOption = None,
+) -> None:
+    """Write a worklist's findings back to its FHIR server: batched transactions, rate-limited, resumable.
+
+    Each finding written is recorded in the store (FHIRSVC_STORE_URL) as the poller records its own, so a re-run
+    skips it and the poller closes its Task once the finding no longer holds. Credentials as for `poll`.
+    """
+    settings = get_settings()
+    server = _server_option(fhir_server)
+    _write_back(worklist, server, batch, rate, _fhir_credentials(token_file, argv_token, settings, server), settings)
+
+
+def _write_back(
+    path: Path,
+    server: str,
+    batch: int,
+    rate: float,
+    credentials: tuple[str | None, SmartBackendAuth | None],
+    settings: Settings,
+    knowledge: Knowledge | None = None,
+) -> None:
+    """Check the worklist against the server, write it back, print the summary; exit 1 when a batch failed."""
+    import asyncio
+
+    from fhirsvc.fhir.client import FhirClientPool
+    from fhirsvc.population.writeback import WorklistRefused, WorklistWriter, client_settings, open_worklist
+    from fhirsvc.store.db import Store
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry URLs
+    target = settings.writeback_target
+    if target == "off":
+        typer.echo("error: FHIRSVC_WRITEBACK_TARGET is off: nothing to write back", err=True)
+        raise typer.Exit(2)
+    try:
+        worklist = open_worklist(path, server)
+    except WorklistRefused as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"writing {worklist.rows:,} worklist rows back to {server}", err=True)
+    token, auth = credentials
+    if knowledge is None:
+        knowledge = load_knowledge(overrides=settings.thresholds, enabled=settings.programs, rule_kinds=RULE_KINDS)
+    store = Store(settings.store_url)
+    store.upgrade()
+
+    def progress(message: str) -> None:
+        typer.echo(message, err=True)
+
+    async def run() -> WriteBackSummary:
+        pool = FhirClientPool(client_settings(settings))
+        client = pool.client(server, auth=auth)
+        writer = WorklistWriter(client, store, knowledge, settings, target, token, batch, rate, progress)
+        try:
+            return await writer.run(worklist)
+        finally:
+            await pool.aclose()
+            if auth is not None:
+                await auth.aclose()
+
+    try:
+        summary = asyncio.run(run())
+    finally:
+        store.close()
+    for line in summary.lines():
+        typer.echo(line)
+    if not summary.ok:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -342,7 +481,6 @@ def poll(
     """
     import asyncio
 
-    from fhirsvc.fhir.auth import SmartBackendAuth, SmartConfigError, smart_auth
     from fhirsvc.fhir.client import FhirClientPool
     from fhirsvc.fhir.errors import FhirError
     from fhirsvc.poll.leases import PollerBusy
@@ -352,14 +490,7 @@ def poll(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry query URLs with patient ids
     settings = get_settings()
-    token = _static_token(token_file, argv_token, settings)
-    auth: SmartBackendAuth | None = None
-    if token is None:
-        try:
-            auth = smart_auth(settings, fhir_server)
-        except SmartConfigError as exc:
-            typer.echo(f"error: SMART Backend Services: {exc}", err=True)
-            raise typer.Exit(2) from None
+    token, auth = _fhir_credentials(token_file, argv_token, settings, fhir_server)
     knowledge = load_knowledge(overrides=settings.thresholds, enabled=settings.programs, rule_kinds=RULE_KINDS)
     store = Store(settings.store_url)
     store.upgrade()

@@ -180,11 +180,17 @@ class Settings(BaseSettings):
     )
     writeback_target: Literal["guidance", "detectedissue", "off"] = Field(
         default="guidance",
-        description="What the poller writes: GuidanceResponse + RequestGroup + Task, or DetectedIssue.",
+        description="What the poller and `fhirsvc write-back` write: GuidanceResponse + RequestGroup + Task, or "
+        "DetectedIssue.",
     )
     writeback_evidence: bool = Field(
         default=False,
         description="Attach the first-line evidence document (step therapy) to the Task of a next-line finding.",
+    )
+    writeback_max_retry_after: float = Field(
+        default=120.0,
+        ge=0,
+        description="Longest Retry-After `fhirsvc write-back` waits on a 429/503 (a batch job: no caller waiting).",
     )
     poll_overlap_seconds: int = Field(default=300, ge=0, description="Re-read window behind each cursor.")
     # Test-only failpoints ("after-writeback:2" = exit after the 2nd write-back transaction) prove crash safety.

@@ -125,11 +125,17 @@ class FhirClient:
         headers = {"Accept": FHIR_JSON, "Cache-Control": "no-cache"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        return await self._with_retries("GET", url, headers, None)
+
+    async def _with_retries(
+        self, method: str, url: str, headers: dict[str, str], content: bytes | None
+    ) -> dict[str, Any]:
+        """Send a request, retrying transport faults and RETRY_STATUSES (the server's Retry-After first)."""
         attempts = self._settings.fhir_max_retries + 1
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
-                response = await self._http.get(url, headers=headers)
+                response = await self._http.request(method, url, headers=headers, content=content)
             except httpx.TransportError as exc:
                 if last:
                     raise FhirTransportError(f"{type(exc).__name__} talking to the FHIR server") from exc
@@ -145,9 +151,15 @@ class FhirClient:
             return _json_body(response)
         raise FhirServerError(503, url)  # unreachable: the last attempt returns or raises
 
-    async def post_json(self, path: str, body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
-        """POST a FHIR body (a transaction to the base when `path` is empty). Not retried: the caller's writes
-        are idempotent (If-None-Exist), so the next cycle repeats them safely instead."""
+    async def post_json(
+        self, path: str, body: dict[str, Any], token: str | None = None, retry: bool = False
+    ) -> dict[str, Any]:
+        """POST a FHIR body (a transaction to the base when `path` is empty). Not retried unless `retry`: the
+        poller's writes are idempotent (If-None-Exist), so its next cycle repeats them safely instead; a batch job
+        with no next cycle (the worklist write-back) retries them here, honouring Retry-After like a read."""
+        if retry:
+            url = self.url(path) if path else self.base_url
+            return await self._with_retries("POST", url, self._write_headers(token, None), orjson.dumps(body))
         return await self._send("POST", path, body, token)
 
     async def put_json(
@@ -161,11 +173,7 @@ class FhirClient:
         self, method: str, path: str, body: dict[str, Any], token: str | None, if_match: str | None = None
     ) -> dict[str, Any]:
         url = self.url(path) if path else self.base_url
-        headers = {"Accept": FHIR_JSON, "Content-Type": FHIR_JSON}
-        if if_match is not None:
-            headers["If-Match"] = f'W/"{if_match}"'
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        headers = self._write_headers(token, if_match)
         try:
             response = await self._http.request(method, url, headers=headers, content=orjson.dumps(body))
         except httpx.TransportError as exc:
@@ -173,6 +181,15 @@ class FhirClient:
         if response.status_code >= 400:
             raise response_error(response.status_code, url, _outcome(response))
         return _json_body(response)
+
+    @staticmethod
+    def _write_headers(token: str | None, if_match: str | None) -> dict[str, str]:
+        headers = {"Accept": FHIR_JSON, "Content-Type": FHIR_JSON}
+        if if_match is not None:
+            headers["If-Match"] = f'W/"{if_match}"'
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float | None:
         """Seconds to wait: the server's Retry-After, else exponential backoff with jitter; None = give up."""

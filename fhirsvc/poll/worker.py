@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ import orjson
 
 from fhirsvc.config import Settings
 from fhirsvc.fhir.client import FhirClient, FhirClientPool
-from fhirsvc.fhir.errors import FhirError, FhirResponseError, FhirUnsafeLink
+from fhirsvc.fhir.errors import FhirError, FhirUnsafeLink
 from fhirsvc.findings import Finding
 from fhirsvc.pipeline import PatientResult, evaluate_record
 from fhirsvc.poll.bulk import BulkExportFailed, bulk_export, supports_export
@@ -36,7 +35,7 @@ from fhirsvc.record.gather import UPSTREAM_FAULTS, DataUnavailable, fetch_patien
 from fhirsvc.record.model import PatientRecord, RecordBuilder
 from fhirsvc.render.evidence import document_reference, evidence_document
 from fhirsvc.render.report import patient_report
-from fhirsvc.render.writeback import created_references, finding_of, part_identifier, transaction
+from fhirsvc.render.writeback import part_identifier
 from fhirsvc.step_therapy import evidence_for
 from fhirsvc.store.db import Store
 from fhirsvc.store.models import WriteBack
@@ -44,13 +43,12 @@ from fhirsvc.store.repository import (
     get_cursor,
     latest_state,
     now,
-    open_writebacks,
     save_state,
     set_cursor,
     unclosed_writebacks,
-    upsert_writeback,
 )
 from fhirsvc.terminology.knowledge import Knowledge
+from fhirsvc.writing.transactions import failpoint, record_findings, send_findings, unrecorded
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +101,6 @@ class Progress:
         if done >= self.total:
             self.out.write("\n")
         self.out.flush()
-
-
-def failpoint(settings: Settings, name: str, count: int) -> None:
-    """Test-only crash injection: exit hard (no cleanup, like a kill) when `name:count` is configured."""
-    if f"{name}:{count}" in settings.failpoints:
-        os._exit(70)
 
 
 def fingerprint(program_report: dict[str, Any]) -> str:
@@ -259,30 +251,12 @@ class Poller:
             report.incomplete.append(patient_id)
         findings = result.actionable
         target = self.settings.writeback_target
-        with self.store.session() as session:
-            already = {w.identifier for w in open_writebacks(session, server, result.patient)}
-        new = [f for f in findings if f.id not in already]
+        new = unrecorded(self.store, server, findings)
         if new and target != "off":
             attached = self._evidence(record, result, new) if self.settings.writeback_evidence else {}
-            bundle = transaction(new, target, attached)
-            try:
-                refs = created_references(bundle, await client.post_json("", bundle, token))
-            except FhirResponseError as exc:
-                if not creation_conflict(exc):
-                    raise
-                refs = await written_already(client, bundle, token, exc)
-                report.conflicts_resolved += 1
-            with self.store.session() as session:
-                for finding in new:
-                    upsert_writeback(
-                        session,
-                        finding.id,
-                        server,
-                        result.patient,
-                        finding.program,
-                        finding.rule,
-                        refs.get(finding.id, {}),
-                    )
+            sent = await send_findings(client, new, target, token, attached)
+            report.conflicts_resolved += sent.conflict_resolved
+            record_findings(self.store, server, new, sent)
             report.written += len(new)
             report.writeback_batches += 1
             failpoint(self.settings, "after-writeback", report.writeback_batches)
@@ -388,27 +362,3 @@ class Poller:
             for program in item["programs"]:
                 if save_state(session, server, result.patient, program["program"], day, program, fingerprint(program)):
                     report.changed_states += 1
-
-
-def creation_conflict(exc: FhirResponseError) -> bool:
-    """A conditional create that lost a race with an identical one: 409 Conflict or 412 Precondition Failed on
-    If-None-Exist (https://hl7.org/fhir/R4/http.html#ccreate: "multiple matches" is 412), or HAPI's HAPI-2745 for
-    two creates of one match URL committed at once."""
-    return exc.status in (409, 412) or "HAPI-2745" in str(exc)
-
-
-async def written_already(
-    client: FhirClient, bundle: dict[str, Any], token: str | None, conflict: FhirResponseError
-) -> dict[str, dict[str, str]]:
-    """finding id → {resource type: reference} of a transaction's resources found on the server by identifier (the
-    same shape as `created_references`); the conflict is raised again when any of them is not there."""
-    refs: dict[str, dict[str, str]] = {}
-    for entry in bundle["entry"]:
-        resource_type = entry["resource"]["resourceType"]
-        found = await client.search(f"{resource_type}?{entry['request']['ifNoneExist']}", token)
-        if not found.resources:
-            raise conflict
-        # The oldest copy is the one every earlier write and reference used.
-        first = min(found.resources, key=lambda r: str((r.get("meta") or {}).get("lastUpdated", "")))
-        refs.setdefault(finding_of(entry["resource"]), {})[resource_type] = f"{resource_type}/{first['id']}"
-    return refs

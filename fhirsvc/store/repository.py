@@ -347,6 +347,20 @@ def open_writebacks(session: Session, server: str, patient: str) -> list[WriteBa
     )
 
 
+def open_writeback_identifiers(session: Session, server: str, identifiers: Iterable[str]) -> set[str]:
+    """Of these finding ids, those the store records as written and open on `server` (one query per batch)."""
+    wanted = list(identifiers)
+    if not wanted:
+        return set()
+    return set(
+        session.scalars(
+            select(WriteBack.identifier).where(
+                WriteBack.identifier.in_(wanted), WriteBack.server == server, WriteBack.status == "open"
+            )
+        )
+    )
+
+
 # A write-back the store wrote but the server no longer holds (a restore, a reset, a lost commit): not open, so the
 # next evaluation of its patient writes it again; not closed, since its finding was never resolved.
 MISSING = "missing"
