@@ -182,7 +182,14 @@ def population(
             help="Bulk Data NDJSON: a directory (embedded), or any URI Spark reads (s3a://, abfss://, hdfs://).",
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", metavar="WORKLIST.parquet", help="The worklist to write (Parquet).")],
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out",
+            metavar="WORKLIST.parquet",
+            help="The worklist to write: a Parquet file (embedded), a directory of part files or a URI (spark).",
+        ),
+    ],
     engine: Annotated[
         Engine,
         typer.Option("--engine", help="embedded (one process, no extra needs) or spark (pip install fhirsvc[spark])."),
@@ -215,17 +222,21 @@ def population(
             typer.echo("error: the embedded engine reads local files; use --engine spark for a URI", err=True)
             raise typer.Exit(2)
         try:
-            summary = run_embedded([Path(source)], out, knowledge, day, server, progress)
+            summary = run_embedded([Path(source)], Path(out), knowledge, day, server, progress)
         except FileNotFoundError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
     else:
         try:
-            from fhirsvc.population.spark import run_spark
+            from fhirsvc.population.spark import SparkUnavailable, run_spark
         except ImportError as exc:
             typer.echo(f"error: --engine spark needs the spark extra (pip install 'fhirsvc[spark]'): {exc}", err=True)
             raise typer.Exit(2) from None
-        summary = run_spark(source, out, settings, day, server, master, progress)
+        try:
+            summary = run_spark(source, out, settings, day, server, master, progress)
+        except (FileNotFoundError, FileExistsError, SparkUnavailable) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
     seconds = time.monotonic() - started
     for line in summary.lines():
         typer.echo(line)
