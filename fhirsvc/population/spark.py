@@ -194,9 +194,12 @@ def _run(
         raise
     progress(f"reading {files:,} NDJSON files on {context.master} ({context.defaultParallelism} cores)")
 
-    # Medications name no patient and any record may reference them: found first (Spark's JSON reader picks the
-    # candidate lines in the JVM, Python reads only those), then broadcast to every executor.
-    candidates = lines.where(F.get_json_object("value", "$.resourceType").isin("Medication", "Bundle"))
+    # Medications name no patient and any record may reference them: found first, then broadcast to every
+    # executor. The JVM picks the candidate lines and Python reads only those: a line that holds a Medication, alone
+    # or in a Bundle, has the JSON string "Medication" in it, or writes it with \u escapes (RFC 8259 section 7: no
+    # other escape makes a letter). A substring search, where parsing every line in the JVM took 3x as long.
+    value = F.col("value")
+    candidates = lines.where(value.contains('"Medication"') | value.contains("\\u"))
     medications = shared_medications(candidates.rdd.mapPartitions(_medication_partition).collect())
     progress(f"{len(medications):,} shared Medications")
 

@@ -62,7 +62,9 @@ def handmade_export(directory: Path) -> Path:
     for resource in [*hiv, *ms]:
         by_type.setdefault(resource["resourceType"], []).append(resource)
     (directory / "medications").mkdir(parents=True)
-    (directory / "medications" / "Medication.ndjson").write_bytes(_lines([EFAVIRENZ]))
+    # Written with a \u escape in its type, as JSON allows: a reader that looks for the plain word misses it.
+    escaped = _lines([EFAVIRENZ]).replace(b'"Medication"', b'"Medic\\u0061tion"')
+    (directory / "medications" / "Medication.ndjson").write_bytes(escaped)
     for rtype, resources in by_type.items():
         (directory / f"{rtype}.{'jsonl' if rtype == 'Condition' else 'ndjson'}").write_bytes(_lines(resources))
     bundle = load_fixture("t2d/a1c-above.json")
