@@ -269,4 +269,5 @@ class RecordBuilder:
                 self.skipped += 1
 
     def build(self) -> list[PatientRecord]:
-        return sorted(self.records.values(), key=lambda r: r.patient_id)
+        """The records by patient id, each in canonical order (what the file and Bulk Data readers evaluate)."""
+        return sorted((r.in_canonical_order() for r in self.records.values()), key=lambda r: r.patient_id)
