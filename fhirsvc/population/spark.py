@@ -203,6 +203,9 @@ def _run(
     medications = shared_medications(candidates.rdd.mapPartitions(_medication_partition).collect())
     progress(f"{len(medications):,} shared Medications")
 
+    # The summary comes back in accumulators, one update per task. Spark applies a task's updates again when it
+    # re-runs the task after losing an executor (https://spark.apache.org/docs/latest/rdd-programming-guide.html
+    # #accumulators): the worklist stays exact, the printed counts may then be too high.
     skipped = context.accumulator(0)
     summary = context.accumulator(PopulationSummary(), SummaryParam())
     loads = context.accumulator(0)
