@@ -112,8 +112,10 @@ def _session(master: str) -> tuple[SparkSession, bool]:
     if master.startswith("local"):
         # Local executors run Python workers beside the driver: they need this interpreter, which has fhirsvc
         # (Spark would start `python3` from PATH otherwise). On a cluster the nodes' own Python is configured
-        # with PYSPARK_PYTHON or spark.pyspark.python. A local driver listens on loopback only.
+        # with PYSPARK_PYTHON or spark.pyspark.python. A local driver and its web UI (no authentication by default)
+        # listen on loopback only.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)
         builder = builder.config("spark.driver.bindAddress", LOOPBACK).config("spark.driver.host", LOOPBACK)
     try:
         session = builder.getOrCreate()

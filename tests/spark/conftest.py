@@ -21,6 +21,7 @@ def spark() -> Iterator[Any]:
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the workers import fhirsvc from this interpreter
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # every listener of the session on loopback
     session = (
         SparkSession.builder.master("local[2]")
         .appName("fhirsvc tests")
