@@ -10,11 +10,12 @@ from typing import Any
 
 import orjson
 
-from bench import hostile, inprocess, load, population, report
+from bench import hostile, inprocess, load, population, report, spark
 from bench.generate import SEED
 
-SECTIONS = ("inprocess", "load", "population", "hostile")
-DEFAULT_SECTIONS = ("inprocess", "load", "population")  # hostile: on request (`--only hostile`), it only guards
+SECTIONS = ("inprocess", "load", "population", "hostile", "spark")
+# hostile: on request (`--only hostile`), it only guards; spark: on request, it takes about 10 minutes (--quick: 1)
+DEFAULT_SECTIONS = ("inprocess", "load", "population")
 
 
 def _say(text: str) -> None:
@@ -73,6 +74,14 @@ def main(argv: list[str] | None = None) -> int:
         figures["hostile"] = attacked.as_json()
         print("Hostile bodies against the served app (1 MB texts, 64 KiB texts, deep nesting, 100,000 tiny resources)")
         print(hostile.table(attacked) + "\n")
+
+    if "spark" in wanted:
+        _say("population on Spark ...")
+        on_spark = spark.run(quick=args.quick, seed=args.seed, progress=_say)
+        figures["spark"] = {str(r.patients): r.as_json() for r in on_spark}
+        print("Population on Spark: fhirsvc population, embedded and --engine spark (child processes; net/s: from the")
+        print("Spark session's start on; floor x: the orjson parse floor's patients/s over net/s)")
+        print(spark.table(on_spark) + "\n")
 
     figures["targets"] = [t.as_json() for t in targets]
     figures["seconds"] = round(time.perf_counter() - started, 1)

@@ -220,7 +220,14 @@ def population(
             help="Bulk Data NDJSON: a directory (embedded), or any URI Spark reads (s3a://, abfss://, hdfs://).",
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", metavar="WORKLIST.parquet", help="The worklist to write (Parquet).")],
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out",
+            metavar="WORKLIST.parquet",
+            help="The worklist to write: a Parquet file (embedded), a directory of part files or a URI (spark).",
+        ),
+    ],
     engine: Annotated[
         Engine,
         typer.Option("--engine", help="embedded (one process, no extra needs) or spark (pip install fhirsvc[spark])."),
@@ -252,6 +259,12 @@ def population(
     if write_back and fhir_server is None:
         typer.echo("error: --write-back needs --fhir-server URL (the server the export came from)", err=True)
         raise typer.Exit(2)
+    if write_back and "://" in out:
+        # The write-back streams the worklist with Arrow from the driver's file system, and records what it wrote.
+        typer.echo(
+            "error: --write-back reads a local worklist; run `fhirsvc write-back` where --out is readable", err=True
+        )
+        raise typer.Exit(2)
     server = _server_option(fhir_server) if fhir_server else FILES_SERVER
     # Credentials are checked before the evaluation, not found wanting after it.
     credentials = _fhir_credentials(token_file, argv_token, settings, server) if write_back else (None, None)
@@ -268,23 +281,27 @@ def population(
             typer.echo("error: the embedded engine reads local files; use --engine spark for a URI", err=True)
             raise typer.Exit(2)
         try:
-            summary = run_embedded([Path(source)], out, knowledge, day, server, progress)
+            summary = run_embedded([Path(source)], Path(out), knowledge, day, server, progress)
         except FileNotFoundError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
     else:
         try:
-            from fhirsvc.population.spark import run_spark
+            from fhirsvc.population.spark import SparkUnavailable, run_spark
         except ImportError as exc:
             typer.echo(f"error: --engine spark needs the spark extra (pip install 'fhirsvc[spark]'): {exc}", err=True)
             raise typer.Exit(2) from None
-        summary = run_spark(source, out, settings, day, server, master, progress)
+        try:
+            summary = run_spark(source, out, settings, day, server, master, progress)
+        except (FileNotFoundError, FileExistsError, SparkUnavailable) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
     seconds = time.monotonic() - started
     for line in summary.lines():
         typer.echo(line)
     typer.echo(f"{summary.patients / max(seconds, 1e-9):,.0f} patients/s; worklist written to {out}")
     if write_back:
-        _write_back(out, server, batch, rate, credentials, settings, knowledge)
+        _write_back(Path(out), server, batch, rate, credentials, settings, knowledge)
 
 
 @app.command("write-back")

@@ -160,7 +160,7 @@ class RecordIndex:
         self._note(ref.partition("/")[2], source, offset, length)
 
     def records(self) -> Iterator[PatientRecord]:
-        """Each patient's record, built from its lines and sources in the order they were read."""
+        """Each patient's record, built from its lines and sources, its resources in canonical order."""
         reader = _LineReader()
         try:
             for patient_id in self.patients:
@@ -174,7 +174,7 @@ class RecordIndex:
                     held = source.records if isinstance(source, HeldRecords) else _reread(source.path)
                     for rtype, resources in held[patient_id].resources.items():
                         record.resources[rtype].extend(resources)
-                yield record
+                yield record.in_canonical_order()
         finally:
             reader.close()
 

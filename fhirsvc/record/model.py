@@ -6,7 +6,10 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
+
+import orjson
 
 from fhirsvc.fhir.resource_types import FHIR_RESOURCE_TYPES
 
@@ -89,6 +92,19 @@ class PatientRecord:
         """The Medication a `medicationReference` names, when the record carries it."""
         return self.medications.get(normalise_reference(reference))
 
+    def in_canonical_order(self) -> PatientRecord:
+        """The record with each type's resources in one order that does not depend on how they were read.
+
+        Readers meet a patient's resources in whatever order files, partitions or a shuffle deliver them, and
+        order can decide a finding (two results of one test on one day: the later one in the list is the latest).
+        So every engine that files records from files sorts them here: by id, and by content where ids repeat.
+        """
+        for resources in self.resources.values():
+            resources.sort(key=_resource_id)
+            if any(_resource_id(a) == _resource_id(b) for a, b in pairwise(resources)):
+                resources.sort(key=_canonical_key)
+        return self
+
     def missing_medications(self) -> list[str]:
         """`Medication/<id>`s named by `medicationReference` (not contained) that the record does not hold."""
         wanted: set[str] = set()
@@ -161,10 +177,38 @@ def filing_patient(resource: Resource, aliases: dict[str, str] | None = None) ->
     return ref, False
 
 
+def _resource_id(resource: Resource) -> str:
+    rid = resource.get("id")
+    return rid if isinstance(rid, str) else ""
+
+
+def _canonical_key(resource: Resource) -> tuple[str, bytes]:
+    return _resource_id(resource), orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
+
+
+def _last_updated(resource: Resource) -> str:
+    meta = resource.get("meta")
+    updated = meta.get("lastUpdated") if isinstance(meta, dict) else None
+    return updated if isinstance(updated, str) else ""
+
+
 def keep_medication(medications: dict[str, Resource], resource: Resource) -> None:
-    """Keep a Medication by `Medication/<id>`, for the `medicationReference`s that name it (it names no patient)."""
-    if isinstance(resource.get("id"), str):
-        medications[f"Medication/{resource['id']}"] = resource
+    """Keep a Medication by `Medication/<id>`, for the `medicationReference`s that name it (it names no patient).
+
+    Two different Medications under one id (two versions in one export) resolve to the same one whatever the
+    reading order: the later `meta.lastUpdated`, then the greater content, so every engine files the same.
+    """
+    if not isinstance(resource.get("id"), str):
+        return
+    key = f"Medication/{resource['id']}"
+    kept = medications.get(key)
+    if (
+        kept is not None
+        and kept != resource
+        and (_last_updated(kept), *_canonical_key(kept)) > (_last_updated(resource), *_canonical_key(resource))
+    ):
+        return
+    medications[key] = resource
 
 
 class RecordBuilder:
@@ -225,4 +269,5 @@ class RecordBuilder:
                 self.skipped += 1
 
     def build(self) -> list[PatientRecord]:
-        return sorted(self.records.values(), key=lambda r: r.patient_id)
+        """The records by patient id, each in canonical order (what the file and Bulk Data readers evaluate)."""
+        return sorted((r.in_canonical_order() for r in self.records.values()), key=lambda r: r.patient_id)

@@ -1,0 +1,158 @@
+"""What the Spark engine runs inside its executors: filing NDJSON lines to patients, and evaluating each patient.
+
+Plain Python over iterators, no pyspark: the driver (`spark.py`) hands these functions to `mapPartitions`, and the
+tests call them directly. Filing is the embedded engine's (`fhirsvc.record.model`: filing_patient, RecordBuilder,
+keep_medication; `PatientRecord.in_canonical_order`), so both engines build the same records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import orjson
+
+from fhirsvc.pipeline import evaluate_record
+from fhirsvc.population.worklist import COLUMNS, PopulationSummary, worklist_rows
+from fhirsvc.record.model import PatientRecord, RecordBuilder, Resource, filing_patient, keep_medication
+from fhirsvc.rules.registry import RULE_KINDS
+from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
+
+# What a filed line becomes: the patient id and the resource as JSON (the NDJSON line itself, or a Bundle entry).
+Filed = tuple[str, str]
+Row = tuple[Any, ...]  # a worklist row, values in COLUMNS order
+
+
+@dataclass(frozen=True)
+class MappingsSpec:
+    """What selects the mappings (the settings' thresholds and programs): shipped to executors, loaded there."""
+
+    thresholds: tuple[tuple[str, float], ...]
+    programs: tuple[str, ...]
+
+    @classmethod
+    def of(cls, thresholds: dict[str, float], programs: list[str]) -> MappingsSpec:
+        return cls(tuple(sorted(thresholds.items())), tuple(programs))
+
+
+_KNOWLEDGE: dict[MappingsSpec, Knowledge] = {}  # per Python process: an executor's Python worker loads once
+
+
+def knowledge_for(spec: MappingsSpec) -> tuple[Knowledge, bool]:
+    """The mappings for `spec`, loaded once per Python process; and whether this call loaded them."""
+    loaded = _KNOWLEDGE.get(spec)
+    if loaded is not None:
+        return loaded, False
+    loaded = _KNOWLEDGE[spec] = load_knowledge(
+        overrides=dict(spec.thresholds), enabled=list(spec.programs), rule_kinds=RULE_KINDS
+    )
+    return loaded, True
+
+
+@dataclass
+class FilingCounts:
+    """What filing a partition's lines could not use (the embedded index's `skipped`)."""
+
+    skipped: int = 0
+
+
+def _parse(line: str, counts: FilingCounts) -> Resource | None:
+    """A line's resource; None for a blank line (not counted) or an unreadable one (counted)."""
+    if not line.strip():
+        return None
+    try:
+        resource = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        counts.skipped += 1
+        return None
+    if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+        counts.skipped += 1
+        return None
+    return resource
+
+
+def file_lines(lines: Iterable[str], counts: FilingCounts) -> Iterator[Filed]:
+    """Each line filed to its patient as the embedded index files it (`RecordIndex._add_line`).
+
+    A Bundle on a line files its own entries (resolving its urn:uuid references) and they travel as JSON of
+    their own; Medications are shared by every record, so they are left to `medication_entries` (broadcast);
+    unreadable lines and resources that name no patient are counted in `counts`.
+    """
+    for line in lines:
+        resource = _parse(line, counts)
+        if resource is None:
+            continue
+        rtype = resource["resourceType"]
+        if rtype == "Medication":
+            continue
+        if rtype == "Bundle":
+            builder = RecordBuilder()
+            builder.add_resource(resource)
+            counts.skipped += builder.skipped
+            for patient_id, record in builder.records.items():
+                for resources in record.resources.values():
+                    for entry in resources:
+                        yield patient_id, orjson.dumps(entry).decode()
+            continue
+        ref, malformed = filing_patient(resource)
+        if ref is None:
+            counts.skipped += malformed
+            continue
+        yield ref.partition("/")[2], line
+
+
+def medication_entries(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """`(Medication/<id>, JSON)` for each Medication on a line or in a Bundle on a line (nothing is counted here:
+    `file_lines` counts what is unreadable)."""
+    ignored = FilingCounts()
+    for line in lines:
+        resource = _parse(line, ignored)
+        if resource is None or resource["resourceType"] not in ("Medication", "Bundle"):
+            continue
+        builder = RecordBuilder()
+        builder.add_resource(resource)
+        for key, medication in builder.medications.items():
+            yield key, orjson.dumps(medication).decode()
+
+
+def shared_medications(entries: Iterable[tuple[str, str]]) -> dict[str, Resource]:
+    """The Medications every record shares, duplicates resolved by the filing rule (`keep_medication`)."""
+    medications: dict[str, Resource] = {}
+    for _, document in entries:
+        keep_medication(medications, orjson.loads(document))
+    return medications
+
+
+def build_record(patient_id: str, documents: Iterable[str], medications: dict[str, Resource]) -> PatientRecord:
+    """A patient's record from its filed JSON documents, in the canonical order every engine uses."""
+    record = PatientRecord(patient_id, medications=medications)
+    for document in documents:
+        record.add(orjson.loads(document))
+    return record.in_canonical_order()
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What every executor needs to evaluate a patient: the mappings to load, the date and the server column."""
+
+    mappings: MappingsSpec
+    as_of: date
+    server: str
+
+
+def evaluate_patients(
+    patients: Iterable[tuple[str, Iterable[str]]],
+    knowledge: Knowledge,
+    medications: dict[str, Resource],
+    evaluation: Evaluation,
+    summary: PopulationSummary,
+) -> Iterator[Row]:
+    """Each patient's worklist rows (tuples in COLUMNS order); what was seen is added to `summary`."""
+    for patient_id, documents in patients:
+        result = evaluate_record(build_record(patient_id, documents, medications), knowledge, evaluation.as_of)
+        rows = worklist_rows(result, evaluation.server)
+        summary.add(result, len(rows))
+        for row in rows:
+            yield tuple(row[column] for column in COLUMNS)
