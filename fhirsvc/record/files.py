@@ -78,10 +78,12 @@ class RecordIndex:
     skipped: int = 0  # unreadable files, lines and resources that name no patient
     medications: dict[str, Resource] = field(default_factory=dict)  # shared by every record (medicationReference)
     sources: list[Source] = field(default_factory=list)
-    # patient id -> (source number, byte offset, length) for each of its NDJSON lines and sources, in the order
-    # read; offset and length are 0 for a source that is not NDJSON. Flat int64 arrays rather than lists of
-    # tuples: at 10,000 patients of 40 resources the index takes 12 MB instead of about 56 MB (tracemalloc),
-    # where the whole `fhirsvc evaluate` run peaks at 61 MB (bench/README.md, "Clarity back").
+    # patient id -> (source number, byte offset, length) for each run of its NDJSON lines and each source, in the
+    # order read; offset and length are 0 for a source that is not NDJSON. A run is one line, or several that
+    # follow each other in the file (an export written patient by patient): read back with one read instead of
+    # one per line (bench/README.md, "A faster core"). Flat int64 arrays rather than lists of tuples: at 10,000
+    # patients of 40 resources the index takes 12 MB instead of about 56 MB (tracemalloc), where the whole
+    # `fhirsvc evaluate` run peaks at 61 MB (bench/README.md, "Clarity back").
     _where: dict[str, array[int]] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -95,6 +97,9 @@ class RecordIndex:
         where = self._where.get(patient_id)
         if where is None:
             where = self._where[patient_id] = array("q")
+        elif length and where[-3] == source and where[-2] + where[-1] == offset:
+            where[-1] += length  # the line right after this patient's previous one: the same run
+            return
         where.extend((source, offset, length))
 
     def _add_source(self, source: Source) -> int:
@@ -133,7 +138,7 @@ class RecordIndex:
         with path.open("rb") as handle:
             for number, line in enumerate(handle, 1):
                 start, offset = offset, offset + len(line)
-                if not line.strip():
+                if not line or line.isspace():  # blank (isspace, not strip: no copy of every line)
                     continue
                 try:
                     resource = orjson.loads(line)
@@ -169,7 +174,11 @@ class RecordIndex:
                 for number, offset, length in zip(entries, entries, entries, strict=True):
                     source = self.sources[number]
                     if isinstance(source, NdjsonLines):
-                        record.add(orjson.loads(reader.line(source.path, offset, length)))
+                        # A run of whole lines: each ends with a newline (the last line of a file may not), and
+                        # none is blank, so the pieces between newlines are the lines.
+                        for line in reader.read(source.path, offset, length).split(b"\n"):
+                            if line:
+                                record.add(orjson.loads(line))
                         continue
                     held = source.records if isinstance(source, HeldRecords) else _reread(source.path)
                     for rtype, resources in held[patient_id].resources.items():
@@ -180,12 +189,12 @@ class RecordIndex:
 
 
 class _LineReader:
-    """Reads indexed NDJSON lines back, keeping a bounded number of files open."""
+    """Reads indexed runs of NDJSON lines back, keeping a bounded number of files open."""
 
     def __init__(self) -> None:
         self._handles: dict[Path, BinaryIO] = {}
 
-    def line(self, path: Path, offset: int, length: int) -> bytes:
+    def read(self, path: Path, offset: int, length: int) -> bytes:
         handle = self._handles.get(path)
         if handle is None:
             if len(self._handles) >= _OPEN_FILES:

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from fhirsvc.cli import app
 from fhirsvc.pipeline import evaluate_record
+from fhirsvc.record import files
 from fhirsvc.record.files import NDJSON_SUFFIXES, index_records, iter_files
 from fhirsvc.record.model import PatientRecord, RecordBuilder, bundle_resources
 from fhirsvc.render.report import patient_report
@@ -154,3 +155,43 @@ def test_evaluate_with_no_patients_prints_an_empty_list(tmp_path: Path) -> None:
     _ndjson(tmp_path / "Practitioner.ndjson", [{"resourceType": "Practitioner", "id": "p"}])
     result = runner.invoke(app, ["evaluate", str(tmp_path), "--as-of", AS_OF.isoformat()])
     assert result.exit_code == 0 and result.stdout == "[]\n"
+
+
+def test_a_run_of_one_patients_lines_is_read_back_with_one_read(tmp_path: Path, monkeypatch: Any) -> None:
+    """Lines that follow each other in a file (an export written patient by patient) are one read, whatever sits
+    between runs (another patient, a blank line, junk, a file without a final newline)."""
+    export = tmp_path / "export"
+    export.mkdir()
+
+    def obs(patient: str, n: int) -> bytes:
+        return orjson.dumps(
+            {"resourceType": "Observation", "id": f"{patient}-{n}", "subject": {"reference": f"Patient/{patient}"}}
+        )
+
+    lines = [
+        obs("a", 1),
+        obs("a", 2),
+        obs("a", 3),
+        obs("b", 1),
+        obs("a", 4),
+        b"",
+        b"  ",
+        obs("a", 5),
+        b"{junk",
+        obs("a", 6),
+    ]
+    (export / "Observation.ndjson").write_bytes(b"\n".join(lines))  # no newline after the last line
+    reads: list[int] = []
+    original = files._LineReader.read
+
+    def counted(self: Any, path: Path, offset: int, length: int) -> bytes:
+        reads.append(length)
+        return original(self, path, offset, length)
+
+    monkeypatch.setattr(files._LineReader, "read", counted)
+    index = index_records([export])
+    a, b = index.records()
+    assert [r["id"] for r in a.of_type("Observation")] == ["a-1", "a-2", "a-3", "a-4", "a-5", "a-6"]
+    assert [r["id"] for r in b.of_type("Observation")] == ["b-1"]
+    assert len(reads) == 5  # a-1..a-3, a-4, a-5, a-6; b-1
+    assert index.skipped == 1
