@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -76,6 +76,10 @@ class RecordIndex:
 
     files: int = 0
     skipped: int = 0  # unreadable files, lines and resources that name no patient
+    # Which NDJSON lines are worth reading back (e.g. not the routine labs no program reads): a line it refuses is
+    # still filed (a resource naming no patient is still counted as skipped), then forgotten. Bulk exports are
+    # mostly such lines, and reading one back costs a read and a second parse (bench/README.md, "A faster core").
+    keep: Callable[[Resource], bool] | None = None
     medications: dict[str, Resource] = field(default_factory=dict)  # shared by every record (medicationReference)
     sources: list[Source] = field(default_factory=list)
     # patient id -> (source number, byte offset, length) for each run of its NDJSON lines and each source, in the
@@ -97,7 +101,7 @@ class RecordIndex:
         where = self._where.get(patient_id)
         if where is None:
             where = self._where[patient_id] = array("q")
-        elif length and where[-3] == source and where[-2] + where[-1] == offset:
+        elif length and where and where[-3] == source and where[-2] + where[-1] == offset:
             where[-1] += length  # the line right after this patient's previous one: the same run
             return
         where.extend((source, offset, length))
@@ -162,7 +166,12 @@ class RecordIndex:
         if ref is None:
             self.skipped += malformed
             return
-        self._note(ref.partition("/")[2], source, offset, length)
+        patient_id = ref.partition("/")[2]
+        if self.keep is not None and not self.keep(resource):
+            if patient_id not in self._where:  # still a patient of the export, evaluated like any other
+                self._where[patient_id] = array("q")
+            return
+        self._note(patient_id, source, offset, length)
 
     def records(self) -> Iterator[PatientRecord]:
         """Each patient's record, built from its lines and sources in the order they were read."""
@@ -217,10 +226,11 @@ def _reread(path: Path) -> dict[str, PatientRecord]:
     return builder.records
 
 
-def index_records(paths: Iterable[Path]) -> RecordIndex:
+def index_records(paths: Iterable[Path], keep: Callable[[Resource], bool] | None = None) -> RecordIndex:
     """One pass over every file (Bundles, single resources, NDJSON, directories of them): the index
-    `RecordIndex.records()` builds patients from, one at a time, in patient order."""
-    index = RecordIndex()
+    `RecordIndex.records()` builds patients from, one at a time, in patient order; with `keep`, only the NDJSON
+    lines it accepts are read back (Bundles and JSON files are taken whole)."""
+    index = RecordIndex(keep=keep)
     for path in iter_files(paths):
         index.files += 1
         if path.suffix in NDJSON_SUFFIXES:

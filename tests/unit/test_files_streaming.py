@@ -195,3 +195,32 @@ def test_a_run_of_one_patients_lines_is_read_back_with_one_read(tmp_path: Path, 
     assert [r["id"] for r in b.of_type("Observation")] == ["b-1"]
     assert len(reads) == 5  # a-1..a-3, a-4, a-5, a-6; b-1
     assert index.skipped == 1
+
+
+def test_lines_the_caller_does_not_read_are_filed_but_not_read_back(tmp_path: Path, knowledge: Knowledge) -> None:
+    """`keep` (the observation filter in `evaluate` and `population`): a routine lab no program reads is never read
+    back, its patient is still there, and a resource that names no patient is still counted as skipped."""
+    export = tmp_path / "export"
+    export.mkdir()
+    viral_load = _resources("hiv/fail-basic.json")[-1]
+    assert viral_load["resourceType"] == "Observation" and knowledge.observation_filter.wants(viral_load)
+    routine = {
+        "resourceType": "Observation",
+        "id": "bp",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+    }
+    _ndjson(
+        export / "Observation.ndjson",
+        [
+            {**routine, "subject": {"reference": "Patient/only-routine"}},
+            {**routine, "id": "bp-2", "subject": {"reference": "Patient/hiv-fail-basic"}},
+            {**viral_load, "subject": {"reference": "Patient/hiv-fail-basic"}},
+            {**routine, "id": "orphan"},
+        ],
+    )
+    index = index_records([export], keep=knowledge.observation_filter.reads)
+    records = {r.patient_id: r for r in index.records()}
+    assert set(records) == {"hiv-fail-basic", "only-routine"}
+    assert [r["id"] for r in records["hiv-fail-basic"].of_type("Observation")] == [viral_load["id"]]
+    assert records["only-routine"].of_type("Observation") == []
+    assert index.skipped == 1  # the orphan names no patient
