@@ -89,7 +89,9 @@ def command(tree: Path, arguments: list[str], timeout_s: float = 600) -> tuple[f
     script = Path(sys.executable).with_name("fhirsvc")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    proc = subprocess.Popen([str(script), *arguments], cwd=tree, env=_env(tree), stdout=subprocess.DEVNULL)  # noqa: S603
+    proc = subprocess.Popen(  # noqa: S603
+        [str(script), *arguments], cwd=tree, env=_env(tree), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         returncode = proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
