@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         _say("population ...")
         baseline, results = population.run(quick=args.quick, seed=args.seed, progress=_say)
         figures["population"] = {str(r.patients): r.as_json() for r in [baseline, *results]}
-        print("Population: fhirsvc evaluate over Bulk Data NDJSON (child process; first row: one patient, fixed cost)")
+        print(
+            "Population: fhirsvc population and evaluate on Bulk Data NDJSON (child processes; first row: one patient)"
+        )
         print(report.population_table(baseline, results) + "\n")
         targets += report.population_targets(results)
 

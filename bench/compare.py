@@ -19,6 +19,9 @@ FIGURES = (
     ("load", "rps", True),
     ("load", "p99_ms", False),
     ("population", "patients_per_s", True),
+    ("population", "floor_ratio", False),
+    ("population", "evaluate_patients_per_s", True),
+    ("population", "evaluate_peak_rss_mb", False),
     ("population", "peak_rss_mb", False),
 )
 NOISE = 0.10  # a shared machine moves figures by about this much between runs: smaller changes are not flagged

@@ -168,8 +168,8 @@ def evaluate(
     day = _as_of(as_of)
     settings = get_settings()
     knowledge = load_knowledge(overrides=settings.thresholds, enabled=settings.programs, rule_kinds=RULE_KINDS)
-    try:
-        index = index_records(paths)
+    try:  # only the resources the facts read come back from NDJSON (not the routine labs no program reads)
+        index = index_records(paths, keep=knowledge.observation_filter.reads)
     except FileNotFoundError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import date
+from functools import cached_property
 
 from fhirsvc.lot.engine import Line
 from fhirsvc.terminology.programs import Guideline, Indicator, Status, Suggestion
@@ -60,8 +61,11 @@ class Finding:
     drafts: dict[str, list[str]] = field(default_factory=dict)  # evidence that is a draft order → its drugs
     planned_drugs: frozenset[str] = frozenset()  # drugs only the draft orders in the evidence bring
 
-    @property
+    @cached_property
     def id(self) -> str:
+        """Read by every rendering of an actionable finding (card, suggestions, links, write-back, worklist), and
+        computed only then: most findings are "no-action" and never need one. A finding is not changed after it is
+        made (`dataclasses.replace` makes a new one), so the id is computed once."""
         recorded = sorted(ref for ref in self.evidence if ref not in self.drafts)
         planned = [f"planned:{drug}" for drug in sorted(self.planned_drugs)]
         key = "|".join([self.patient, self.program, self.rule, self.outcome, *recorded, *planned])

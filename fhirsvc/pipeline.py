@@ -59,11 +59,12 @@ class PatientResult:
 
 
 def _in_scope(program: Program, facts: PatientFacts, classes: dict[str, str], as_of: date) -> bool:
+    """Asked of every program for every patient, most of whom are in none but one: no set is built."""
     codes = program.scope.diagnosis.keys
-    if any(d.codes & codes for d in facts.diagnoses if d.onset is None or d.onset <= as_of):
+    if any(not d.codes.isdisjoint(codes) for d in facts.diagnoses if d.onset is None or d.onset <= as_of):
         return True
-    anchors = set(program.scope.treatment_classes)
-    return any(classes.get(drug) in anchors for drug in facts.drugs_started_by(as_of))
+    anchors = program.scope.treatment_classes
+    return bool(anchors) and any(classes.get(drug) in anchors for drug in facts.drugs_started_by(as_of))
 
 
 def evaluate_program(

@@ -151,26 +151,37 @@ def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
     return resolved
 
 
-_EMPTY_VALUES: tuple[object, ...] = (None, "", [], {})
+_CONTAINERS = (dict, list)
 
 
 def compact(value: Any) -> Any:
     """Drop None, empty strings, lists and objects (CDS Hooks §Use of JSON); `cards: []` is kept by the caller.
 
     Only containers are walked: a card holds mostly strings, and a call per string made this a tenth of a hook call
-    on small records (bench/README.md).
+    on small records (bench/README.md). Emptiness is tested by what a value is (a container after compaction,
+    else None or ""), not by `in (None, "", [], {})`, and containers by a tuple, not `dict | list` (a union object
+    built per test): each cost about as much as the walk itself.
     """
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
-            if isinstance(item, dict | list):
+            if isinstance(item, _CONTAINERS):
                 item = compact(item)
-            if item not in _EMPTY_VALUES:
+                if item:
+                    out[key] = item
+            elif item is not None and item != "":
                 out[key] = item
         return out
     if isinstance(value, list):
-        items = [compact(item) if isinstance(item, dict | list) else item for item in value]
-        return [item for item in items if item not in _EMPTY_VALUES]
+        kept = []
+        for item in value:
+            if isinstance(item, _CONTAINERS):
+                item = compact(item)
+                if item:
+                    kept.append(item)
+            elif item is not None and item != "":
+                kept.append(item)
+        return kept
     return value
 
 

@@ -30,7 +30,7 @@ def run_embedded(
     clock: Callable[[], float] = time.monotonic,
 ) -> PopulationSummary:
     """Index the files, evaluate every patient, write the worklist; the summary of what was seen."""
-    index = index_records(paths)
+    index = index_records(paths, keep=knowledge.observation_filter.reads)
     summary = PopulationSummary(skipped=index.skipped)
     total = len(index)
     progress(f"indexed {total:,} patients from {index.files:,} files")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -76,12 +76,18 @@ class RecordIndex:
 
     files: int = 0
     skipped: int = 0  # unreadable files, lines and resources that name no patient
+    # Which NDJSON lines are worth reading back (e.g. not the routine labs no program reads): a line it refuses is
+    # still filed (a resource naming no patient is still counted as skipped), then forgotten. Bulk exports are
+    # mostly such lines, and reading one back costs a read and a second parse (bench/README.md, "A faster core").
+    keep: Callable[[Resource], bool] | None = None
     medications: dict[str, Resource] = field(default_factory=dict)  # shared by every record (medicationReference)
     sources: list[Source] = field(default_factory=list)
-    # patient id -> (source number, byte offset, length) for each of its NDJSON lines and sources, in the order
-    # read; offset and length are 0 for a source that is not NDJSON. Flat int64 arrays rather than lists of
-    # tuples: at 10,000 patients of 40 resources the index takes 12 MB instead of about 56 MB (tracemalloc),
-    # where the whole `fhirsvc evaluate` run peaks at 61 MB (bench/README.md, "Clarity back").
+    # patient id -> (source number, byte offset, length) for each run of its NDJSON lines and each source, in the
+    # order read; offset and length are 0 for a source that is not NDJSON. A run is one line, or several that
+    # follow each other in the file (an export written patient by patient): read back with one read instead of
+    # one per line (bench/README.md, "A faster core"). Flat int64 arrays rather than lists of tuples: at 10,000
+    # patients of 40 resources the index takes 12 MB instead of about 56 MB (tracemalloc), where the whole
+    # `fhirsvc evaluate` run peaks at 61 MB (bench/README.md, "Clarity back").
     _where: dict[str, array[int]] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -95,6 +101,9 @@ class RecordIndex:
         where = self._where.get(patient_id)
         if where is None:
             where = self._where[patient_id] = array("q")
+        elif length and where and where[-3] == source and where[-2] + where[-1] == offset:
+            where[-1] += length  # the line right after this patient's previous one: the same run
+            return
         where.extend((source, offset, length))
 
     def _add_source(self, source: Source) -> int:
@@ -133,7 +142,7 @@ class RecordIndex:
         with path.open("rb") as handle:
             for number, line in enumerate(handle, 1):
                 start, offset = offset, offset + len(line)
-                if not line.strip():
+                if not line or line.isspace():  # blank (isspace, not strip: no copy of every line)
                     continue
                 try:
                     resource = orjson.loads(line)
@@ -157,7 +166,12 @@ class RecordIndex:
         if ref is None:
             self.skipped += malformed
             return
-        self._note(ref.partition("/")[2], source, offset, length)
+        patient_id = ref.partition("/")[2]
+        if self.keep is not None and not self.keep(resource):
+            if patient_id not in self._where:  # still a patient of the export, evaluated like any other
+                self._where[patient_id] = array("q")
+            return
+        self._note(patient_id, source, offset, length)
 
     def records(self) -> Iterator[PatientRecord]:
         """Each patient's record, built from its lines and sources, its resources in canonical order."""
@@ -169,7 +183,11 @@ class RecordIndex:
                 for number, offset, length in zip(entries, entries, entries, strict=True):
                     source = self.sources[number]
                     if isinstance(source, NdjsonLines):
-                        record.add(orjson.loads(reader.line(source.path, offset, length)))
+                        # A run of whole lines: each ends with a newline (the last line of a file may not), and
+                        # none is blank, so the pieces between newlines are the lines.
+                        for line in reader.read(source.path, offset, length).split(b"\n"):
+                            if line:
+                                record.add(orjson.loads(line))
                         continue
                     held = source.records if isinstance(source, HeldRecords) else _reread(source.path)
                     for rtype, resources in held[patient_id].resources.items():
@@ -180,12 +198,12 @@ class RecordIndex:
 
 
 class _LineReader:
-    """Reads indexed NDJSON lines back, keeping a bounded number of files open."""
+    """Reads indexed runs of NDJSON lines back, keeping a bounded number of files open."""
 
     def __init__(self) -> None:
         self._handles: dict[Path, BinaryIO] = {}
 
-    def line(self, path: Path, offset: int, length: int) -> bytes:
+    def read(self, path: Path, offset: int, length: int) -> bytes:
         handle = self._handles.get(path)
         if handle is None:
             if len(self._handles) >= _OPEN_FILES:
@@ -208,10 +226,11 @@ def _reread(path: Path) -> dict[str, PatientRecord]:
     return builder.records
 
 
-def index_records(paths: Iterable[Path]) -> RecordIndex:
+def index_records(paths: Iterable[Path], keep: Callable[[Resource], bool] | None = None) -> RecordIndex:
     """One pass over every file (Bundles, single resources, NDJSON, directories of them): the index
-    `RecordIndex.records()` builds patients from, one at a time, in patient order."""
-    index = RecordIndex()
+    `RecordIndex.records()` builds patients from, one at a time, in patient order; with `keep`, only the NDJSON
+    lines it accepts are read back (Bundles and JSON files are taken whole)."""
+    index = RecordIndex(keep=keep)
     for path in iter_files(paths):
         index.files += 1
         if path.suffix in NDJSON_SUFFIXES:

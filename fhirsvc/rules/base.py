@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
+from itertools import chain
 from typing import Any
 
 from fhirsvc.facts import Diagnosis, LabResult, PatientFacts
@@ -51,6 +52,7 @@ class ProgramContext:
     _diagnoses_read: dict[str, tuple[str, Diagnosis]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    _active: dict[date, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def at_end_of(self, line: Line) -> ProgramContext:
         """The context as it stood on the last day of an ended `line`, with that line still current and no later
@@ -70,8 +72,13 @@ class ProgramContext:
         return self.lines[-1] if self.lines else None
 
     def active_drugs(self, day: date | None = None) -> list[str]:
+        """The drugs of an era active on `day` (default `as_of`), sorted: every finding on a line asks (its
+        regimen), so they are kept per day."""
         when = day or self.as_of
-        return sorted({e.drug for e in self.eras if e.active_on(when)})
+        active = self._active.get(when)
+        if active is None:
+            active = self._active[when] = tuple(sorted({e.drug for e in self.eras if e.active_on(when)}))
+        return list(active)
 
     def line_classes(self, line: Line) -> set[str]:
         return {self.classes.get(d, "") for d in line.drugs}
@@ -335,13 +342,13 @@ def make_finding(
         }
     summary = shorten(spec.summary.format(**values))
     used = measurements or []
-    evidence = list(dict.fromkeys([m.ref for m in used] + list(extra_evidence) + (line.refs if line else [])))
+    evidence = list(dict.fromkeys(chain((m.ref for m in used), extra_evidence, line.refs if line else ())))
     shown = [ctx.findings[r] for r in rule.suppressed_by if r in ctx.findings and ctx.findings[r].card]
     if shown and status != "no-action":
         # Another rule's card already says this (e.g. the HbA1c card names the preferred class).
         status = "no-action"
         summary = shorten(f"Covered by {shown[0].rule}: {summary}")
-    regimen = sorted({e.drug for e in ctx.eras if e.active_on(min(ctx.as_of, line.end or ctx.as_of))}) if line else []
+    regimen = ctx.active_drugs(min(ctx.as_of, line.end or ctx.as_of)) if line else []
     drafts, planned_drugs = _drafts_in(ctx.facts, evidence)
     return Finding(
         patient=ctx.facts.patient,

@@ -29,6 +29,10 @@ class ObservationFilter:
         code = resource.get("code")
         return isinstance(code, dict) and self._decided(code)
 
+    def reads(self, resource: Mapping[str, Any]) -> bool:
+        """Whether the facts read a resource at all: any resource but an Observation no program wants."""
+        return resource.get("resourceType") != "Observation" or self.wants(resource)
+
     def _wants_concept(self, code: object) -> bool:
         if not isinstance(code, dict):
             return False

@@ -9,7 +9,7 @@ from datetime import date
 import pytest
 import yaml
 
-from fhirsvc.cds.models import Card
+from fhirsvc.cds.models import Card, compact
 from fhirsvc.facts import LabResult, extract_facts
 from fhirsvc.fhir.resources import InvalidResource, validate
 from fhirsvc.pipeline import PatientResult, evaluate_record
@@ -173,3 +173,19 @@ def test_no_result_ever_is_a_sentence_not_never(knowledge: Knowledge) -> None:
     line = finding.line
     assert finding.outcome == "never-recorded" and line is not None
     assert finding.summary.startswith(f"No disease status on record since line {line.number} started on {line.start}")
+
+
+def test_compact_drops_every_empty_value_at_any_depth_and_keeps_zero_and_false() -> None:
+    value = {
+        "none": None,
+        "blank": "",
+        "list": [],
+        "object": {},
+        "items": [None, "", [], {}, 0, False, [{"only": ""}], {"nested": [None]}, "kept"],
+        "zero": 0,
+        "false": False,
+        "deep": {"inner": {"text": ""}},
+        "text": "x",
+    }
+    assert compact(value) == {"items": [0, False, "kept"], "zero": 0, "false": False, "text": "x"}
+    assert compact([]) == [] and compact("") == ""

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from fhirsvc.cli import app
 from fhirsvc.pipeline import evaluate_record
+from fhirsvc.record import files
 from fhirsvc.record.files import NDJSON_SUFFIXES, index_records, iter_files
 from fhirsvc.record.model import PatientRecord, RecordBuilder, bundle_resources
 from fhirsvc.render.report import patient_report
@@ -154,3 +155,72 @@ def test_evaluate_with_no_patients_prints_an_empty_list(tmp_path: Path) -> None:
     _ndjson(tmp_path / "Practitioner.ndjson", [{"resourceType": "Practitioner", "id": "p"}])
     result = runner.invoke(app, ["evaluate", str(tmp_path), "--as-of", AS_OF.isoformat()])
     assert result.exit_code == 0 and result.stdout == "[]\n"
+
+
+def test_a_run_of_one_patients_lines_is_read_back_with_one_read(tmp_path: Path, monkeypatch: Any) -> None:
+    """Lines that follow each other in a file (an export written patient by patient) are one read, whatever sits
+    between runs (another patient, a blank line, junk, a file without a final newline)."""
+    export = tmp_path / "export"
+    export.mkdir()
+
+    def obs(patient: str, n: int) -> bytes:
+        return orjson.dumps(
+            {"resourceType": "Observation", "id": f"{patient}-{n}", "subject": {"reference": f"Patient/{patient}"}}
+        )
+
+    lines = [
+        obs("a", 1),
+        obs("a", 2),
+        obs("a", 3),
+        obs("b", 1),
+        obs("a", 4),
+        b"",
+        b"  ",
+        obs("a", 5),
+        b"{junk",
+        obs("a", 6),
+    ]
+    (export / "Observation.ndjson").write_bytes(b"\n".join(lines))  # no newline after the last line
+    reads: list[int] = []
+    original = files._LineReader.read
+
+    def counted(self: Any, path: Path, offset: int, length: int) -> bytes:
+        reads.append(length)
+        return original(self, path, offset, length)
+
+    monkeypatch.setattr(files._LineReader, "read", counted)
+    index = index_records([export])
+    a, b = index.records()
+    assert [r["id"] for r in a.of_type("Observation")] == ["a-1", "a-2", "a-3", "a-4", "a-5", "a-6"]
+    assert [r["id"] for r in b.of_type("Observation")] == ["b-1"]
+    assert len(reads) == 5  # a-1..a-3, a-4, a-5, a-6; b-1
+    assert index.skipped == 1
+
+
+def test_lines_the_caller_does_not_read_are_filed_but_not_read_back(tmp_path: Path, knowledge: Knowledge) -> None:
+    """`keep` (the observation filter in `evaluate` and `population`): a routine lab no program reads is never read
+    back, its patient is still there, and a resource that names no patient is still counted as skipped."""
+    export = tmp_path / "export"
+    export.mkdir()
+    viral_load = _resources("hiv/fail-basic.json")[-1]
+    assert viral_load["resourceType"] == "Observation" and knowledge.observation_filter.wants(viral_load)
+    routine = {
+        "resourceType": "Observation",
+        "id": "bp",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+    }
+    _ndjson(
+        export / "Observation.ndjson",
+        [
+            {**routine, "subject": {"reference": "Patient/only-routine"}},
+            {**routine, "id": "bp-2", "subject": {"reference": "Patient/hiv-fail-basic"}},
+            {**viral_load, "subject": {"reference": "Patient/hiv-fail-basic"}},
+            {**routine, "id": "orphan"},
+        ],
+    )
+    index = index_records([export], keep=knowledge.observation_filter.reads)
+    records = {r.patient_id: r for r in index.records()}
+    assert set(records) == {"hiv-fail-basic", "only-routine"}
+    assert [r["id"] for r in records["hiv-fail-basic"].of_type("Observation")] == [viral_load["id"]]
+    assert records["only-routine"].of_type("Observation") == []
+    assert index.skipped == 1  # the orphan names no patient

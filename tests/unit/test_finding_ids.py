@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from fhirsvc.pipeline import evaluate_record
@@ -52,3 +53,16 @@ def test_a_draft_of_another_drug_is_other_evidence(knowledge: Knowledge) -> None
     planned = finding_ids(knowledge, draft("A", DOLUTEGRAVIR))
     other = finding_ids(knowledge, draft("A", BICTEGRAVIR))
     assert planned.keys() == other.keys() and not set(planned.values()) & set(other.values())
+
+
+def test_an_id_read_once_is_not_carried_into_a_changed_copy(knowledge: Knowledge) -> None:
+    """The id is computed when first read and kept: a finding made from another one (`dataclasses.replace`, as a
+    withheld finding is) gets the id of what it holds, not the original's."""
+    builder = RecordBuilder()
+    builder.add_bundle(load_fixture("hiv/fail-basic.json"))
+    (record,) = builder.build()
+    (finding, *_) = evaluate_record(record, knowledge, AS_OF).actionable
+    first = finding.id
+    assert finding.id == first
+    assert replace(finding, evidence=finding.evidence[:1]).id != first
+    assert replace(finding, summary="reworded").id == first  # the id is what the finding is, not how it is said
