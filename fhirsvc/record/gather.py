@@ -123,6 +123,9 @@ async def gather(
         elif is_bundle and _short_of_total(value):
             record.incomplete[RECORD_PART_BY_KEY[key].resource_type] = "the prefetch holds fewer results than its total"
 
+    if not to_fetch and not continuations and (client is None or not record.missing_medications()):
+        # A complete prefetch (the common CDS call): nothing to fetch, so no deadline, futures or tasks either.
+        return gathered
     loop = asyncio.get_running_loop()
     cutoff = None if deadline is None else loop.time() + (deadline - clock())
 
