@@ -46,6 +46,16 @@ def fhirsvc(*args: str, store: Path, failpoint: str | None = None) -> subprocess
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
+def population(export: Path, base: str, worklist: Path, store: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`fhirsvc population` of the export for `base`, as the nightly job runs it."""
+    made = fhirsvc(
+        *("population", str(export), "--out", str(worklist), "--as-of", AS_OF, "--fhir-server", base, *extra),
+        store=store,
+    )
+    assert made.returncode == 0, made.stderr
+    return made
+
+
 def parts_of(worklist: Path, knowledge: Knowledge) -> dict[str, str]:
     """Every resource the worklist's findings write: identifier value → resource type."""
     findings = [finding_from_row(document, knowledge) for document in pq.read_table(worklist)["finding"].to_pylist()]
@@ -78,12 +88,7 @@ def test_population_writes_its_worklist_back_once_and_a_re_run_creates_nothing(
 ) -> None:
     export = export_of(hapi_base_url, tmp_path)
     worklist, store = tmp_path / "worklist.parquet", tmp_path / "fhirsvc.db"
-    made = fhirsvc(
-        *("population", str(export), "--out", str(worklist), "--as-of", AS_OF, "--fhir-server", hapi_base_url),
-        *("--write-back", "--batch", "2", "--rate", "20"),
-        store=store,
-    )
-    assert made.returncode == 0, made.stderr
+    made = population(export, hapi_base_url, worklist, store, "--write-back", "--batch", "2", "--rate", "20")
     assert "5 worklist rows: 5 findings written, 0 already on the server" in made.stdout
     assert "3 transactions, 0 failed batches" in made.stdout
     parts = parts_of(worklist, knowledge)
@@ -112,11 +117,7 @@ def test_crashes_after_a_batch_and_between_commit_and_record_lose_and_duplicate_
 ) -> None:
     export = export_of(hapi_base_url, tmp_path)
     worklist, store = tmp_path / "worklist.parquet", tmp_path / "fhirsvc.db"
-    made = fhirsvc(
-        *("population", str(export), "--out", str(worklist), "--as-of", AS_OF, "--fhir-server", hapi_base_url),
-        store=store,
-    )
-    assert made.returncode == 0, made.stderr
+    population(export, hapi_base_url, worklist, store)
     parts = parts_of(worklist, knowledge)
     write_back = ("write-back", str(worklist), "--fhir-server", hapi_base_url, "--batch", "2", "--rate", "20")
 
@@ -150,10 +151,7 @@ def test_write_back_sends_the_token_as_poll_does(
     paths, _ = copies_of(FAILING[:1], export)
     post_transaction(base, orjson.loads(paths[0].read_bytes()), token=token)
     worklist, store = tmp_path / "worklist.parquet", tmp_path / "fhirsvc.db"
-    made = fhirsvc(
-        "population", str(export), "--out", str(worklist), "--as-of", AS_OF, "--fhir-server", base, store=store
-    )
-    assert made.returncode == 0, made.stderr
+    population(export, base, worklist, store)
     refused = fhirsvc("write-back", str(worklist), "--fhir-server", base, store=store)
     assert refused.returncode == 1 and "refused the credentials (401)" in refused.stdout
     token_file = tmp_path / "token"
