@@ -5,14 +5,18 @@ from __future__ import annotations
 import logging
 import os
 from array import array
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 import orjson
 
-from fhirsvc.record.model import PatientRecord, RecordBuilder, Resource, filing_patient
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+from fhirsvc.record.model import PatientRecord, RecordBuilder, Resource, filing_patient, keep_medication
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,65 @@ class HeldRecords:
 Source = NdjsonLines | OnePatientFile | HeldRecords
 
 
+def _int64s(values: pa.Array) -> array[int]:
+    """An Arrow int64 array (no nulls) copied into a Python array."""
+    copied = array("q")
+    copied.frombytes(memoryview(values.buffers()[1])[values.offset * 8 : (values.offset + len(values)) * 8])
+    return copied
+
+
+def _key_hash(key: str) -> int:
+    """A `Medication/<id>`'s place in `MedicationLines` (str hashes are stable within the process, which is the
+    index's lifetime; two ids that share one are told apart when their lines are read back)."""
+    return hash(key)
+
+
+@dataclass
+class MedicationLines:
+    """Where each NDJSON Medication line is, found by a hash of its `Medication/<id>`: four int64s a Medication.
+
+    Bulk exports may write a Medication for every medication order (Synthea's US Core export: hundreds per
+    patient), so an export of millions of patients holds hundreds of millions of them: they cannot be held parsed,
+    nor even as a dict of their ids (about 200 bytes an entry), only as flat arrays sorted by hash.
+    """
+
+    hashes: array[int] = field(default_factory=lambda: array("q"))
+    places: array[int] = field(default_factory=lambda: array("q"))  # (source, offset, length) per hash
+    _sorted: bool = True
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def add(self, key: str, source: int, offset: int, length: int) -> None:
+        self.hashes.append(_key_hash(key))
+        self.places.extend((source, offset, length))
+        self._sorted = False
+
+    def _sort(self) -> None:
+        # Arrow sorts the arrays where they are (a Python sort would make an int object of every hash); imported
+        # here, as only an export with Medication lines needs it and `evaluate` starts faster without it.
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        count = len(self.hashes)
+        hashes = pa.Array.from_buffers(pa.int64(), count, [None, pa.py_buffer(self.hashes)])
+        places = pa.Array.from_buffers(pa.int64(), 3 * count, [None, pa.py_buffer(self.places)])
+        order = pc.sort_indices(hashes)
+        self.hashes = _int64s(pc.take(hashes, order))
+        self.places = _int64s(pc.take(pa.FixedSizeListArray.from_arrays(places, 3), order).flatten())
+        self._sorted = True
+
+    def find(self, key: str) -> Iterator[tuple[int, int, int]]:
+        """(source, offset, length) of every line that may hold `key` (its hash's): the reader checks the id."""
+        if not self._sorted:
+            self._sort()
+        wanted = _key_hash(key)
+        at = bisect_left(self.hashes, wanted)
+        while at < len(self.hashes) and self.hashes[at] == wanted:
+            yield self.places[3 * at], self.places[3 * at + 1], self.places[3 * at + 2]
+            at += 1
+
+
 @dataclass
 class RecordIndex:
     """Where each patient's resources are, from one pass over every file; `records()` builds one patient at a time.
@@ -80,7 +143,10 @@ class RecordIndex:
     # still filed (a resource naming no patient is still counted as skipped), then forgotten. Bulk exports are
     # mostly such lines, and reading one back costs a read and a second parse (bench/README.md, "A faster core").
     keep: Callable[[Resource], bool] | None = None
-    medications: dict[str, Resource] = field(default_factory=dict)  # shared by every record (medicationReference)
+    # Medications are named by the records' `medicationReference`s, and a record reads back only those it names:
+    # the ones from JSON files and Bundles held parsed (few, and read whole anyway), NDJSON lines by where they are.
+    medications: dict[str, Resource] = field(default_factory=dict)
+    medication_lines: MedicationLines = field(default_factory=MedicationLines)
     sources: list[Source] = field(default_factory=list)
     # patient id -> (source number, byte offset, length) for each run of its NDJSON lines and each source, in the
     # order read; offset and length are 0 for a source that is not NDJSON. A run is one line, or several that
@@ -157,8 +223,12 @@ class RecordIndex:
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             self.skipped += 1
             return
-        if resource["resourceType"] in ("Bundle", "Medication"):  # a Bundle resolves its own references
-            builder = self._builder()  # and Medications are shared: the builder takes both
+        if resource["resourceType"] == "Medication":  # named by reference from any record: where it is
+            if isinstance(resource.get("id"), str):  # (keep_medication ignores one without an id)
+                self.medication_lines.add(f"Medication/{resource['id']}", source, offset, length)
+            return
+        if resource["resourceType"] == "Bundle":  # a Bundle resolves its own references
+            builder = self._builder()
             builder.add_resource(resource)
             self._add_built(builder, None)
             return
@@ -178,7 +248,7 @@ class RecordIndex:
         reader = _LineReader()
         try:
             for patient_id in self.patients:
-                record = PatientRecord(patient_id, medications=self.medications)
+                record = PatientRecord(patient_id)
                 entries = iter(self._where[patient_id])
                 for number, offset, length in zip(entries, entries, entries, strict=True):
                     source = self.sources[number]
@@ -192,9 +262,25 @@ class RecordIndex:
                     held = source.records if isinstance(source, HeldRecords) else _reread(source.path)
                     for rtype, resources in held[patient_id].resources.items():
                         record.resources[rtype].extend(resources)
+                record.medications = self._medications_named(record, reader)
                 yield record.in_canonical_order()
         finally:
             reader.close()
+
+    def _medications_named(self, record: PatientRecord, reader: _LineReader) -> dict[str, Resource]:
+        """The Medications a record names, each id's copies resolved by the filing rule (`keep_medication`); one
+        named but absent stays absent (`PatientRecord.missing_medications`)."""
+        named: dict[str, Resource] = {}
+        for key in sorted(record.referenced_medications()):
+            held = self.medications.get(key)
+            if held is not None:
+                keep_medication(named, held)
+            for number, offset, length in self.medication_lines.find(key):
+                source = cast(NdjsonLines, self.sources[number])  # only NDJSON lines are noted there
+                medication = orjson.loads(reader.read(source.path, offset, length))
+                if f"Medication/{medication['id']}" == key:  # not another id of the same hash
+                    keep_medication(named, medication)
+        return named
 
 
 class _LineReader:
