@@ -76,6 +76,9 @@ def _int64s(values: pa.Array) -> array[int]:
     return copied
 
 
+_MAX_BITS = 28  # runs of the hash directory at most: 2 GB of it past 2 billion Medications
+
+
 def _key_hash(key: str) -> int:
     """A `Medication/<id>`'s place in `MedicationLines` (str hashes are stable within the process, which is the
     index's lifetime; two ids that share one are told apart when their lines are read back)."""
@@ -93,7 +96,11 @@ class MedicationLines:
 
     hashes: array[int] = field(default_factory=lambda: array("q"))
     places: array[int] = field(default_factory=lambda: array("q"))  # (source, offset, length) per hash
-    _sorted: bool = True
+    # Once sorted: where each run of hashes that share their top `_bits` bits starts (about 8 hashes a run, 1 byte a
+    # Medication), so a lookup bisects a few hashes rather than all of them (bench/README.md, "Medications at scale").
+    _starts: array[int] = field(default_factory=lambda: array("q", [0, 0]))
+    _bits: int = 0
+    _sorted: bool = False
 
     def __len__(self) -> int:
         return len(self.hashes)
@@ -115,17 +122,28 @@ class MedicationLines:
         order = pc.sort_indices(hashes)
         self.hashes = _int64s(pc.take(hashes, order))
         self.places = _int64s(pc.take(pa.FixedSizeListArray.from_arrays(places, 3), order).flatten())
+        self._bits = bits = min(_MAX_BITS, max(1, count.bit_length() - 3))
+        starts = self._starts = array("q", bytes(8 * ((1 << bits) + 1)))
+        shift, first = 64 - bits, 1 << (bits - 1)  # a hash's run: its top bits, from the most negative one
+        for hashed in self.hashes:
+            starts[(hashed >> shift) + first + 1] += 1
+        for run in range(1 << bits):
+            starts[run + 1] += starts[run]
         self._sorted = True
 
-    def find(self, key: str) -> Iterator[tuple[int, int, int]]:
+    def find(self, key: str) -> list[tuple[int, int, int]]:
         """(source, offset, length) of every line that may hold `key` (its hash's): the reader checks the id."""
         if not self._sorted:
             self._sort()
         wanted = _key_hash(key)
-        at = bisect_left(self.hashes, wanted)
-        while at < len(self.hashes) and self.hashes[at] == wanted:
-            yield self.places[3 * at], self.places[3 * at + 1], self.places[3 * at + 2]
+        run = (wanted >> (64 - self._bits)) + (1 << (self._bits - 1))
+        hashes, places, end = self.hashes, self.places, self._starts[run + 1]
+        at = bisect_left(hashes, wanted, self._starts[run], end)
+        found = []
+        while at < end and hashes[at] == wanted:
+            found.append((places[3 * at], places[3 * at + 1], places[3 * at + 2]))
             at += 1
+        return found
 
 
 @dataclass
@@ -271,14 +289,25 @@ class RecordIndex:
         """The Medications a record names, each id's copies resolved by the filing rule (`keep_medication`); one
         named but absent stays absent (`PatientRecord.missing_medications`)."""
         named: dict[str, Resource] = {}
-        for key in sorted(record.referenced_medications()):
-            held = self.medications.get(key)
-            if held is not None:
-                keep_medication(named, held)
-            for number, offset, length in self.medication_lines.find(key):
-                source = cast(NdjsonLines, self.sources[number])  # only NDJSON lines are noted there
-                medication = orjson.loads(reader.read(source.path, offset, length))
-                if f"Medication/{medication['id']}" == key:  # not another id of the same hash
+        if not self.medications and not self.medication_lines:  # an export that names drugs inline
+            return named
+        keys = record.referenced_medications()
+        for key in sorted(keys & self.medications.keys()):
+            keep_medication(named, self.medications[key])
+        # Read in file order, lines that follow each other with one read: an export writes a patient's
+        # Medications together (Synthea: with the orders that name them), so a record's are mostly one run.
+        places = sorted(place for key in keys for place in self.medication_lines.find(key))
+        runs: list[list[int]] = []
+        for number, offset, length in places:
+            if runs and runs[-1][0] == number and runs[-1][1] + runs[-1][2] == offset:
+                runs[-1][2] += length
+            else:
+                runs.append([number, offset, length])
+        for number, offset, length in runs:
+            source = cast(NdjsonLines, self.sources[number])  # only NDJSON lines are noted there
+            for line in reader.read(source.path, offset, length).split(b"\n"):
+                medication = orjson.loads(line) if line else None
+                if medication is not None and f"Medication/{medication['id']}" in keys:  # not another id's hash
                     keep_medication(named, medication)
         return named
 
