@@ -5,16 +5,12 @@ from __future__ import annotations
 import logging
 import os
 from array import array
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, cast
+from typing import BinaryIO, cast
 
 import orjson
-
-if TYPE_CHECKING:
-    import pyarrow as pa
 
 from fhirsvc.record.model import PatientRecord, RecordBuilder, Resource, filing_patient, keep_medication
 
@@ -69,14 +65,7 @@ class HeldRecords:
 Source = NdjsonLines | OnePatientFile | HeldRecords
 
 
-def _int64s(values: pa.Array) -> array[int]:
-    """An Arrow int64 array (no nulls) copied into a Python array."""
-    copied = array("q")
-    copied.frombytes(memoryview(values.buffers()[1])[values.offset * 8 : (values.offset + len(values)) * 8])
-    return copied
-
-
-_MAX_BITS = 28  # runs of the hash directory at most: 2 GB of it past 2 billion Medications
+_MAX_BITS = 28  # hash groups at most: 2 GB of group starts past 2 billion Medications
 
 
 def _key_hash(key: str) -> int:
@@ -87,20 +76,21 @@ def _key_hash(key: str) -> int:
 
 @dataclass
 class MedicationLines:
-    """Where each NDJSON Medication line is, found by a hash of its `Medication/<id>`: four int64s a Medication.
+    """Where each NDJSON Medication line is, found by a hash of its `Medication/<id>`: 33 bytes a Medication.
 
     Bulk exports may write a Medication for every medication order (Synthea's US Core export: hundreds per
     patient), so an export of millions of patients holds hundreds of millions of them: they cannot be held parsed,
-    nor even as a dict of their ids (about 200 bytes an entry), only as flat arrays sorted by hash.
+    nor even as a dict of their ids (about 200 bytes an entry), only as flat arrays: the hashes and where each line
+    is, grouped by the hashes' top bits (a counting sort) so that a lookup reads about 8 of them (bench/README.md,
+    "Medications at scale").
     """
 
     hashes: array[int] = field(default_factory=lambda: array("q"))
     places: array[int] = field(default_factory=lambda: array("q"))  # (source, offset, length) per hash
-    # Once sorted: where each run of hashes that share their top `_bits` bits starts (about 8 hashes a run, 1 byte a
-    # Medication), so a lookup bisects a few hashes rather than all of them (bench/README.md, "Medications at scale").
-    _starts: array[int] = field(default_factory=lambda: array("q", [0, 0]))
+    # Once grouped: where the group of each value of the hashes' top `_bits` bits starts, in `hashes`.
+    _starts: array[int] = field(default_factory=lambda: array("q"))
     _bits: int = 0
-    _sorted: bool = False
+    _grouped: bool = False
 
     def __len__(self) -> int:
         return len(self.hashes)
@@ -108,42 +98,40 @@ class MedicationLines:
     def add(self, key: str, source: int, offset: int, length: int) -> None:
         self.hashes.append(_key_hash(key))
         self.places.extend((source, offset, length))
-        self._sorted = False
+        self._grouped = False
 
-    def _sort(self) -> None:
-        # Arrow sorts the arrays where they are (a Python sort would make an int object of every hash); imported
-        # here, as only an export with Medication lines needs it and `evaluate` starts faster without it.
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
+    def _group(self) -> None:
         count = len(self.hashes)
-        hashes = pa.Array.from_buffers(pa.int64(), count, [None, pa.py_buffer(self.hashes)])
-        places = pa.Array.from_buffers(pa.int64(), 3 * count, [None, pa.py_buffer(self.places)])
-        order = pc.sort_indices(hashes)
-        self.hashes = _int64s(pc.take(hashes, order))
-        self.places = _int64s(pc.take(pa.FixedSizeListArray.from_arrays(places, 3), order).flatten())
-        self._bits = bits = min(_MAX_BITS, max(1, count.bit_length() - 3))
-        starts = self._starts = array("q", bytes(8 * ((1 << bits) + 1)))
-        shift, first = 64 - bits, 1 << (bits - 1)  # a hash's run: its top bits, from the most negative one
+        self._bits = bits = min(_MAX_BITS, max(1, count.bit_length() - 3))  # about 8 hashes a group
+        shift, first = 64 - bits, 1 << (bits - 1)  # a hash's group: its top bits, from the most negative
+        starts = array("q", bytes(8 * ((1 << bits) + 1)))
         for hashed in self.hashes:
             starts[(hashed >> shift) + first + 1] += 1
-        for run in range(1 << bits):
-            starts[run + 1] += starts[run]
-        self._sorted = True
+        for group in range(1 << bits):
+            starts[group + 1] += starts[group]
+        hashes, places = array("q", bytes(8 * count)), array("q", bytes(24 * count))
+        free = array("q", starts)  # the next free slot of each group
+        old = self.places
+        for at, hashed in enumerate(self.hashes):
+            group = (hashed >> shift) + first
+            slot = free[group]
+            free[group] = slot + 1
+            hashes[slot] = hashed
+            places[3 * slot], places[3 * slot + 1], places[3 * slot + 2] = old[3 * at], old[3 * at + 1], old[3 * at + 2]
+        self.hashes, self.places, self._starts, self._grouped = hashes, places, starts, True
 
     def find(self, key: str) -> list[tuple[int, int, int]]:
         """(source, offset, length) of every line that may hold `key` (its hash's): the reader checks the id."""
-        if not self._sorted:
-            self._sort()
+        if not self._grouped:
+            self._group()
         wanted = _key_hash(key)
-        run = (wanted >> (64 - self._bits)) + (1 << (self._bits - 1))
-        hashes, places, end = self.hashes, self.places, self._starts[run + 1]
-        at = bisect_left(hashes, wanted, self._starts[run], end)
-        found = []
-        while at < end and hashes[at] == wanted:
-            found.append((places[3 * at], places[3 * at + 1], places[3 * at + 2]))
-            at += 1
-        return found
+        group = (wanted >> (64 - self._bits)) + (1 << (self._bits - 1))
+        places = self.places
+        return [
+            (places[3 * at], places[3 * at + 1], places[3 * at + 2])
+            for at in range(self._starts[group], self._starts[group + 1])
+            if self.hashes[at] == wanted
+        ]
 
 
 @dataclass
