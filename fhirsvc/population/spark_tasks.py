@@ -19,6 +19,7 @@ import orjson
 from fhirsvc.pipeline import evaluate_record
 from fhirsvc.population.worklist import COLUMNS, PopulationSummary, worklist_rows
 from fhirsvc.record.model import (
+    MEDICATION_TYPES,
     PatientRecord,
     RecordBuilder,
     Resource,
@@ -134,7 +135,7 @@ def named_medications(lines: Iterable[str]) -> Iterator[Named]:
     ignored = FilingCounts()
     for line in lines:
         resource = _parse(line, ignored)
-        if resource is None or resource["resourceType"] == "Medication":
+        if resource is None:
             continue
         if resource["resourceType"] == "Bundle":
             builder = RecordBuilder()
@@ -142,6 +143,8 @@ def named_medications(lines: Iterable[str]) -> Iterator[Named]:
             for patient_id, record in builder.records.items():
                 for key in record.referenced_medications():
                     yield key, patient_id
+            continue
+        if resource["resourceType"] not in MEDICATION_TYPES:  # what `PatientRecord.referenced_medications` reads
             continue
         ref, _ = filing_patient(resource)
         if ref is not None:
