@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from pyspark import Accumulator, AccumulatorParam, Broadcast
+from pyspark import Accumulator, AccumulatorParam
 from pyspark.errors import AnalysisException, PySparkException
 from pyspark.sql import Row, SparkSession
 from pyspark.sql import functions as F
@@ -25,14 +25,15 @@ from fhirsvc.population.spark_tasks import (
     Filed,
     FilingCounts,
     MappingsSpec,
+    Named,
     evaluate_patients,
     file_lines,
     knowledge_for,
     medication_entries,
-    shared_medications,
+    named_medications,
+    newer_medication,
 )
 from fhirsvc.population.worklist import SCHEMA, PopulationSummary
-from fhirsvc.record.model import Resource
 
 # Bulk Data NDJSON as Spark's file sources find it under SOURCE (any depth); Hadoop's glob syntax, and Hadoop's
 # codecs read the compressed ones by their suffix.
@@ -83,21 +84,33 @@ def _file_partition(rows: Iterable[Row], skipped: Accumulator[int]) -> Iterator[
     skipped.add(counts.skipped)
 
 
-def _medication_partition(rows: Iterable[Row]) -> Iterator[tuple[str, str]]:
-    return medication_entries(row[0] for row in rows)
+def _medication_partition(rows: Iterable[Row], read: Accumulator[int]) -> Iterator[tuple[str, str]]:
+    count = 0
+    for entry in medication_entries(row[0] for row in rows):
+        count += 1
+        yield entry
+    read.add(count)
+
+
+def _named_partition(rows: Iterable[Row]) -> Iterator[Named]:
+    return named_medications(row[0] for row in rows)
+
+
+def _to_patient(joined: tuple[str, tuple[str, str]]) -> Filed:
+    _, (patient_id, medication) = joined
+    return patient_id, medication
 
 
 def _evaluate_partition(
     patients: Iterable[tuple[str, Iterable[str]]],
     evaluation: Evaluation,
-    medications: Broadcast[dict[str, Resource]],
     summary: Accumulator[PopulationSummary],
     loads: Accumulator[int],
 ) -> Iterator[tuple[Any, ...]]:
     knowledge, loaded = knowledge_for(evaluation.mappings)  # once per executor Python process
     loads.add(int(loaded))
     seen = PopulationSummary()
-    yield from evaluate_patients(patients, knowledge, medications.value, evaluation, seen)
+    yield from evaluate_patients(patients, knowledge, evaluation, seen)
     summary.add(seen)
 
 
@@ -196,33 +209,35 @@ def _run(
         raise
     progress(f"reading {files:,} NDJSON files on {context.master} ({context.defaultParallelism} cores)")
 
-    # Medications name no patient and any record may reference them: found first, then broadcast to every
-    # executor. The JVM picks the candidate lines and Python reads only those: a line that holds a Medication, alone
-    # or in a Bundle, has the JSON string "Medication" in it, or writes it with \u escapes (RFC 8259 section 7: no
-    # other escape makes a letter). A substring search, where parsing every line in the JVM took 3x as long.
-    value = F.col("value")
-    candidates = lines.where(value.contains('"Medication"') | value.contains("\\u"))
-    medications = shared_medications(candidates.rdd.mapPartitions(_medication_partition).collect())
-    progress(f"{len(medications):,} shared Medications")
-
     # The summary comes back in accumulators, one update per task. Spark applies a task's updates again when it
     # re-runs the task after losing an executor (https://spark.apache.org/docs/latest/rdd-programming-guide.html
     # #accumulators): the worklist stays exact, the printed counts may then be too high.
     skipped = context.accumulator(0)
     summary = context.accumulator(PopulationSummary(), SummaryParam())
     loads = context.accumulator(0)
+    medications_read = context.accumulator(0)
     evaluation = Evaluation(MappingsSpec.of(settings.thresholds, settings.programs), as_of, server)
     filed = lines.rdd.mapPartitions(partial(_file_partition, skipped=skipped))
-    patients = filed.groupByKey(max(filed.getNumPartitions(), context.defaultParallelism * PARTITIONS_PER_CORE))
-    rows = patients.mapPartitions(
-        partial(
-            _evaluate_partition,
-            evaluation=evaluation,
-            medications=context.broadcast(medications),
-            summary=summary,
-            loads=loads,
-        )
+    partitions = max(filed.getNumPartitions(), context.defaultParallelism * PARTITIONS_PER_CORE)
+
+    # Medications name no patient, and an export may hold one per medication order (hundreds of millions): never
+    # collected to the driver nor copied to every executor, they are joined by `Medication/<id>` to the patients
+    # whose resources name them, and travel with those patients' lines; one nobody names goes no further. The JVM
+    # picks the candidate lines and Python reads only those: a line that holds a Medication, alone or in a Bundle,
+    # has the JSON string "Medication" in it, and one that names a Medication has "medicationReference", or writes
+    # them with \u escapes (RFC 8259 section 7: no other escape makes a letter). A substring search, where parsing
+    # every line in the JVM took 3x as long.
+    value = F.col("value")
+    escaped = value.contains("\\u")
+    medications = (
+        lines.where(value.contains('"Medication"') | escaped)
+        .rdd.mapPartitions(partial(_medication_partition, read=medications_read))
+        .reduceByKey(newer_medication, partitions)  # one copy per id, as `keep_medication` keeps it
     )
+    named = lines.where(value.contains('"medicationReference"') | escaped).rdd.mapPartitions(_named_partition)
+    joined = named.join(medications, partitions).map(_to_patient)
+    patients = filed.union(joined).groupByKey(partitions)
+    rows = patients.mapPartitions(partial(_evaluate_partition, evaluation=evaluation, summary=summary, loads=loads))
     done = threading.Event()
     reporter = threading.Thread(
         target=_report_progress, args=(session, summary, progress, done, clock), name="population progress"
@@ -235,5 +250,6 @@ def _run(
         reporter.join()
     result: PopulationSummary = summary.value
     result.skipped += skipped.value
+    progress(f"{medications_read.value:,} Medications read, joined to the patients that name them")
     progress(f"mappings loaded in {loads.value} executor Python process(es)")
     return result

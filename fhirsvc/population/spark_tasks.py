@@ -2,7 +2,9 @@
 
 Plain Python over iterators, no pyspark: the driver (`spark.py`) hands these functions to `mapPartitions`, and the
 tests call them directly. Filing is the embedded engine's (`fhirsvc.record.model`: filing_patient, RecordBuilder,
-keep_medication; `PatientRecord.in_canonical_order`), so both engines build the same records.
+keep_medication; `PatientRecord.in_canonical_order`), so both engines build the same records. Medications name
+no patient: each travels, by a join on its `Medication/<id>`, to the patients whose resources name it
+(`named_medications`), never to the driver.
 """
 
 from __future__ import annotations
@@ -16,12 +18,22 @@ import orjson
 
 from fhirsvc.pipeline import evaluate_record
 from fhirsvc.population.worklist import COLUMNS, PopulationSummary, worklist_rows
-from fhirsvc.record.model import PatientRecord, RecordBuilder, Resource, filing_patient, keep_medication
+from fhirsvc.record.model import (
+    MEDICATION_TYPES,
+    PatientRecord,
+    RecordBuilder,
+    Resource,
+    filing_patient,
+    keep_medication,
+    medication_references,
+)
 from fhirsvc.rules.registry import RULE_KINDS
 from fhirsvc.terminology.knowledge import Knowledge, load_knowledge
 
-# What a filed line becomes: the patient id and the resource as JSON (the NDJSON line itself, or a Bundle entry).
+# What a filed line becomes: the patient id and the resource as JSON (the NDJSON line itself, or a Bundle entry;
+# or a Medication the patient's resources name, joined to it).
 Filed = tuple[str, str]
+Named = tuple[str, str]  # a `Medication/<id>` and the id of a patient whose resources name it
 Row = tuple[Any, ...]  # a worklist row, values in COLUMNS order
 
 
@@ -77,8 +89,8 @@ def file_lines(lines: Iterable[str], counts: FilingCounts) -> Iterator[Filed]:
     """Each line filed to its patient as the embedded index files it (`RecordIndex._add_line`).
 
     A Bundle on a line files its own entries (resolving its urn:uuid references) and they travel as JSON of
-    their own; Medications are shared by every record, so they are left to `medication_entries` (broadcast);
-    unreadable lines and resources that name no patient are counted in `counts`.
+    their own; Medications name no patient, so they are left to `medication_entries` (joined to the patients that
+    name them); unreadable lines and resources that name no patient are counted in `counts`.
     """
     for line in lines:
         resource = _parse(line, counts)
@@ -117,19 +129,49 @@ def medication_entries(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
             yield key, orjson.dumps(medication).decode()
 
 
-def shared_medications(entries: Iterable[tuple[str, str]]) -> dict[str, Resource]:
-    """The Medications every record shares, duplicates resolved by the filing rule (`keep_medication`)."""
-    medications: dict[str, Resource] = {}
-    for _, document in entries:
-        keep_medication(medications, orjson.loads(document))
-    return medications
+def named_medications(lines: Iterable[str]) -> Iterator[Named]:
+    """`(Medication/<id>, patient id)` for each Medication a line's resource names by `medicationReference` (or a
+    Bundle's entries do), filed to the patient `file_lines` files the resource to; counted there, not here."""
+    ignored = FilingCounts()
+    for line in lines:
+        resource = _parse(line, ignored)
+        if resource is None:
+            continue
+        if resource["resourceType"] == "Bundle":
+            builder = RecordBuilder()
+            builder.add_resource(resource)
+            for patient_id, record in builder.records.items():
+                for key in record.referenced_medications():
+                    yield key, patient_id
+            continue
+        if resource["resourceType"] not in MEDICATION_TYPES:  # what `PatientRecord.referenced_medications` reads
+            continue
+        ref, _ = filing_patient(resource)
+        if ref is not None:
+            for key in medication_references([resource]):
+                yield key, ref.partition("/")[2]
 
 
-def build_record(patient_id: str, documents: Iterable[str], medications: dict[str, Resource]) -> PatientRecord:
-    """A patient's record from its filed JSON documents, in the canonical order every engine uses."""
-    record = PatientRecord(patient_id, medications=medications)
+def newer_medication(left: str, right: str) -> str:
+    """Of two copies (JSON) of one Medication id, the one the filing rule keeps (`keep_medication`), whatever
+    their order: what a reduce by id keeps."""
+    kept: dict[str, Resource] = {}
+    first, second = orjson.loads(left), orjson.loads(right)
+    keep_medication(kept, first)
+    keep_medication(kept, second)
+    return right if kept[f"Medication/{second['id']}"] is second else left
+
+
+def build_record(patient_id: str, documents: Iterable[str]) -> PatientRecord:
+    """A patient's record from its filed JSON documents (the Medications it names among them), in the canonical
+    order every engine uses."""
+    record = PatientRecord(patient_id)
     for document in documents:
-        record.add(orjson.loads(document))
+        resource = orjson.loads(document)
+        if resource["resourceType"] == "Medication":
+            keep_medication(record.medications, resource)
+        else:
+            record.add(resource)
     return record.in_canonical_order()
 
 
@@ -145,13 +187,12 @@ class Evaluation:
 def evaluate_patients(
     patients: Iterable[tuple[str, Iterable[str]]],
     knowledge: Knowledge,
-    medications: dict[str, Resource],
     evaluation: Evaluation,
     summary: PopulationSummary,
 ) -> Iterator[Row]:
     """Each patient's worklist rows (tuples in COLUMNS order); what was seen is added to `summary`."""
     for patient_id, documents in patients:
-        result = evaluate_record(build_record(patient_id, documents, medications), knowledge, evaluation.as_of)
+        result = evaluate_record(build_record(patient_id, documents), knowledge, evaluation.as_of)
         rows = worklist_rows(result, evaluation.server)
         summary.add(result, len(rows))
         for row in rows:

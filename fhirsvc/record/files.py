@@ -8,11 +8,11 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import orjson
 
-from fhirsvc.record.model import PatientRecord, RecordBuilder, Resource, filing_patient
+from fhirsvc.record.model import PatientRecord, RecordBuilder, Resource, filing_patient, keep_medication
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,75 @@ class HeldRecords:
 Source = NdjsonLines | OnePatientFile | HeldRecords
 
 
+_MAX_BITS = 28  # hash groups at most: 2 GB of group starts past 2 billion Medications
+
+
+def _key_hash(key: str) -> int:
+    """A `Medication/<id>`'s place in `MedicationLines` (str hashes are stable within the process, which is the
+    index's lifetime; two ids that share one are told apart when their lines are read back)."""
+    return hash(key)
+
+
+@dataclass
+class MedicationLines:
+    """Where each NDJSON Medication line is, found by a hash of its `Medication/<id>`: 33 bytes a Medication.
+
+    Bulk exports may write a Medication for every medication order (Synthea's US Core export: hundreds per
+    patient), so an export of millions of patients holds hundreds of millions of them: they cannot be held parsed,
+    nor even as a dict of their ids (about 200 bytes an entry), only as flat arrays: the hashes and where each line
+    is, grouped by the hashes' top bits (a counting sort) so that a lookup reads about 8 of them (bench/README.md,
+    "Medications at scale").
+    """
+
+    hashes: array[int] = field(default_factory=lambda: array("q"))
+    places: array[int] = field(default_factory=lambda: array("q"))  # (source, offset, length) per hash
+    # Once grouped: where the group of each value of the hashes' top `_bits` bits starts, in `hashes`.
+    _starts: array[int] = field(default_factory=lambda: array("q"))
+    _bits: int = 0
+    _grouped: bool = False
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def add(self, key: str, source: int, offset: int, length: int) -> None:
+        self.hashes.append(_key_hash(key))
+        self.places.extend((source, offset, length))
+        self._grouped = False
+
+    def _group(self) -> None:
+        count = len(self.hashes)
+        self._bits = bits = min(_MAX_BITS, max(1, count.bit_length() - 3))  # about 8 hashes a group
+        shift, first = 64 - bits, 1 << (bits - 1)  # a hash's group: its top bits, from the most negative
+        starts = array("q", bytes(8 * ((1 << bits) + 1)))
+        for hashed in self.hashes:
+            starts[(hashed >> shift) + first + 1] += 1
+        for group in range(1 << bits):
+            starts[group + 1] += starts[group]
+        hashes, places = array("q", bytes(8 * count)), array("q", bytes(24 * count))
+        free = array("q", starts)  # the next free slot of each group
+        old = self.places
+        for at, hashed in enumerate(self.hashes):
+            group = (hashed >> shift) + first
+            slot = free[group]
+            free[group] = slot + 1
+            hashes[slot] = hashed
+            places[3 * slot], places[3 * slot + 1], places[3 * slot + 2] = old[3 * at], old[3 * at + 1], old[3 * at + 2]
+        self.hashes, self.places, self._starts, self._grouped = hashes, places, starts, True
+
+    def find(self, key: str) -> list[tuple[int, int, int]]:
+        """(source, offset, length) of every line that may hold `key` (its hash's): the reader checks the id."""
+        if not self._grouped:
+            self._group()
+        wanted = _key_hash(key)
+        group = (wanted >> (64 - self._bits)) + (1 << (self._bits - 1))
+        places = self.places
+        return [
+            (places[3 * at], places[3 * at + 1], places[3 * at + 2])
+            for at in range(self._starts[group], self._starts[group + 1])
+            if self.hashes[at] == wanted
+        ]
+
+
 @dataclass
 class RecordIndex:
     """Where each patient's resources are, from one pass over every file; `records()` builds one patient at a time.
@@ -80,7 +149,10 @@ class RecordIndex:
     # still filed (a resource naming no patient is still counted as skipped), then forgotten. Bulk exports are
     # mostly such lines, and reading one back costs a read and a second parse (bench/README.md, "A faster core").
     keep: Callable[[Resource], bool] | None = None
-    medications: dict[str, Resource] = field(default_factory=dict)  # shared by every record (medicationReference)
+    # Medications are named by the records' `medicationReference`s, and a record reads back only those it names:
+    # the ones from JSON files and Bundles held parsed (few, and read whole anyway), NDJSON lines by where they are.
+    medications: dict[str, Resource] = field(default_factory=dict)
+    medication_lines: MedicationLines = field(default_factory=MedicationLines)
     sources: list[Source] = field(default_factory=list)
     # patient id -> (source number, byte offset, length) for each run of its NDJSON lines and each source, in the
     # order read; offset and length are 0 for a source that is not NDJSON. A run is one line, or several that
@@ -157,8 +229,12 @@ class RecordIndex:
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             self.skipped += 1
             return
-        if resource["resourceType"] in ("Bundle", "Medication"):  # a Bundle resolves its own references
-            builder = self._builder()  # and Medications are shared: the builder takes both
+        if resource["resourceType"] == "Medication":  # named by reference from any record: where it is
+            if isinstance(resource.get("id"), str):  # (keep_medication ignores one without an id)
+                self.medication_lines.add(f"Medication/{resource['id']}", source, offset, length)
+            return
+        if resource["resourceType"] == "Bundle":  # a Bundle resolves its own references
+            builder = self._builder()
             builder.add_resource(resource)
             self._add_built(builder, None)
             return
@@ -178,7 +254,7 @@ class RecordIndex:
         reader = _LineReader()
         try:
             for patient_id in self.patients:
-                record = PatientRecord(patient_id, medications=self.medications)
+                record = PatientRecord(patient_id)
                 entries = iter(self._where[patient_id])
                 for number, offset, length in zip(entries, entries, entries, strict=True):
                     source = self.sources[number]
@@ -192,9 +268,36 @@ class RecordIndex:
                     held = source.records if isinstance(source, HeldRecords) else _reread(source.path)
                     for rtype, resources in held[patient_id].resources.items():
                         record.resources[rtype].extend(resources)
+                record.medications = self._medications_named(record, reader)
                 yield record.in_canonical_order()
         finally:
             reader.close()
+
+    def _medications_named(self, record: PatientRecord, reader: _LineReader) -> dict[str, Resource]:
+        """The Medications a record names, each id's copies resolved by the filing rule (`keep_medication`); one
+        named but absent stays absent (`PatientRecord.missing_medications`)."""
+        named: dict[str, Resource] = {}
+        if not self.medications and not self.medication_lines:  # an export that names drugs inline
+            return named
+        keys = record.referenced_medications()
+        for key in sorted(keys & self.medications.keys()):
+            keep_medication(named, self.medications[key])
+        # Read in file order, lines that follow each other with one read: an export writes a patient's
+        # Medications together (Synthea: with the orders that name them), so a record's are mostly one run.
+        places = sorted(place for key in keys for place in self.medication_lines.find(key))
+        runs: list[list[int]] = []
+        for number, offset, length in places:
+            if runs and runs[-1][0] == number and runs[-1][1] + runs[-1][2] == offset:
+                runs[-1][2] += length
+            else:
+                runs.append([number, offset, length])
+        for number, offset, length in runs:
+            source = cast(NdjsonLines, self.sources[number])  # only NDJSON lines are noted there
+            for line in reader.read(source.path, offset, length).split(b"\n"):
+                medication = orjson.loads(line) if line else None
+                if medication is not None and f"Medication/{medication['id']}" in keys:  # not another id's hash
+                    keep_medication(named, medication)
+        return named
 
 
 class _LineReader:

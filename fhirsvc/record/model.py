@@ -105,18 +105,30 @@ class PatientRecord:
                 resources.sort(key=_canonical_key)
         return self
 
+    def referenced_medications(self) -> set[str]:
+        """The `Medication/<id>`s its medication resources and draft orders name by `medicationReference`."""
+        named = medication_references(self.planned)
+        for rtype in MEDICATION_TYPES:
+            named |= medication_references(self.of_type(rtype))
+        return named
+
     def missing_medications(self) -> list[str]:
         """`Medication/<id>`s named by `medicationReference` (not contained) that the record does not hold."""
-        wanted: set[str] = set()
-        for rtype in sorted(MEDICATION_TYPES):
-            for resource in [*self.of_type(rtype), *(self.planned if rtype == "MedicationRequest" else ())]:
-                ref = resource.get("medicationReference")
-                target = ref.get("reference") if isinstance(ref, dict) else None
-                if isinstance(target, str) and not target.startswith("#"):
-                    key = normalise_reference(target)
-                    if key.startswith("Medication/") and key not in self.medications:
-                        wanted.add(key)
-        return sorted(wanted)
+        return sorted(key for key in self.referenced_medications() if key not in self.medications)
+
+
+def medication_references(resources: Iterable[Resource]) -> set[str]:
+    """The `Medication/<id>`s that resources name by `medicationReference`; contained ones (`#id`) travel with
+    their resource and are not among them."""
+    named: set[str] = set()
+    for resource in resources:
+        ref = resource.get("medicationReference")
+        target = ref.get("reference") if isinstance(ref, dict) else None
+        if isinstance(target, str) and not target.startswith("#"):
+            key = normalise_reference(target)
+            if key.startswith("Medication/"):
+                named.add(key)
+    return named
 
 
 def normalise_reference(reference: str) -> str:

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import copy
 import gzip
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from bench.generate import population, write_ndjson
-from fhirsvc.record.model import RecordBuilder
+from fhirsvc.population.spark_tasks import (
+    FilingCounts,
+    build_record,
+    file_lines,
+    medication_entries,
+    named_medications,
+    newer_medication,
+)
+from fhirsvc.record.model import PatientRecord, RecordBuilder
 from tests.conftest import load_fixture
 
 EFAVIRENZ = {
@@ -86,3 +95,41 @@ def gzipped_copy(source: Path, directory: Path) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(gzip.compress(path.read_bytes()))
     return directory
+
+
+def shared_medication_export(directory: Path) -> Path:
+    """Two patients, each in a folder of its own (so in partitions of their own), whose efavirenz orders name one
+    Medication kept in a third folder in two versions; a Medication nobody names; one named that is absent."""
+    hiv = _as_bulk("hiv/fail-basic.json")
+    for resource in hiv:
+        if resource["id"] == "hiv-fail-basic-ms-efv":
+            del resource["medicationCodeableConcept"]
+            resource["medicationReference"] = {"reference": "Medication/med-efavirenz"}
+    twin = orjson.loads(orjson.dumps(hiv).replace(b"hiv-fail-basic", b"hiv-twin"))
+    (efavirenz,) = [resource for resource in twin if resource["id"] == "hiv-twin-ms-efv"]
+    absent = {**efavirenz, "id": "hiv-twin-ms-absent", "medicationReference": {"reference": "Medication/med-absent"}}
+    for patient, resources in (("first", hiv), ("second", [*twin, absent])):
+        (directory / patient).mkdir(parents=True)
+        (directory / patient / "Resources.ndjson").write_bytes(_lines(resources))
+    older = {**EFAVIRENZ, "meta": {"lastUpdated": "2020-01-01T00:00:00Z"}, "code": {"text": "a retired code"}}
+    newer = {**EFAVIRENZ, "meta": {"lastUpdated": "2024-01-01T00:00:00Z"}}
+    nobody = {**EFAVIRENZ, "id": "med-nobody"}
+    (directory / "medications").mkdir()
+    (directory / "medications" / "Medication.ndjson").write_bytes(_lines([newer, nobody, older]))
+    return directory
+
+
+def records_as_spark_builds_them(lines: list[str]) -> tuple[dict[str, PatientRecord], int]:
+    """What the Spark engine's executors build, without Spark: file, reduce Medications by id, join them to the
+    patients that name them, group by patient, build; and the count of what filing skipped."""
+    counts = FilingCounts()
+    grouped: dict[str, list[str]] = defaultdict(list)
+    for patient_id, document in file_lines(lines, counts):
+        grouped[patient_id].append(document)
+    medications: dict[str, str] = {}
+    for key, document in medication_entries(lines):
+        medications[key] = newer_medication(medications[key], document) if key in medications else document
+    for key, patient_id in named_medications(lines):
+        if key in medications:
+            grouped[patient_id].append(medications[key])
+    return {p: build_record(p, documents) for p, documents in grouped.items()}, counts.skipped

@@ -17,7 +17,7 @@ from fhirsvc.population.embedded import run_embedded
 from fhirsvc.population.spark import run_spark
 from fhirsvc.population.worklist import COLUMNS, ROW_ORDER, SCHEMA, PopulationSummary
 from fhirsvc.terminology.knowledge import Knowledge
-from tests.spark.exports import COUNTED, bench_export, gzipped_copy, handmade_export
+from tests.spark.exports import COUNTED, bench_export, gzipped_copy, handmade_export, shared_medication_export
 from tests.synthea.cohort import REFERENCE_DATE, SyntheaUnavailable, generate
 
 pytestmark = pytest.mark.spark
@@ -62,11 +62,32 @@ def test_the_handmade_export_gives_the_same_worklist(spark: Any, knowledge: Know
     assert {row["program"] for row in rows} >= {"hiv", "t2d"}  # the Bundle line's patient is t2d
     hiv = [row for row in rows if row["patient"] == "Patient/hiv-fail-basic"]
     assert hiv and "efavirenz" in hiv[0]["regimen"]  # named only through the Medication in another folder
-    assert "1 shared Medications" in messages
+    assert "1 Medications read, joined to the patients that name them" in messages
 
     gzipped = gzipped_copy(source, tmp_path / "gzipped")  # Spark reads compressed files (embedded: plain only)
     run_spark(str(gzipped), tmp_path / "from-gzip", Settings(), AS_OF, SERVER, "local[2]", lambda _: None)
     assert _sorted(pq.read_table(tmp_path / "from-gzip")) == rows
+
+
+def test_a_medication_travels_to_each_patient_that_names_it_never_through_the_driver(
+    spark: Any, knowledge: Knowledge, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyspark import RDD, SparkContext
+
+    def refused(*_: Any, **__: Any) -> None:
+        raise AssertionError("Medications were collected to the driver or broadcast to every executor")
+
+    monkeypatch.setattr(RDD, "collect", refused)  # in the driver process: the executors' workers are not patched
+    monkeypatch.setattr(SparkContext, "broadcast", refused)
+    source = shared_medication_export(tmp_path / "shared")
+    spark_table, embedded_table, by_spark, embedded, messages = both_engines(source, tmp_path, knowledge)
+    assert_same_answers(spark_table, embedded_table, by_spark, embedded)
+    rows = _sorted(spark_table)
+    # Each patient's efavirenz is named only through the one Medication, in a folder (a partition) of its own.
+    for patient in ("Patient/hiv-fail-basic", "Patient/hiv-twin"):
+        (row,) = [row for row in rows if row["patient"] == patient and row["program"] == "hiv"]
+        assert "efavirenz" in row["regimen"]
+    assert "3 Medications read, joined to the patients that name them" in messages
 
 
 def test_the_bench_population_gives_the_same_worklist(spark: Any, knowledge: Knowledge, tmp_path: Path) -> None:

@@ -3,40 +3,22 @@
 from __future__ import annotations
 
 import random
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from fhirsvc.pipeline import evaluate_record
-from fhirsvc.population.spark_tasks import (
-    FilingCounts,
-    build_record,
-    file_lines,
-    medication_entries,
-    shared_medications,
-)
 from fhirsvc.population.worklist import worklist_rows
 from fhirsvc.record.files import index_records, iter_files
 from fhirsvc.record.model import PatientRecord, keep_medication
 from fhirsvc.terminology.knowledge import Knowledge
 from tests.conftest import AS_OF
-from tests.spark.exports import COUNTED, bench_export, handmade_export
+from tests.spark.exports import COUNTED, bench_export, handmade_export, records_as_spark_builds_them
 
 
 def _ndjson_lines(source: Path) -> list[str]:
     return [line for path in iter_files([source]) for line in path.read_text().splitlines(keepends=True)]
-
-
-def _records_as_spark_files_them(lines: list[str]) -> tuple[dict[str, PatientRecord], int]:
-    """What the Spark engine's executors build, without Spark: file, group by patient, build."""
-    counts = FilingCounts()
-    grouped: dict[str, list[str]] = defaultdict(list)
-    for patient_id, document in file_lines(lines, counts):
-        grouped[patient_id].append(document)
-    medications = shared_medications(medication_entries(lines))
-    return {p: build_record(p, documents, medications) for p, documents in grouped.items()}, counts.skipped
 
 
 def _same_records(left: PatientRecord, right: PatientRecord) -> bool:
@@ -54,7 +36,7 @@ def test_executors_file_every_line_as_the_embedded_index_does_in_any_order(tmp_p
         embedded = {record.patient_id: record for record in index.records()}
         lines = _ndjson_lines(source)
         random.Random(7).shuffle(lines)  # noqa: S311 (a seeded order, not a secret): a shuffle delivers a patient's lines in any order
-        by_spark, skipped = _records_as_spark_files_them(lines)
+        by_spark, skipped = records_as_spark_builds_them(lines)
         assert by_spark.keys() == embedded.keys() and skipped == index.skipped
         assert all(_same_records(by_spark[p], embedded[p]) for p in embedded)
         assert skipped == (COUNTED if source == handmade else 0)
