@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from fhirsvc.pipeline import evaluate_record
 from fhirsvc.population.worklist import SCHEMA, PopulationSummary, worklist_rows
-from fhirsvc.record.files import index_records
+from fhirsvc.record.files import RecordIndex, index_records
 from fhirsvc.terminology.knowledge import Knowledge
 
 ROW_GROUP = 10_000  # rows buffered per Parquet row group: memory stays flat however many patients there are
@@ -32,11 +32,32 @@ def run_embedded(
     """Index the files, evaluate every patient, write the worklist; the summary of what was seen."""
     index = index_records(paths, keep=knowledge.observation_filter.reads)
     summary = PopulationSummary(skipped=index.skipped)
+    progress(f"indexed {len(index):,} patients from {index.files:,} files")
+    # Written beside `out` and renamed over it at the end: a run that fails leaves last night's worklist as it was,
+    # and no reader (write-back, a worklist screen) ever opens a half-written file.
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        _write(index, partial, knowledge, as_of, server, summary, progress, clock)
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
+    return summary
+
+
+def _write(
+    index: RecordIndex,
+    partial: Path,
+    knowledge: Knowledge,
+    as_of: date,
+    server: str,
+    summary: PopulationSummary,
+    progress: Callable[[str], None],
+    clock: Callable[[], float],
+) -> None:
     total = len(index)
-    progress(f"indexed {total:,} patients from {index.files:,} files")
     buffered: list[dict[str, Any]] = []
     started = last = clock()
-    with pq.ParquetWriter(out, SCHEMA) as writer:
+    with pq.ParquetWriter(partial, SCHEMA) as writer:
         for record in index.records():
             result = evaluate_record(record, knowledge, as_of)
             rows = worklist_rows(result, server)
@@ -51,4 +72,3 @@ def run_embedded(
                 rate = summary.patients / (now - started)
                 progress(f"{summary.patients:,}/{total:,} patients, {rate:,.0f}/s")
         writer.write_table(pa.Table.from_pylist(buffered, SCHEMA))
-    return summary

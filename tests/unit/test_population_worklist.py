@@ -78,3 +78,25 @@ def test_population_command_prints_the_summary_and_refuses_a_uri_for_the_embedde
     assert set(pq.read_table(out).column("server").to_pylist()) == {"https://fhir.example.org/r4"}
     refused = runner.invoke(app, ["population", "s3a://bucket/export", "--out", str(out)])
     assert refused.exit_code == 2 and "--engine spark" in refused.stderr
+
+
+def test_a_run_that_fails_leaves_the_previous_worklist_as_it_was(
+    knowledge: Knowledge, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "worklist.parquet"
+    run_embedded([FIXTURES], out, knowledge, AS_OF, FILES_SERVER)
+    before = out.read_bytes()
+    evaluated = 0
+
+    def failing(*args: object) -> object:
+        nonlocal evaluated
+        evaluated += 1
+        if evaluated > 3:
+            raise MemoryError("the machine ran out of memory mid-run")
+        return evaluate_record(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("fhirsvc.population.embedded.evaluate_record", failing)
+    with pytest.raises(MemoryError):
+        run_embedded([FIXTURES], out, knowledge, date(2026, 7, 1), FILES_SERVER)
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["worklist.parquet"]  # no half-written file left behind
