@@ -38,6 +38,7 @@ CIRCUIT_FAILURES = 3  # transactions in a row failed for good (after the client'
 READ_ROWS = 4096  # worklist rows per Arrow record batch read: memory stays flat however long the worklist is
 PROGRESS_EVERY_S = 1.0
 REQUIRED_COLUMNS = ("server", "finding_id", "finding")
+SUCCESS_MARKER = "_SUCCESS"  # what a finished Spark write leaves in its output directory
 
 
 def client_settings(settings: Settings) -> Settings:
@@ -65,6 +66,10 @@ def open_worklist(path: Path, server: str) -> Worklist:
     target = normalise_base_url(server)
     if not path.exists():
         raise WorklistRefused(f"{path}: no such file or directory")
+    if path.is_dir() and not (path / SUCCESS_MARKER).exists():
+        # Spark writes _SUCCESS last (Hadoop's FileOutputCommitter): without it the job failed or is still writing,
+        # and the part files hold only some of the findings.
+        raise WorklistRefused(f"{path}: no {SUCCESS_MARKER} marker: the run that wrote it did not finish")
     try:
         dataset = ds.dataset(path, format="parquet")
         missing = [c for c in REQUIRED_COLUMNS if c not in dataset.schema.names]

@@ -197,6 +197,14 @@ def test_a_directory_of_part_files_is_one_worklist(
     assert summary.rows == summary.written == HIV_FINDINGS
 
 
+def test_a_directory_spark_did_not_finish_writing_is_refused(worklist: Path, tmp_path: Path) -> None:
+    parts = tmp_path / "unfinished.parquet"
+    parts.mkdir()
+    pq.write_table(pq.read_table(worklist).slice(0, 9), parts / "part-00000.parquet")  # no _SUCCESS: still writing
+    with pytest.raises(WorklistRefused, match="did not finish"):
+        open_worklist(parts, BASE)
+
+
 def test_a_bad_row_an_invalid_and_a_refused_finding_cost_only_themselves(
     worklist: Path, store: Store, knowledge: Knowledge, clock: VirtualClock, on_clock: Any, tmp_path: Path
 ) -> None:
@@ -236,6 +244,7 @@ def test_a_worklist_of_another_server_is_refused_before_anything_is_written(work
     pq.write_table(table, mixed / "part-0.parquet")
     other = table.set_column(0, "server", pa.array([FILES_SERVER] * table.num_rows))
     pq.write_table(other.slice(0, 1), mixed / "part-1.parquet")
+    (mixed / "_SUCCESS").write_text("")
     with pytest.raises(WorklistRefused, match="1 rows made from files"):
         open_worklist(mixed, BASE)
 
