@@ -11,8 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fhirsvc.pipeline import evaluate_record
-from fhirsvc.population.worklist import SCHEMA, PopulationSummary, worklist_rows
+from fhirsvc.population.worklist import SCHEMA, PopulationSummary, evaluated_rows
 from fhirsvc.record.files import RecordIndex, index_records
 from fhirsvc.terminology.knowledge import Knowledge
 
@@ -59,10 +58,7 @@ def _write(
     started = last = clock()
     with pq.ParquetWriter(partial, SCHEMA) as writer:
         for record in index.records():
-            result = evaluate_record(record, knowledge, as_of)
-            rows = worklist_rows(result, server)
-            summary.add(result, len(rows))
-            buffered.extend(rows)
+            buffered.extend(evaluated_rows(record, knowledge, as_of, server, summary))
             if len(buffered) >= ROW_GROUP:
                 writer.write_table(pa.Table.from_pylist(buffered, SCHEMA))
                 buffered.clear()

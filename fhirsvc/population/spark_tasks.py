@@ -16,8 +16,7 @@ from typing import Any
 
 import orjson
 
-from fhirsvc.pipeline import evaluate_record
-from fhirsvc.population.worklist import COLUMNS, PopulationSummary, worklist_rows
+from fhirsvc.population.worklist import COLUMNS, PopulationSummary, evaluated_rows
 from fhirsvc.record.model import (
     MEDICATION_TYPES,
     PatientRecord,
@@ -192,8 +191,6 @@ def evaluate_patients(
 ) -> Iterator[Row]:
     """Each patient's worklist rows (tuples in COLUMNS order); what was seen is added to `summary`."""
     for patient_id, documents in patients:
-        result = evaluate_record(build_record(patient_id, documents), knowledge, evaluation.as_of)
-        rows = worklist_rows(result, evaluation.server)
-        summary.add(result, len(rows))
-        for row in rows:
+        record = build_record(patient_id, documents)
+        for row in evaluated_rows(record, knowledge, evaluation.as_of, evaluation.server, summary):
             yield tuple(row[column] for column in COLUMNS)

@@ -12,7 +12,8 @@ import pyarrow as pa
 
 from fhirsvc.findings import Finding, Measurement
 from fhirsvc.lot.engine import Line
-from fhirsvc.pipeline import PatientResult
+from fhirsvc.pipeline import PatientResult, evaluate_record
+from fhirsvc.record.model import PatientRecord
 from fhirsvc.terminology.knowledge import Knowledge
 
 # The Parquet schema every engine writes. `finding` is the whole finding as JSON, so that writing back from the
@@ -38,6 +39,16 @@ SCHEMA = pa.schema(
 COLUMNS = tuple(SCHEMA.names)
 # The order rows are compared and written in: one patient's findings together, then by program and rule.
 ROW_ORDER = ("patient", "program", "rule", "finding_id")
+
+
+def evaluated_rows(
+    record: PatientRecord, knowledge: Knowledge, as_of: date, server: str, summary: PopulationSummary
+) -> list[dict[str, Any]]:
+    """One patient evaluated into worklist rows and counted in `summary`: the step every engine takes per patient."""
+    result = evaluate_record(record, knowledge, as_of)
+    rows = worklist_rows(result, server)
+    summary.add(result, len(rows))
+    return rows
 
 
 def worklist_rows(result: PatientResult, server: str) -> list[dict[str, Any]]:

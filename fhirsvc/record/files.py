@@ -173,10 +173,7 @@ class RecordIndex:
         where = self._where.get(patient_id)
         if where is None:
             where = self._where[patient_id] = array("q")
-        elif length and where and where[-3] == source and where[-2] + where[-1] == offset:
-            where[-1] += length  # the line right after this patient's previous one: the same run
-            return
-        where.extend((source, offset, length))
+        _add_to_runs(where, source, offset, length)
 
     def _add_source(self, source: Source) -> int:
         self.sources.append(source)
@@ -259,11 +256,8 @@ class RecordIndex:
                 for number, offset, length in zip(entries, entries, entries, strict=True):
                     source = self.sources[number]
                     if isinstance(source, NdjsonLines):
-                        # A run of whole lines: each ends with a newline (the last line of a file may not), and
-                        # none is blank, so the pieces between newlines are the lines.
-                        for line in reader.read(source.path, offset, length).split(b"\n"):
-                            if line:
-                                record.add(orjson.loads(line))
+                        for resource in reader.resources(source.path, offset, length):
+                            record.add(resource)
                         continue
                     held = source.records if isinstance(source, HeldRecords) else _reread(source.path)
                     for rtype, resources in held[patient_id].resources.items():
@@ -284,20 +278,25 @@ class RecordIndex:
             keep_medication(named, self.medications[key])
         # Read in file order, lines that follow each other with one read: an export writes a patient's
         # Medications together (Synthea: with the orders that name them), so a record's are mostly one run.
-        places = sorted(place for key in keys for place in self.medication_lines.find(key))
-        runs: list[list[int]] = []
-        for number, offset, length in places:
-            if runs and runs[-1][0] == number and runs[-1][1] + runs[-1][2] == offset:
-                runs[-1][2] += length
-            else:
-                runs.append([number, offset, length])
-        for number, offset, length in runs:
+        runs: array[int] = array("q")
+        for place in sorted(place for key in keys for place in self.medication_lines.find(key)):
+            _add_to_runs(runs, *place)
+        entries = iter(runs)
+        for number, offset, length in zip(entries, entries, entries, strict=True):
             source = cast(NdjsonLines, self.sources[number])  # only NDJSON lines are noted there
-            for line in reader.read(source.path, offset, length).split(b"\n"):
-                medication = orjson.loads(line) if line else None
-                if medication is not None and f"Medication/{medication['id']}" in keys:  # not another id's hash
+            for medication in reader.resources(source.path, offset, length):
+                if f"Medication/{medication['id']}" in keys:  # not another id's that shares its hash
                     keep_medication(named, medication)
         return named
+
+
+def _add_to_runs(runs: array[int], source: int, offset: int, length: int) -> None:
+    """Note a line as (source, offset, length) in flat triples; a line right after the last one noted (same source,
+    next byte) lengthens that run instead, so lines that follow each other are read back with one read."""
+    if length and runs and runs[-3] == source and runs[-2] + runs[-1] == offset:
+        runs[-1] += length
+    else:
+        runs.extend((source, offset, length))
 
 
 class _LineReader:
@@ -305,6 +304,13 @@ class _LineReader:
 
     def __init__(self) -> None:
         self._handles: dict[Path, BinaryIO] = {}
+
+    def resources(self, path: Path, offset: int, length: int) -> Iterator[Resource]:
+        """The resources of a run of whole lines: each ends with a newline (the last line of a file may not), and
+        none is blank, so the pieces between newlines are the lines."""
+        for line in self.read(path, offset, length).split(b"\n"):
+            if line:
+                yield orjson.loads(line)
 
     def read(self, path: Path, offset: int, length: int) -> bytes:
         handle = self._handles.get(path)

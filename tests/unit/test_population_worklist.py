@@ -95,7 +95,7 @@ def test_a_run_that_fails_leaves_the_previous_worklist_as_it_was(
             raise MemoryError("the machine ran out of memory mid-run")
         return evaluate_record(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("fhirsvc.population.embedded.evaluate_record", failing)
+    monkeypatch.setattr("fhirsvc.population.worklist.evaluate_record", failing)
     with pytest.raises(MemoryError):
         run_embedded([FIXTURES], out, knowledge, date(2026, 7, 1), FILES_SERVER)
     assert out.read_bytes() == before
